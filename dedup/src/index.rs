@@ -1,0 +1,503 @@
+//! The benchmark n-gram index: every item's 13-grams and 7-grams as seeded 64-bit hashes, with the
+//! items (and item parts) behind each 7-gram.
+//!
+//! Each item is indexed as three parts, so that a copy of the question alone, the answer alone or
+//! the whole item is caught:
+//!
+//! - `full`: question, then choices, then answer, as one token run;
+//! - `question` and `answer` on their own (used for the ratio only when the part has at least
+//!   [`Settings::min_part_ngrams`] 7-grams, so that a short answer alone is no evidence).
+//!
+//! Items with fewer than 7 tokens in all are matched as a whole token run (question then answer)
+//! when that run has at least [`Settings::short_item_min_words`] distinct words; the rest are
+//! reported as [`Uncheckable`].
+//!
+//! N-grams that occur in [`Settings::allow_min_items`] or more items (answer-option boilerplate,
+//! shared instructions), and those of a user allow-list, are not evidence: such 13-grams are
+//! dropped, and such 7-grams count neither as shared nor in an item's size.
+
+use crate::benchmark::{BenchmarkSet, Item};
+use crate::normalize::{tokenize, TokenSink, Tokenizer, Tokens};
+use crate::{Error, Result};
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// Seeds of the n-gram hashes ("phiforge" xor n), fixed so results are reproducible.
+const SEED: u64 = 0x7068_6966_6f72_6765;
+
+/// Item parts: bit 0 the full item, bit 1 the question, bit 2 the answer.
+pub const PART_FULL: u8 = 1;
+pub const PART_QUESTION: u8 = 2;
+pub const PART_ANSWER: u8 = 4;
+pub const PART_NAMES: [&str; 3] = ["full", "question", "answer"];
+
+/// Decontamination settings, with Phi-4-style defaults.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Settings {
+    /// Any shared n-gram of this length makes a sample contaminated (default 13).
+    pub long_n: usize,
+    /// N-gram length of the overlap ratio (default 7).
+    pub short_n: usize,
+    /// A best ratio above this makes a sample partial (default 0.25).
+    pub info_threshold: f64,
+    /// A best ratio at or above this makes a sample contaminated (default 0.5).
+    pub contamination_threshold: f64,
+    /// Items shorter than `short_n` tokens need this many distinct words to be checked (default 4).
+    pub short_item_min_words: usize,
+    /// An n-gram found in this many distinct items or more is boilerplate (default 5).
+    pub allow_min_items: usize,
+    /// A question or answer on its own counts once it has this many 7-grams (default 4).
+    pub min_part_ngrams: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            long_n: 13,
+            short_n: 7,
+            info_threshold: 0.25,
+            contamination_threshold: 0.5,
+            short_item_min_words: 4,
+            allow_min_items: 5,
+            min_part_ngrams: 4,
+        }
+    }
+}
+
+impl Settings {
+    /// Checks the settings make sense together.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name, message: String| Err(Error::Setting { name, message });
+        if self.short_n < 2 || self.short_n >= self.long_n || self.long_n > 64 {
+            return bad(
+                "long_n/short_n",
+                format!(
+                    "need 2 <= short_n < long_n <= 64, got {} and {}",
+                    self.short_n, self.long_n
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.info_threshold)
+            || !(0.0..=1.0).contains(&self.contamination_threshold)
+            || self.info_threshold > self.contamination_threshold
+        {
+            return bad(
+                "thresholds",
+                format!(
+                    "need 0 <= info ({}) <= contamination ({}) <= 1",
+                    self.info_threshold, self.contamination_threshold
+                ),
+            );
+        }
+        if self.allow_min_items < 2 {
+            return bad("allow_min_items", "must be at least 2".into());
+        }
+        Ok(())
+    }
+}
+
+/// Hash of the n-gram made of `tokens` (token hashes); `n` is `tokens.len()`.
+#[inline]
+pub fn ngram_hash(tokens: &[u64]) -> u64 {
+    // SAFETY: u64 has no padding and u8 has alignment 1, so the bytes of the slice are valid.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(tokens.as_ptr().cast::<u8>(), std::mem::size_of_val(tokens))
+    };
+    xxh3_64_with_seed(bytes, SEED ^ tokens.len() as u64)
+}
+
+/// Keys are already hashes: use them as they are.
+#[derive(Default, Clone, Copy)]
+pub struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+pub(crate) type HashIndex<V> = HashMap<u64, V, BuildHasherDefault<IdentityHasher>>;
+
+/// A benchmark item that cannot be checked, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Uncheckable {
+    pub benchmark: String,
+    pub item_id: String,
+    pub reason: String,
+}
+
+/// What the index knows of one item.
+#[derive(Debug, Clone)]
+pub struct ItemInfo {
+    pub benchmark: u16,
+    pub id: String,
+    /// Distinct non-boilerplate 7-grams of each part (full, question, answer).
+    pub part_ngrams: [u32; 3],
+    /// The item's tokens as normalised text (question then answer), for reports.
+    pub tokens: u32,
+}
+
+/// Range into a postings array; `len == 0` marks a boilerplate 7-gram, kept only so that the
+/// 13-gram check (which looks only where a 7-gram matched) still sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Range {
+    pub start: u32,
+    pub len: u32,
+}
+
+/// Counts of what the index holds, for the report.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct IndexStats {
+    pub items: usize,
+    pub ngrams_long: usize,
+    pub ngrams_short: usize,
+    pub short_items: usize,
+    pub allowed_long_by_frequency: usize,
+    pub allowed_long_by_list: usize,
+    pub boilerplate_short: usize,
+}
+
+/// The n-gram index over a [`BenchmarkSet`].
+pub struct BenchIndex {
+    pub settings: Settings,
+    pub benchmarks: Vec<String>,
+    pub items: Vec<ItemInfo>,
+    pub uncheckable: Vec<Uncheckable>,
+    pub stats: IndexStats,
+    pub(crate) short_map: HashIndex<Range>,
+    /// (item << 3) | part mask, grouped by 7-gram.
+    pub(crate) short_postings: Vec<u32>,
+    pub(crate) long_map: HashIndex<Range>,
+    pub(crate) long_postings: Vec<u32>,
+    /// Whole-run hashes of items shorter than `short_n`, by run length.
+    pub(crate) exact_map: HashIndex<Range>,
+    pub(crate) exact_postings: Vec<u32>,
+    pub(crate) exact_lens: Vec<usize>,
+    /// One bit per low 16 bits of a token hash that starts an exact run.
+    pub(crate) exact_first: Vec<u64>,
+}
+
+struct ItemGrams {
+    short: Vec<(u64, u8)>,
+    long: Vec<u64>,
+    exact: Option<u64>,
+    exact_len: usize,
+    exact_first: u64,
+    tokens: usize,
+    uncheckable: Option<String>,
+}
+
+/// Token hashes of an item's text, with the hash of every number token (`2024`, `3`).
+#[derive(Default)]
+struct ItemTokens {
+    hashes: Vec<u64>,
+}
+
+impl TokenSink for ItemTokens {
+    fn token(&mut self, bytes: &[u8], _: usize, _: usize) {
+        let h = xxhash_rust::xxh3::xxh3_64(bytes);
+        self.hashes.push(h);
+    }
+}
+
+fn item_tokens(text: &str, numbers: &mut HashSet<u64>) -> Vec<u64> {
+    let mut t = ItemTokens::default();
+    let mut numeric = NumericTokens {
+        inner: &mut t,
+        numbers,
+    };
+    Tokenizer::default().run(text, &mut numeric);
+    t.hashes
+}
+
+struct NumericTokens<'a> {
+    inner: &'a mut ItemTokens,
+    numbers: &'a mut HashSet<u64>,
+}
+
+impl TokenSink for NumericTokens<'_> {
+    fn token(&mut self, bytes: &[u8], start: usize, end: usize) {
+        self.inner.token(bytes, start, end);
+        if bytes.iter().all(u8::is_ascii_digit) {
+            self.numbers.insert(*self.inner.hashes.last().unwrap_or(&0));
+        }
+    }
+}
+
+fn grams(item: &Item, s: &Settings) -> ItemGrams {
+    let mut numbers = HashSet::new();
+    let question = item_tokens(&item.question, &mut numbers);
+    let answer = item_tokens(&item.answer, &mut numbers);
+    let mut full = question.clone();
+    for c in &item.choices {
+        full.extend(item_tokens(c, &mut numbers));
+    }
+    full.extend_from_slice(&answer);
+    // An n-gram of numbers with at most one word (a run of integers, a table of values, `primes =
+    // [2, 3, 5, ...`) is no evidence: such runs are everywhere in code and documents.
+    let all_numbers = |w: &[u64]| w.iter().filter(|h| !numbers.contains(h)).count() < 2;
+    let mut out = ItemGrams {
+        short: Vec::new(),
+        long: Vec::new(),
+        exact: None,
+        exact_len: 0,
+        exact_first: 0,
+        tokens: question.len() + answer.len(),
+        uncheckable: None,
+    };
+    if full.is_empty() {
+        out.uncheckable = Some("empty: no words in question, choices or answer".into());
+        return out;
+    }
+    if full.len() < s.short_n {
+        let mut run = question;
+        run.extend_from_slice(&answer);
+        let distinct: HashSet<u64> = run.iter().copied().collect();
+        if distinct.len() >= s.short_item_min_words {
+            out.exact = Some(ngram_hash(&run));
+            out.exact_len = run.len();
+            out.exact_first = run[0];
+        } else {
+            out.uncheckable = Some(format!(
+                "too short: {} tokens, {} distinct words (needs {} tokens, or {} distinct words)",
+                full.len(),
+                distinct.len(),
+                s.short_n,
+                s.short_item_min_words
+            ));
+        }
+        return out;
+    }
+    for (part, toks) in [
+        (PART_FULL, &full),
+        (PART_QUESTION, &question),
+        (PART_ANSWER, &answer),
+    ] {
+        if toks.len() >= s.short_n {
+            out.short.extend(toks.windows(s.short_n).map(|w| {
+                // Numbers-only 7-grams stay in the index as boilerplate (part 0), so the 13-gram
+                // check still looks where they start.
+                (ngram_hash(w), if all_numbers(w) { 0 } else { part })
+            }));
+        }
+        if toks.len() >= s.long_n {
+            out.long.extend(
+                toks.windows(s.long_n)
+                    .filter(|w| !all_numbers(w))
+                    .map(ngram_hash),
+            );
+        }
+    }
+    // Merge parts per 7-gram.
+    out.short.sort_unstable();
+    let mut merged: Vec<(u64, u8)> = Vec::with_capacity(out.short.len());
+    for (h, p) in out.short.drain(..) {
+        match merged.last_mut() {
+            Some((lh, lp)) if *lh == h => *lp |= p,
+            _ => merged.push((h, p)),
+        }
+    }
+    out.short = merged;
+    out.long.sort_unstable();
+    out.long.dedup();
+    out
+}
+
+/// Groups `(hash, posting)` pairs (sorted by hash) into a map of ranges over a postings array.
+fn group(
+    pairs: &[(u64, u32)],
+    mut keep: impl FnMut(u64, &[(u64, u32)]) -> bool,
+) -> (HashIndex<Range>, Vec<u32>) {
+    let mut map = HashIndex::default();
+    let mut postings = Vec::new();
+    let mut i = 0;
+    while i < pairs.len() {
+        let h = pairs[i].0;
+        let mut j = i;
+        while j < pairs.len() && pairs[j].0 == h {
+            j += 1;
+        }
+        let run = &pairs[i..j];
+        if keep(h, run) {
+            let start = postings.len() as u32;
+            postings.extend(run.iter().map(|p| p.1));
+            map.insert(
+                h,
+                Range {
+                    start,
+                    len: run.len() as u32,
+                },
+            );
+        } else {
+            map.insert(h, Range { start: 0, len: 0 });
+        }
+        i = j;
+    }
+    (map, postings)
+}
+
+impl BenchIndex {
+    /// Builds the index. `allow_list` holds texts whose n-grams are not evidence.
+    pub fn build(
+        set: &BenchmarkSet,
+        settings: Settings,
+        allow_list: &[String],
+    ) -> Result<BenchIndex> {
+        settings.validate()?;
+        let s = &settings;
+        let per_item: Vec<ItemGrams> = set.items.par_iter().map(|it| grams(it, s)).collect();
+
+        let mut allowed_long: HashSet<u64> = HashSet::new();
+        let mut allowed_short: HashSet<u64> = HashSet::new();
+        let mut t = Tokens::default();
+        for text in allow_list {
+            tokenize(text, &mut t);
+            if t.len() >= s.long_n {
+                allowed_long.extend(t.hashes.windows(s.long_n).map(ngram_hash));
+            }
+            if t.len() >= s.short_n {
+                allowed_short.extend(t.hashes.windows(s.short_n).map(ngram_hash));
+            }
+        }
+
+        let mut benchmarks: Vec<String> = Vec::new();
+        let mut items = Vec::with_capacity(set.items.len());
+        let mut uncheckable = Vec::new();
+        let mut short_pairs: Vec<(u64, u32)> = Vec::new();
+        let mut long_pairs: Vec<(u64, u32)> = Vec::new();
+        let mut exact_pairs: Vec<(u64, u32)> = Vec::new();
+        let mut exact_lens: Vec<usize> = Vec::new();
+        let mut exact_first = vec![0u64; 1024];
+        // Items already reported uncheckable or matched as an exact run.
+        let mut covered = Vec::with_capacity(set.items.len());
+        for (k, (item, g)) in set.items.iter().zip(&per_item).enumerate() {
+            let b = match benchmarks.iter().position(|b| b == &item.benchmark) {
+                Some(b) => b,
+                None => {
+                    benchmarks.push(item.benchmark.clone());
+                    benchmarks.len() - 1
+                }
+            };
+            let k = k as u32;
+            items.push(ItemInfo {
+                benchmark: b as u16,
+                id: item.id.clone(),
+                part_ngrams: [0; 3],
+                tokens: g.tokens as u32,
+            });
+            covered.push(g.uncheckable.is_some() || g.exact.is_some());
+            if let Some(reason) = &g.uncheckable {
+                uncheckable.push(Uncheckable {
+                    benchmark: item.benchmark.clone(),
+                    item_id: item.id.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            short_pairs.extend(g.short.iter().map(|&(h, p)| (h, (k << 3) | p as u32)));
+            long_pairs.extend(g.long.iter().map(|&h| (h, k)));
+            if let Some(h) = g.exact {
+                exact_pairs.push((h, k));
+                if !exact_lens.contains(&g.exact_len) {
+                    exact_lens.push(g.exact_len);
+                }
+                let bit = (g.exact_first & 0xffff) as usize;
+                exact_first[bit / 64] |= 1 << (bit % 64);
+            }
+        }
+        drop(per_item);
+        short_pairs.par_sort_unstable();
+        long_pairs.par_sort_unstable();
+        exact_pairs.sort_unstable();
+        exact_lens.sort_unstable();
+
+        let mut stats = IndexStats {
+            items: items.len(),
+            short_items: exact_pairs.len(),
+            ..Default::default()
+        };
+        let min_items = s.allow_min_items;
+        let (short_map, short_postings) = group(&short_pairs, |h, run| {
+            let keep = run.len() < min_items
+                && !allowed_short.contains(&h)
+                && run.iter().all(|p| p.1 & 7 != 0);
+            if !keep {
+                stats.boilerplate_short += 1;
+            }
+            keep
+        });
+        let (mut long_map, long_postings) = group(&long_pairs, |h, run| {
+            if run.len() >= min_items {
+                stats.allowed_long_by_frequency += 1;
+                false
+            } else if allowed_long.contains(&h) {
+                stats.allowed_long_by_list += 1;
+                false
+            } else {
+                true
+            }
+        });
+        long_map.retain(|_, r| r.len > 0);
+        let (exact_map, exact_postings) = group(&exact_pairs, |_, _| true);
+        stats.ngrams_short = short_map.len();
+        stats.ngrams_long = long_map.len();
+
+        for r in short_map.values().filter(|r| r.len > 0) {
+            for &p in &short_postings[r.start as usize..(r.start + r.len) as usize] {
+                let info = &mut items[(p >> 3) as usize];
+                for bit in 0..3 {
+                    if p & (1 << bit) != 0 {
+                        info.part_ngrams[bit] += 1;
+                    }
+                }
+            }
+        }
+        // Items left with no evidence at all: every n-gram is boilerplate.
+        let boilerplate_only: Vec<Uncheckable> = items
+            .iter()
+            .zip(&set.items)
+            .zip(&covered)
+            .filter(|((info, _), &covered)| !covered && info.part_ngrams == [0; 3])
+            .map(|((_, item), _)| Uncheckable {
+                benchmark: item.benchmark.clone(),
+                item_id: item.id.clone(),
+                reason: "only boilerplate n-grams (shared with many items or allow-listed)".into(),
+            })
+            .collect();
+        uncheckable.extend(boilerplate_only);
+
+        Ok(BenchIndex {
+            settings,
+            benchmarks,
+            items,
+            uncheckable,
+            stats,
+            short_map,
+            short_postings,
+            long_map,
+            long_postings,
+            exact_map,
+            exact_postings,
+            exact_lens,
+            exact_first,
+        })
+    }
+
+    /// Items per benchmark, in index order.
+    pub fn items_per_benchmark(&self) -> Vec<usize> {
+        let mut v = vec![0; self.benchmarks.len()];
+        for it in &self.items {
+            v[it.benchmark as usize] += 1;
+        }
+        v
+    }
+}

@@ -1,0 +1,227 @@
+//! The `phiforge` command line: parses arguments and calls the crates.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use dedup::audit::{self, Mode, Progress, RunOptions};
+use dedup::benchmark::{BenchmarkSet, FieldMap};
+use dedup::index::{BenchIndex, Settings};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "phiforge",
+    version,
+    about = "Builds, decontaminates and mixes LLM training data the way Phi-4's was built"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reports which documents of a corpus overlap benchmark test sets (Phi-4's 13/7-gram rule).
+    Audit(DecontArgs),
+    /// Like `audit`, and also writes the kept and the removed documents in the input's format.
+    Decontaminate {
+        #[command(flatten)]
+        args: DecontArgs,
+        /// Remove partial matches too, not only contaminated documents.
+        #[arg(long)]
+        remove_partial: bool,
+    },
+    /// Prints the normalised form of a text (argument or standard input), as matching sees it.
+    Normalize {
+        /// The text; read from standard input when absent.
+        text: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct DecontArgs {
+    /// Benchmark sets: `standard` (all bundled), a bundled name (gsm8k, math, mmlu, humaneval,
+    /// mbpp, arc_challenge, arc_easy), or JSON-lines/Parquet files or folders of them.
+    #[arg(long, short = 'b', num_args = 1.., required = true)]
+    benchmarks: Vec<String>,
+    /// Documents: files, folders of text files or globs (JSON lines, .gz, .zst, Parquet, .txt).
+    #[arg(long, short = 'i', num_args = 1.., required = true)]
+    input: Vec<String>,
+    /// Output folder (written completely or not at all).
+    #[arg(long, short = 'o')]
+    out: PathBuf,
+    /// Field with the document text (a chat `messages` array is joined).
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// Field with the document id (else FILE:LINE).
+    #[arg(long, default_value = "id")]
+    id_field: String,
+    /// Benchmark fields for other schemas, e.g. `question=problem,answer=solution,id=task_id`.
+    #[arg(long)]
+    field_map: Option<String>,
+    /// A text file whose lines' n-grams are not evidence of contamination.
+    #[arg(long)]
+    allow_list: Option<PathBuf>,
+    /// Count, report and set aside malformed records instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_lines: bool,
+    /// Best 7-gram ratio above which a document is partial.
+    #[arg(long, default_value_t = Settings::default().info_threshold)]
+    info_threshold: f64,
+    /// Best 7-gram ratio at or above which a document is contaminated.
+    #[arg(long, default_value_t = Settings::default().contamination_threshold)]
+    contamination_threshold: f64,
+    /// N-grams found in this many benchmark items or more are boilerplate, not evidence.
+    #[arg(long, default_value_t = Settings::default().allow_min_items)]
+    allow_min_items: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Audit(args) => decont(args, Mode::Audit),
+        Command::Decontaminate {
+            args,
+            remove_partial,
+        } => decont(args, Mode::Decontaminate { remove_partial }),
+        Command::Normalize { text } => {
+            let text = match text {
+                Some(t) => t,
+                None => {
+                    std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+                }
+            };
+            println!("{}", dedup::normalize::normalize(&text));
+            Ok(())
+        }
+    }
+}
+
+/// A progress line: documents, MB and MB/s.
+struct Bar {
+    bar: ProgressBar,
+    docs: AtomicU64,
+    bytes: AtomicU64,
+    start: Instant,
+}
+
+impl Progress for Bar {
+    fn file(&self, path: &Path) {
+        self.bar.set_prefix(path.display().to_string());
+    }
+    fn advance(&self, docs: u64, bytes: u64) {
+        let d = self.docs.fetch_add(docs, Ordering::Relaxed) + docs;
+        let b = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        self.bar.set_message(format!(
+            "{d} docs, {:.1} MB, {:.1} MB/s",
+            b as f64 / 1e6,
+            b as f64 / 1e6 / secs
+        ));
+        self.bar.tick();
+    }
+}
+
+fn decont(a: DecontArgs, mode: Mode) -> Result<()> {
+    if let Some(n) = a.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting up worker threads")?;
+    }
+    let fields = match &a.field_map {
+        Some(spec) => FieldMap::parse(spec)?,
+        None => FieldMap::default(),
+    };
+    let inputs = corpus::expand_inputs(&a.input)?;
+    let set = BenchmarkSet::load(&a.benchmarks, &fields)?;
+    let (allow, allow_ref) = match &a.allow_list {
+        Some(p) => {
+            let bytes =
+                std::fs::read(p).with_context(|| format!("reading allow-list {}", p.display()))?;
+            let text = String::from_utf8(bytes.clone())
+                .with_context(|| format!("{}: allow-list is not UTF-8", p.display()))?;
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(String::from)
+                .collect();
+            let hash = {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(&bytes))
+            };
+            (lines, Some((p.clone(), hash)))
+        }
+        None => (Vec::new(), None),
+    };
+    let settings = Settings {
+        info_threshold: a.info_threshold,
+        contamination_threshold: a.contamination_threshold,
+        allow_min_items: a.allow_min_items,
+        ..Settings::default()
+    };
+    let index = BenchIndex::build(&set, settings, &allow)?;
+    tracing::info!(
+        items = index.items.len(),
+        ngrams = index.stats.ngrams_short,
+        "benchmark index built"
+    );
+    let bar = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {prefix}: {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let progress = Bar {
+        bar,
+        docs: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        start: Instant::now(),
+    };
+    let opts = RunOptions {
+        text: corpus::TextSpec {
+            text_field: a.text_field,
+            id_field: a.id_field,
+        },
+        skip_bad_lines: a.skip_bad_lines,
+        mode,
+        allow_list: allow_ref,
+    };
+    let report = audit::run(&index, &set.files, &inputs, &a.out, &opts, &progress);
+    progress.bar.finish_and_clear();
+    let report = report?;
+    let t = &report.totals;
+    println!(
+        "{} documents, {:.1} MB in {:.1} s ({:.1} MB/s): {} contaminated, {} partial, {} clean{}",
+        t.documents,
+        t.bytes as f64 / 1e6,
+        t.seconds,
+        t.mb_per_s,
+        t.contaminated,
+        t.partial,
+        t.clean,
+        if t.skipped_records > 0 {
+            format!(", {} malformed records skipped", t.skipped_records)
+        } else {
+            String::new()
+        }
+    );
+    println!("report: {}", a.out.join("report.md").display());
+    Ok(())
+}
