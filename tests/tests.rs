@@ -1,0 +1,8 @@
+//! End-to-end tests of the `phiforge` CLI: one test binary, a module per area.
+
+mod util;
+
+mod audit;
+mod bad_input;
+mod decontaminate;
+mod planted;
