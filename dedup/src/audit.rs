@@ -120,27 +120,31 @@ enum Outcome {
     Bad(corpus::Error),
 }
 
-fn classify(index: &BenchIndex, batch: &Batch, spec: &TextSpec) -> Vec<Outcome> {
+/// Classifies every record of `batch` on all cores; also returns each document's text length.
+fn classify(index: &BenchIndex, batch: &Batch, spec: &TextSpec) -> Vec<(Outcome, usize)> {
     (0..batch.len())
         .into_par_iter()
         .map_init(
             || Scanner::new(index),
             |scanner, i| match batch.doc(i, spec) {
-                Err(e) => Outcome::Bad(e),
-                Ok(doc) => match scanner.scan(&doc.text) {
-                    None => Outcome::Clean,
-                    Some(f) => Outcome::Flagged(
-                        Box::new(flagged(
-                            index,
-                            &f,
-                            &doc.id,
-                            batch.path(),
-                            doc.line,
-                            &doc.text,
-                        )),
-                        f.item,
-                    ),
-                },
+                Err(e) => (Outcome::Bad(e), 0),
+                Ok(doc) => {
+                    let outcome = match scanner.scan(&doc.text) {
+                        None => Outcome::Clean,
+                        Some(f) => Outcome::Flagged(
+                            Box::new(flagged(
+                                index,
+                                &f,
+                                &doc.id,
+                                batch.path(),
+                                doc.line,
+                                &doc.text,
+                            )),
+                            f.item,
+                        ),
+                    };
+                    (outcome, doc.text.len())
+                }
             },
         )
         .collect()
@@ -282,7 +286,8 @@ pub fn run(
                 let mut removed = Vec::new();
                 let mut notes = Vec::new();
                 let mut rejected = Vec::new();
-                for (i, o) in outcomes.into_iter().enumerate() {
+                for (i, (o, text_len)) in outcomes.into_iter().enumerate() {
+                    totals.text_bytes += text_len as u64;
                     match o {
                         Outcome::Bad(e) if opts.skip_bad_lines && e.is_record_error() => {
                             totals.skipped_records += 1;

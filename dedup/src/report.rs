@@ -14,7 +14,10 @@ pub const REPORT_FORMAT: u32 = 1;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {
     pub documents: u64,
+    /// Input bytes read (uncompressed; whole JSON lines or rows).
     pub bytes: u64,
+    /// Bytes of document text checked.
+    pub text_bytes: u64,
     pub seconds: f64,
     pub mb_per_s: f64,
     pub clean: u64,
