@@ -308,6 +308,36 @@ mod tests {
     }
 
     #[test]
+    fn parquet_sets_load_with_a_field_map() {
+        use corpus::{Column, ColumnKind, TableWriter};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("evals.parquet");
+        let mut t = TableWriter::create(
+            &p,
+            &[
+                ("task_id", ColumnKind::Utf8),
+                ("problem", ColumnKind::Utf8),
+                ("solution", ColumnKind::Utf8),
+            ],
+        )
+        .unwrap();
+        t.push(vec![
+            Column::Str("t-1".into()),
+            Column::Str("Add the numbers from one to ten.".into()),
+            Column::Str("55".into()),
+        ])
+        .unwrap();
+        t.finish().unwrap();
+        let map = FieldMap::parse("question=problem,answer=solution,id=task_id").unwrap();
+        let set = BenchmarkSet::load(&[p.to_str().unwrap()], &map).unwrap();
+        assert_eq!(set.items.len(), 1);
+        assert_eq!(set.items[0].id, "t-1");
+        assert_eq!(set.items[0].benchmark, "evals");
+        assert_eq!(set.items[0].answer, "55");
+        assert_eq!(set.files[0].sha256.len(), 64);
+    }
+
+    #[test]
     fn unknown_benchmark_names_the_known_ones() {
         let e = BenchmarkSet::load(&["gsm9k"], &FieldMap::default()).unwrap_err();
         assert!(
