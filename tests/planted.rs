@@ -378,3 +378,56 @@ fn the_same_corpus_in_every_format_gives_the_same_findings() {
         assert_eq!(findings(input), want, "{input}");
     }
 }
+
+#[test]
+fn boilerplate_shared_by_many_items_is_not_evidence() {
+    let dir = Dir::new();
+    let instruction = "Read the passage below carefully and answer the question that follows using only the passage.";
+    let topics = [
+        "volcanoes",
+        "glaciers",
+        "rivers",
+        "deserts",
+        "forests",
+        "oceans",
+    ];
+    let items: Vec<Value> = topics
+        .iter()
+        .enumerate()
+        .map(|(k, t)| {
+            json!({"id": format!("b{k}"), "question": format!("{instruction} Passage: {t} shape the land in ways that scientists study for many years across the world. Why do {t} matter?"), "answer": format!("Because {t} change landscapes.")})
+        })
+        .collect();
+    dir.write_jsonl("bench.jsonl", &items);
+    dir.write_jsonl(
+        "c.jsonl",
+        &[
+            json!({"id": "instruction-only", "text": format!("Exam tips. {instruction} Good luck to all of you.")}),
+            json!({"id": "mmlu-options", "text": "Which hold? A) I only B) II only C) III only D) II and III. Answer: D) II and III"}),
+            json!({"id": "real", "text": format!("Notes: passage: glaciers shape the land in ways that scientists study for many years across the world.")}),
+        ],
+    );
+    dir.ok(&[
+        "audit",
+        "-b",
+        "bench.jsonl",
+        "mmlu",
+        "-i",
+        "c.jsonl",
+        "-o",
+        "out",
+    ]);
+    let flagged = read_jsonl(&dir.path("out/samples.jsonl"));
+    let ids: Vec<&str> = flagged.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["real"], "{flagged:?}");
+    assert_eq!(flagged[0]["item_id"], "b1");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path("out/audit.json")).unwrap())
+            .unwrap();
+    assert!(
+        report["index"]["allowed_long_by_frequency"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+}
