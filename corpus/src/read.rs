@@ -490,26 +490,10 @@ fn string_column(path: &Path, rb: &RecordBatch, name: &str) -> Result<Vec<Option
             column: name.into(),
             message: "no such column".into(),
         })?;
-    let n = col.len();
+    if let Some(strings) = utf8_values(col.as_ref()) {
+        return Ok(strings);
+    }
     let out = match col.data_type() {
-        DataType::Utf8 => {
-            let a = arrow_array::cast::AsArray::as_string::<i32>(col.as_ref());
-            (0..n)
-                .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
-                .collect()
-        }
-        DataType::LargeUtf8 => {
-            let a = arrow_array::cast::AsArray::as_string::<i64>(col.as_ref());
-            (0..n)
-                .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
-                .collect()
-        }
-        DataType::Utf8View => {
-            let a = arrow_array::cast::AsArray::as_string_view(col.as_ref());
-            (0..n)
-                .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
-                .collect()
-        }
         DataType::Int64 | DataType::Int32 | DataType::UInt64 | DataType::UInt32 => {
             let values = json_values(col.as_ref());
             values
@@ -526,6 +510,18 @@ fn string_column(path: &Path, rb: &RecordBatch, name: &str) -> Result<Vec<Option
         }
     };
     Ok(out)
+}
+
+/// The values of a string column (any of Arrow's three string layouts); `None` for other types.
+fn utf8_values(col: &dyn Array) -> Option<Vec<Option<String>>> {
+    use arrow_array::cast::AsArray;
+    let owned = |v: Option<&str>| v.map(String::from);
+    match col.data_type() {
+        DataType::Utf8 => Some(col.as_string::<i32>().iter().map(owned).collect()),
+        DataType::LargeUtf8 => Some(col.as_string::<i64>().iter().map(owned).collect()),
+        DataType::Utf8View => Some(col.as_string_view().iter().map(owned).collect()),
+        _ => None,
+    }
 }
 
 /// Converts the common Arrow types to JSON values (others become null).
@@ -550,26 +546,7 @@ fn json_values(col: &dyn Array) -> Vec<serde_json::Value> {
     }
     match col.data_type() {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            let strings: Vec<Option<String>> = match col.data_type() {
-                DataType::Utf8 => {
-                    let a = col.as_string::<i32>();
-                    (0..n)
-                        .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
-                        .collect()
-                }
-                DataType::LargeUtf8 => {
-                    let a = col.as_string::<i64>();
-                    (0..n)
-                        .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
-                        .collect()
-                }
-                _ => {
-                    let a = col.as_string_view();
-                    (0..n)
-                        .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
-                        .collect()
-                }
-            };
+            let strings = utf8_values(col).unwrap_or_default();
             strings
                 .into_iter()
                 .map(|s| s.map(Value::String).unwrap_or(Value::Null))
