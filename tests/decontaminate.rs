@@ -130,3 +130,28 @@ fn parquet_and_text_folders_come_out_in_their_own_format() {
     let notes = read_jsonl(&dir.path("out2/removed/txt/_phiforge.jsonl"));
     assert_eq!(notes[0]["file"], "sub/b.txt");
 }
+
+#[test]
+fn a_single_text_file_comes_out_as_a_file() {
+    let dir = Dir::new();
+    let gsm = item("gsm8k", "gsm8k/3");
+    dir.write(
+        "clean.txt",
+        "A plain note about gardening, compost and the weather in spring.",
+    );
+    dir.write("leak.md", gsm["question"].as_str().unwrap());
+    dir.ok(&[
+        "decontaminate",
+        "-b",
+        "gsm8k",
+        "-i",
+        "clean.txt",
+        "leak.md",
+        "-o",
+        "out",
+    ]);
+    assert!(dir.path("out/kept/clean.txt").is_file());
+    assert!(dir.path("out/removed/leak.md").is_file());
+    let notes = read_jsonl(&dir.path("out/removed/leak.md._phiforge.jsonl"));
+    assert_eq!(notes[0]["_phiforge"]["item_id"], "gsm8k/3");
+}

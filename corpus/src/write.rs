@@ -154,7 +154,8 @@ impl LineSink {
 
 /// Writes chosen records of input batches to `dest` in the input's own format, unchanged, with an
 /// optional annotation per record (a JSON object text), which is added as the field `_phiforge`
-/// (JSON lines), the column `_phiforge` (Parquet), or a line of `_phiforge.jsonl` (text files).
+/// (JSON lines), the column `_phiforge` (Parquet), or a line of `_phiforge.jsonl` in the output
+/// folder (text folders; `NAME._phiforge.jsonl` beside a single text file).
 pub struct FormatWriter {
     dest: PathBuf,
     kind: WriterKind,
@@ -163,7 +164,11 @@ pub struct FormatWriter {
 enum WriterKind {
     Lines(LineSink),
     Parquet(Option<ArrowWriter<File>>),
-    Files(Option<LineSink>),
+    /// Text files, copied; `single` for one file (written as `dest` itself) rather than a folder.
+    Files {
+        single: bool,
+        notes: Option<LineSink>,
+    },
 }
 
 impl FormatWriter {
@@ -172,9 +177,16 @@ impl FormatWriter {
         let kind = match format {
             Format::JsonLines(c) => WriterKind::Lines(open_writer(dest, c)?),
             Format::Parquet => WriterKind::Parquet(None),
-            Format::Text | Format::TextDir => {
+            Format::Text => WriterKind::Files {
+                single: true,
+                notes: None,
+            },
+            Format::TextDir => {
                 std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
-                WriterKind::Files(None)
+                WriterKind::Files {
+                    single: false,
+                    notes: None,
+                }
             }
         };
         Ok(FormatWriter {
@@ -231,22 +243,33 @@ impl FormatWriter {
                     w.write(&out).map_err(|e| Error::parquet(&self.dest, e))?;
                 }
             }
-            WriterKind::Files(notes_sink) => {
+            WriterKind::Files {
+                single,
+                notes: notes_sink,
+            } => {
                 for (k, &i) in rows.iter().enumerate() {
                     let Raw::File { path, relative } = batch.raw(i) else {
                         continue;
                     };
-                    let to = self.dest.join(relative);
+                    let to = if *single {
+                        self.dest.clone()
+                    } else {
+                        self.dest.join(relative)
+                    };
                     if let Some(parent) = to.parent() {
                         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
                     }
                     std::fs::copy(path, &to).map_err(|e| Error::io(&to, e))?;
                     if let Some(n) = note(k) {
                         if notes_sink.is_none() {
-                            *notes_sink = Some(open_writer(
-                                &self.dest.join("_phiforge.jsonl"),
-                                Compression::None,
-                            )?);
+                            let notes_path = if *single {
+                                let mut p = self.dest.clone().into_os_string();
+                                p.push("._phiforge.jsonl");
+                                PathBuf::from(p)
+                            } else {
+                                self.dest.join("_phiforge.jsonl")
+                            };
+                            *notes_sink = Some(open_writer(&notes_path, Compression::None)?);
                         }
                         if let Some(s) = notes_sink {
                             let file = serde_json::to_string(relative).unwrap_or_default();
@@ -270,8 +293,8 @@ impl FormatWriter {
                 .map(|_| ())
                 .map_err(|e| Error::parquet(&self.dest, e)),
             WriterKind::Parquet(None) => Ok(()),
-            WriterKind::Files(Some(s)) => s.finish(),
-            WriterKind::Files(None) => Ok(()),
+            WriterKind::Files { notes: Some(s), .. } => s.finish(),
+            WriterKind::Files { notes: None, .. } => Ok(()),
         }
     }
 }
