@@ -39,7 +39,7 @@ fn malformed_records_name_file_and_line() {
         ),
         (
             "type.jsonl",
-            format!("{{\"text\": [1, 2]}}\n").into_bytes(),
+            b"{\"text\": [1, 2]}\n".to_vec(),
             "type.jsonl: line 1:",
         ),
         ("empty.jsonl", Vec::new(), "empty.jsonl: the file is empty"),

@@ -13,7 +13,8 @@ use crate::report::{self, AuditReport, BenchmarkTotals, InputTotals, SkippedReco
 use crate::scan::{Finding, Scanner, Verdict};
 use crate::{Error, Result};
 use corpus::{
-    Batch, BatchReader, Column, ColumnKind, FormatWriter, StagedDir, TableWriter, TextSpec,
+    Batch, BatchReader, Column, ColumnKind, Compression, Format, FormatWriter, LineSink, StagedDir,
+    TableWriter, TextSpec,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -79,6 +80,7 @@ pub struct FlaggedSample {
 const TEXT_EXCERPT_BYTES: usize = 2000;
 const MAX_SKIPPED_LISTED: usize = 1000;
 const EXAMPLES_KEPT: usize = 10;
+const MOST_HIT_LISTED: usize = 20;
 
 fn flagged(
     index: &BenchIndex,
@@ -214,6 +216,229 @@ fn output_names(inputs: &[PathBuf]) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Where the records of one batch go.
+#[derive(Default)]
+struct Routed {
+    kept: Vec<usize>,
+    removed: Vec<usize>,
+    /// The reason of each removed record, as a JSON object.
+    notes: Vec<String>,
+    /// Malformed records set aside under `--skip-bad-lines`.
+    rejected: Vec<usize>,
+}
+
+/// What the run has found so far, and the flagged-sample outputs it writes as it goes.
+struct Tally<'a> {
+    index: &'a BenchIndex,
+    totals: Totals,
+    per_bench: Vec<BenchmarkTotals>,
+    /// Per item: samples whose best match it was, and the first of them.
+    item_hits: HashMap<u32, (u64, String)>,
+    skipped: Vec<SkippedRecord>,
+    examples: Vec<FlaggedSample>,
+    samples: LineSink,
+    hits: TableWriter,
+}
+
+impl<'a> Tally<'a> {
+    fn new(index: &'a BenchIndex, staged: &StagedDir) -> Result<Self> {
+        let mut per_bench: Vec<BenchmarkTotals> = index
+            .items_per_benchmark()
+            .into_iter()
+            .map(|items| BenchmarkTotals {
+                items,
+                ..Default::default()
+            })
+            .collect();
+        for u in &index.uncheckable {
+            if let Some(b) = index.benchmarks.iter().position(|b| b == &u.benchmark) {
+                per_bench[b].uncheckable += 1;
+            }
+        }
+        Ok(Tally {
+            index,
+            totals: Totals::default(),
+            per_bench,
+            item_hits: HashMap::new(),
+            skipped: Vec::new(),
+            examples: Vec::new(),
+            samples: corpus::open_writer(&staged.path("samples.jsonl")?, Compression::None)?,
+            hits: TableWriter::create(&staged.path("hits.parquet")?, HIT_COLUMNS)?,
+        })
+    }
+
+    /// Counts and writes the outcomes of one batch, and says where each record goes.
+    fn batch(
+        &mut self,
+        batch: &Batch,
+        outcomes: Vec<(Outcome, usize)>,
+        opts: &RunOptions,
+    ) -> Result<Routed> {
+        let mut routed = Routed::default();
+        for (i, (outcome, text_len)) in outcomes.into_iter().enumerate() {
+            self.totals.text_bytes += text_len as u64;
+            match outcome {
+                Outcome::Bad(e) if opts.skip_bad_lines && e.is_record_error() => {
+                    self.totals.skipped_records += 1;
+                    if self.skipped.len() < MAX_SKIPPED_LISTED {
+                        self.skipped.push(SkippedRecord {
+                            file: batch.path().display().to_string(),
+                            line: batch.line(i),
+                            reason: e.to_string(),
+                        });
+                    }
+                    routed.rejected.push(i);
+                }
+                Outcome::Bad(e) => return Err(e.into()),
+                Outcome::Clean => {
+                    self.totals.clean += 1;
+                    routed.kept.push(i);
+                }
+                Outcome::Flagged(s, item) => {
+                    self.flagged(&s, item)?;
+                    let remove = match opts.mode {
+                        Mode::Decontaminate { remove_partial } => {
+                            s.verdict == Verdict::Contaminated || remove_partial
+                        }
+                        Mode::Audit => false,
+                    };
+                    if remove {
+                        let note = serde_json::json!({
+                            "verdict": s.verdict, "rule": s.rule, "benchmark": s.benchmark,
+                            "item_id": s.item_id, "ratio": s.ratio, "ngram": s.ngram,
+                        });
+                        routed.notes.push(to_json("removed note", &note)?);
+                        routed.removed.push(i);
+                    } else {
+                        routed.kept.push(i);
+                    }
+                    if self.examples.len() < EXAMPLES_KEPT {
+                        self.examples.push(*s);
+                    }
+                }
+            }
+        }
+        self.totals.blank_lines += batch.blank_lines();
+        Ok(routed)
+    }
+
+    fn flagged(&mut self, s: &FlaggedSample, item: u32) -> Result<()> {
+        let b = &mut self.per_bench[self.index.items[item as usize].benchmark as usize];
+        b.samples_flagged += 1;
+        if s.verdict == Verdict::Contaminated {
+            self.totals.contaminated += 1;
+            b.samples_contaminated += 1;
+        } else {
+            self.totals.partial += 1;
+            b.samples_partial += 1;
+        }
+        self.item_hits.entry(item).or_insert((0, s.id.clone())).0 += 1;
+        self.samples
+            .write_all(to_json("samples.jsonl", s)?.as_bytes())?;
+        self.samples.write_all(b"\n")?;
+        self.hits.push(hit_row(s))?;
+        Ok(())
+    }
+
+    /// Closes the sample outputs and assembles the report.
+    fn finish(
+        mut self,
+        files: &[crate::benchmark::SourceFile],
+        opts: &RunOptions,
+        inputs: Vec<InputTotals>,
+        seconds: f64,
+    ) -> Result<AuditReport> {
+        self.samples.finish()?;
+        self.hits.finish()?;
+        let index = self.index;
+        for &item in self.item_hits.keys() {
+            self.per_bench[index.items[item as usize].benchmark as usize].items_hit += 1;
+        }
+        self.totals.seconds = seconds;
+        self.totals.mb_per_s = if seconds > 0.0 {
+            self.totals.bytes as f64 / 1e6 / seconds
+        } else {
+            0.0
+        };
+        let mut most_hit: Vec<(u32, u64, String)> = self
+            .item_hits
+            .into_iter()
+            .map(|(i, (n, s))| (i, n, s))
+            .collect();
+        most_hit.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        most_hit.truncate(MOST_HIT_LISTED);
+        let most_hit = most_hit
+            .into_iter()
+            .map(|(i, n, s)| {
+                let info = &index.items[i as usize];
+                report::ItemHits {
+                    benchmark: index.benchmarks[info.benchmark as usize].clone(),
+                    item_id: info.id.clone(),
+                    samples: n,
+                    first_sample: s,
+                }
+            })
+            .collect();
+        Ok(AuditReport::new(
+            index,
+            files,
+            opts,
+            NORMALIZATION_VERSION,
+            inputs,
+            self.totals,
+            self.per_bench,
+            self.skipped,
+            most_hit,
+            self.examples,
+        ))
+    }
+}
+
+/// The kept, removed and (when needed) rejected outputs of one input file.
+struct Filtered {
+    kept: FormatWriter,
+    removed: FormatWriter,
+    rejected: Option<FormatWriter>,
+    rejected_path: PathBuf,
+    format: Format,
+}
+
+impl Filtered {
+    fn create(staged: &StagedDir, name: &str, format: Format) -> Result<Self> {
+        Ok(Filtered {
+            kept: FormatWriter::create(&staged.path(Path::new("kept").join(name))?, format)?,
+            removed: FormatWriter::create(&staged.path(Path::new("removed").join(name))?, format)?,
+            rejected: None,
+            rejected_path: staged.path(Path::new("rejected").join(name))?,
+            format,
+        })
+    }
+
+    fn write(&mut self, batch: &Batch, routed: &Routed) -> Result<()> {
+        self.kept.write(batch, &routed.kept, None)?;
+        self.removed
+            .write(batch, &routed.removed, Some(&routed.notes))?;
+        if !routed.rejected.is_empty() {
+            if self.rejected.is_none() {
+                self.rejected = Some(FormatWriter::create(&self.rejected_path, self.format)?);
+            }
+            if let Some(w) = &mut self.rejected {
+                w.write(batch, &routed.rejected, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        self.kept.finish()?;
+        self.removed.finish()?;
+        if let Some(w) = self.rejected {
+            w.finish()?;
+        }
+        Ok(())
+    }
+}
+
 /// Audits (and, in [`Mode::Decontaminate`], filters) `inputs` against `index`, writing the
 /// outputs into `out`. Returns the report that was written as `audit.json`.
 pub fn run(
@@ -225,52 +450,30 @@ pub fn run(
     progress: &dyn Progress,
 ) -> Result<AuditReport> {
     let started = Instant::now();
-    let names = match opts.mode {
-        Mode::Decontaminate { .. } => output_names(inputs)?,
-        Mode::Audit => Vec::new(),
+    let decontaminate = matches!(opts.mode, Mode::Decontaminate { .. });
+    let names = if decontaminate {
+        output_names(inputs)?
+    } else {
+        Vec::new()
     };
     let staged = StagedDir::create(out)?;
-    let mut samples =
-        corpus::open_writer(&staged.path("samples.jsonl")?, corpus::Compression::None)?;
-    let mut hits = TableWriter::create(&staged.path("hits.parquet")?, HIT_COLUMNS)?;
-
-    let mut totals = Totals::default();
-    let mut per_bench: Vec<BenchmarkTotals> = index
-        .items_per_benchmark()
-        .into_iter()
-        .map(|items| BenchmarkTotals {
-            items,
-            ..Default::default()
-        })
-        .collect();
-    for u in &index.uncheckable {
-        if let Some(b) = index.benchmarks.iter().position(|b| b == &u.benchmark) {
-            per_bench[b].uncheckable += 1;
-        }
-    }
-    let mut item_hits: HashMap<u32, (u64, String)> = HashMap::new();
-    let mut skipped: Vec<SkippedRecord> = Vec::new();
-    let mut examples: Vec<FlaggedSample> = Vec::new();
+    let mut tally = Tally::new(index, &staged)?;
     let mut input_totals = Vec::new();
 
     for (k, path) in inputs.iter().enumerate() {
         progress.file(path);
-        let format = corpus::Format::detect(path)?;
-        let keep_all = matches!(opts.mode, Mode::Decontaminate { .. });
-        let reader = BatchReader::open(path, &opts.text, keep_all)?;
-        let mut writers = match opts.mode {
-            Mode::Decontaminate { .. } => Some((
-                FormatWriter::create(&staged.path(Path::new("kept").join(&names[k]))?, format)?,
-                FormatWriter::create(&staged.path(Path::new("removed").join(&names[k]))?, format)?,
-                None::<FormatWriter>,
-            )),
-            Mode::Audit => None,
+        let format = Format::detect(path)?;
+        let reader = BatchReader::open(path, &opts.text, decontaminate)?;
+        let mut filtered = match decontaminate {
+            true => Some(Filtered::create(&staged, &names[k], format)?),
+            false => None,
         };
-        let mut file_totals = InputTotals {
+        let mut file = InputTotals {
             path: path.display().to_string(),
             ..Default::default()
         };
-        let result: Result<()> = std::thread::scope(|scope| {
+        // A reader thread decompresses and splits ahead while the pool classifies.
+        std::thread::scope(|scope| -> Result<()> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<corpus::Result<Batch>>(2);
             scope.spawn(move || {
                 for b in reader {
@@ -282,153 +485,37 @@ pub fn run(
             for batch in rx {
                 let batch = batch?;
                 let outcomes = classify(index, &batch, &opts.text);
-                let mut kept = Vec::new();
-                let mut removed = Vec::new();
-                let mut notes = Vec::new();
-                let mut rejected = Vec::new();
-                for (i, (o, text_len)) in outcomes.into_iter().enumerate() {
-                    totals.text_bytes += text_len as u64;
-                    match o {
-                        Outcome::Bad(e) if opts.skip_bad_lines && e.is_record_error() => {
-                            totals.skipped_records += 1;
-                            if skipped.len() < MAX_SKIPPED_LISTED {
-                                skipped.push(SkippedRecord {
-                                    file: path.display().to_string(),
-                                    line: batch.line(i),
-                                    reason: e.to_string(),
-                                });
-                            }
-                            rejected.push(i);
-                        }
-                        Outcome::Bad(e) => return Err(e.into()),
-                        Outcome::Clean => {
-                            totals.clean += 1;
-                            kept.push(i);
-                        }
-                        Outcome::Flagged(s, item) => {
-                            let b = &mut per_bench[index.items[item as usize].benchmark as usize];
-                            b.samples_flagged += 1;
-                            match s.verdict {
-                                Verdict::Contaminated => {
-                                    totals.contaminated += 1;
-                                    b.samples_contaminated += 1;
-                                }
-                                _ => {
-                                    totals.partial += 1;
-                                    b.samples_partial += 1;
-                                }
-                            }
-                            let e = item_hits.entry(item).or_insert((0, s.id.clone()));
-                            e.0 += 1;
-                            samples.write_all(to_json("samples.jsonl", &*s)?.as_bytes())?;
-                            samples.write_all(b"\n")?;
-                            hits.push(hit_row(&s))?;
-                            let remove = match opts.mode {
-                                Mode::Decontaminate { remove_partial } => {
-                                    s.verdict == Verdict::Contaminated || remove_partial
-                                }
-                                Mode::Audit => false,
-                            };
-                            if remove {
-                                notes.push(to_json(
-                                    "removed note",
-                                    &serde_json::json!({
-                                        "verdict": s.verdict, "rule": s.rule, "benchmark": s.benchmark,
-                                        "item_id": s.item_id, "ratio": s.ratio, "ngram": s.ngram,
-                                    }),
-                                )?);
-                                removed.push(i);
-                            } else {
-                                kept.push(i);
-                            }
-                            if examples.len() < EXAMPLES_KEPT {
-                                examples.push(*s);
-                            }
-                        }
-                    }
+                let routed = tally.batch(&batch, outcomes, opts)?;
+                if let Some(f) = &mut filtered {
+                    f.write(&batch, &routed)?;
                 }
-                let docs = batch.len() as u64;
-                file_totals.documents += docs - rejected.len() as u64;
-                file_totals.bytes += batch.bytes();
-                totals.blank_lines += batch.blank_lines();
-                if let Some((kw, rw, rej)) = writers.as_mut() {
-                    kw.write(&batch, &kept, None)?;
-                    rw.write(&batch, &removed, Some(&notes))?;
-                    if !rejected.is_empty() {
-                        if rej.is_none() {
-                            *rej = Some(FormatWriter::create(
-                                &staged.path(Path::new("rejected").join(&names[k]))?,
-                                format,
-                            )?);
-                        }
-                        if let Some(w) = rej {
-                            w.write(&batch, &rejected, None)?;
-                        }
-                    }
-                }
-                progress.advance(docs, batch.bytes());
+                file.documents += (batch.len() - routed.rejected.len()) as u64;
+                file.bytes += batch.bytes();
+                progress.advance(batch.len() as u64, batch.bytes());
             }
             Ok(())
-        });
-        result?;
-        if let Some((kw, rw, rej)) = writers {
-            kw.finish()?;
-            rw.finish()?;
-            if let Some(w) = rej {
-                w.finish()?;
-            }
+        })?;
+        if let Some(f) = filtered {
+            f.finish()?;
         }
-        totals.documents += file_totals.documents;
-        totals.bytes += file_totals.bytes;
-        input_totals.push(file_totals);
+        tally.totals.documents += file.documents;
+        tally.totals.bytes += file.bytes;
+        input_totals.push(file);
     }
-    samples.finish()?;
-    hits.finish()?;
 
-    for (&item, _) in &item_hits {
-        per_bench[index.items[item as usize].benchmark as usize].items_hit += 1;
-    }
-    totals.seconds = started.elapsed().as_secs_f64();
-    totals.mb_per_s = if totals.seconds > 0.0 {
-        totals.bytes as f64 / 1e6 / totals.seconds
-    } else {
-        0.0
-    };
-    let mut most_hit: Vec<(u32, u64, String)> =
-        item_hits.into_iter().map(|(i, (n, s))| (i, n, s)).collect();
-    most_hit.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    most_hit.truncate(20);
-
-    let mut unch = corpus::open_writer(
-        &staged.path("uncheckable.jsonl")?,
-        corpus::Compression::None,
-    )?;
+    let mut unch = corpus::open_writer(&staged.path("uncheckable.jsonl")?, Compression::None)?;
     for u in &index.uncheckable {
         unch.write_all(to_json("uncheckable.jsonl", u)?.as_bytes())?;
         unch.write_all(b"\n")?;
     }
     unch.finish()?;
 
-    let report = AuditReport::new(
-        index,
+    let report = tally.finish(
         benchmark_files,
         opts,
-        NORMALIZATION_VERSION,
         input_totals,
-        totals,
-        per_bench,
-        skipped,
-        most_hit
-            .into_iter()
-            .map(|(i, n, s)| report::ItemHits {
-                benchmark: index.benchmarks[index.items[i as usize].benchmark as usize].clone(),
-                item_id: index.items[i as usize].id.clone(),
-                samples: n,
-                first_sample: s,
-            })
-            .collect(),
-        examples,
-    );
+        started.elapsed().as_secs_f64(),
+    )?;
     std::fs::write(staged.path("report.md")?, report::markdown(&report))
         .map_err(|e| Error::io(out.join("report.md"), e))?;
     let json = serde_json::to_string_pretty(&report.json()).map_err(|e| Error::Serialize {

@@ -175,14 +175,13 @@ impl<'a> Scanner<'a> {
         let ratio_of = |item: u32, c: &[u32; 3]| -> (f64, usize, u32) {
             let info = &idx.items[item as usize];
             let mut best = (0.0, 0, 0);
-            for part in 0..3 {
-                let size = info.part_ngrams[part];
+            for (part, (&size, &shared)) in info.part_ngrams.iter().zip(c).enumerate() {
                 if size == 0 || (part > 0 && (size as usize) < s.min_part_ngrams) {
                     continue;
                 }
-                let r = c[part] as f64 / size.min(sample_ngrams).max(1) as f64;
+                let r = shared as f64 / size.min(sample_ngrams).max(1) as f64;
                 if r > best.0 {
-                    best = (r, part, c[part]);
+                    best = (r, part, shared);
                 }
             }
             best
