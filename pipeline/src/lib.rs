@@ -1,0 +1,3 @@
+//! Recipes, the stage graph, the sample store and incremental builds.
+pub mod recipe;
+pub mod yaml;
