@@ -6,6 +6,9 @@ use dedup::audit::{self, Mode, Progress, RunOptions};
 use dedup::benchmark::{BenchmarkSet, FieldMap};
 use dedup::index::{BenchIndex, Settings};
 use indicatif::{ProgressBar, ProgressStyle};
+use pipeline::build::BuildOptions;
+use pipeline::executor::Executor;
+use pipeline::recipe::Recipe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -33,11 +36,44 @@ enum Command {
         #[arg(long)]
         remove_partial: bool,
     },
+    /// Checks a recipe without running anything; reports every problem with file, line and field.
+    Validate { recipe: PathBuf },
+    /// Shows, per stage, how many inputs are cached and how many will run, and why.
+    Plan {
+        recipe: PathBuf,
+        /// Redo these stages and everything after them.
+        #[arg(long)]
+        force: Vec<String>,
+    },
+    /// Builds a recipe, recomputing only what changed since the last build.
+    Build {
+        recipe: PathBuf,
+        /// Redo these stages and everything after them.
+        #[arg(long)]
+        force: Vec<String>,
+        /// Where units run: on this machine's cores, or as a Slurm job array.
+        #[arg(long, value_enum, default_value = "local")]
+        executor: ExecutorArg,
+    },
+    /// Runs one unit of a stage from a manifest (what each Slurm array task runs).
+    #[command(hide = true)]
+    RunUnit {
+        manifest: PathBuf,
+        /// The unit (default: SLURM_ARRAY_TASK_ID).
+        #[arg(long)]
+        unit: Option<usize>,
+    },
     /// Prints the normalised form of a text (argument or standard input), as matching sees it.
     Normalize {
         /// The text; read from standard input when absent.
         text: Option<String>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExecutorArg {
+    Local,
+    Slurm,
 }
 
 #[derive(Args)]
@@ -102,6 +138,96 @@ fn run(cli: Cli) -> Result<()> {
             args,
             remove_partial,
         } => decont(args, Mode::Decontaminate { remove_partial }),
+        Command::Validate { recipe } => {
+            let r = Recipe::load(&recipe)?;
+            println!(
+                "{}: ok ({} sources, {} stages)",
+                recipe.display(),
+                r.sources.len(),
+                r.stages.len()
+            );
+            Ok(())
+        }
+        Command::Plan { recipe, force } => {
+            let r = Recipe::load(&recipe)?;
+            let opts = BuildOptions {
+                executor: Executor::Local,
+                force,
+                dry_run: true,
+                progress: &pipeline::build::NoProgress,
+            };
+            let report = pipeline::build::build(&r, &recipe, &opts)?;
+            println!(
+                "{:<16} {:<14} {:>8} {:>8}  why",
+                "stage", "type", "cached", "to run"
+            );
+            for s in &report.stages {
+                let run = s.run.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+                println!(
+                    "{:<16} {:<14} {:>8} {:>8}  {}",
+                    s.name,
+                    s.kind,
+                    s.cached,
+                    run,
+                    s.reason.describe()
+                );
+            }
+            if !report.did_work {
+                println!("nothing to do: every stage is up to date");
+            }
+            Ok(())
+        }
+        Command::Build {
+            recipe,
+            force,
+            executor,
+        } => {
+            let r = Recipe::load(&recipe)?;
+            let bar = StageBar::new();
+            let opts = BuildOptions {
+                executor: match executor {
+                    ExecutorArg::Local => Executor::Local,
+                    ExecutorArg::Slurm => Executor::Slurm,
+                },
+                force,
+                dry_run: false,
+                progress: &bar,
+            };
+            let report = pipeline::build::build(&r, &recipe, &opts);
+            bar.bar.finish_and_clear();
+            let report = report?;
+            for s in &report.stages {
+                let dropped: Vec<String> =
+                    s.dropped.iter().map(|(k, v)| format!("{v} {k}")).collect();
+                println!(
+                    "{:<16} {:<14} {:>6} cached {:>6} run {:>4} units  {:>7} in {:>7} out{}  {:.1}s",
+                    s.name,
+                    s.kind,
+                    s.cached,
+                    s.run.unwrap_or(0),
+                    s.units_run,
+                    s.samples_in,
+                    s.samples_out,
+                    if dropped.is_empty() { String::new() } else { format!("  dropped: {}", dropped.join(", ")) },
+                    s.seconds
+                );
+            }
+            if report.did_work {
+                println!(
+                    "built in {:.1}s; wrote {} output files ({} unchanged)",
+                    report.seconds,
+                    report.outputs.len(),
+                    report.outputs_unchanged
+                );
+            } else {
+                println!(
+                    "nothing to do: every stage is up to date ({} output files unchanged)",
+                    report.outputs_unchanged
+                );
+            }
+            Ok(())
+        }
+        Command::RunUnit { manifest, unit } => Ok(pipeline::executor::run_unit(&manifest, unit)?),
         Command::Normalize { text } => {
             let text = match text {
                 Some(t) => t,
@@ -112,6 +238,34 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", dedup::normalize::normalize(&text));
             Ok(())
         }
+    }
+}
+
+/// A progress bar per running stage: units done of units to run.
+struct StageBar {
+    bar: ProgressBar,
+}
+
+impl StageBar {
+    fn new() -> Self {
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {prefix:16} {bar:30} {pos}/{len} units",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        StageBar { bar }
+    }
+}
+
+impl pipeline::build::Progress for StageBar {
+    fn stage(&self, name: &str, units: usize) {
+        self.bar.set_prefix(name.to_string());
+        self.bar.set_length(units as u64);
+        self.bar.set_position(0);
+    }
+    fn unit_done(&self) {
+        self.bar.inc(1);
     }
 }
 
