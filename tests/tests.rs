@@ -4,5 +4,6 @@ mod util;
 
 mod audit;
 mod bad_input;
+mod build;
 mod decontaminate;
 mod planted;

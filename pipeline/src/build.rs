@@ -209,6 +209,7 @@ pub fn build(recipe: &Recipe, recipe_path: &Path, opts: &BuildOptions) -> Result
             store.forget(&fp)?;
         }
         let changed = store.ran_with_other_fingerprint(&name, &fp)?;
+        let ran_before = store.ran_with(&name, &fp)?;
         let mut report = StageReport {
             name: name.clone(),
             kind,
@@ -261,12 +262,12 @@ pub fn build(recipe: &Recipe, recipe_path: &Path, opts: &BuildOptions) -> Result
         };
         if report.reason != Reason::UpToDate && report.reason != Reason::AfterUpstream && !is_forced
         {
-            report.reason = if changed && report.cached == 0 {
-                Reason::ChangedConfig
-            } else if report.cached == 0 {
-                Reason::FirstRun
-            } else {
+            report.reason = if ran_before {
                 Reason::NewInputs
+            } else if changed {
+                Reason::ChangedConfig
+            } else {
+                Reason::FirstRun
             };
         }
         if let Some(p) = &produced {

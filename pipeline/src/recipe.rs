@@ -505,7 +505,13 @@ impl Recipe {
         };
 
         check_sources(&mut c, &root, dir);
-        check_stages(&mut c, &sources, &stages);
+        // References are checked against every declared source name, even one that failed to
+        // parse, so one mistake is reported once.
+        let source_names: Vec<String> = match top.get("sources") {
+            Some(Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        check_stages(&mut c, &source_names, &stages);
         check_values(&mut c, &decontaminate, &mix, output.as_ref(), &stages, dir);
 
         if !c.found.is_empty() {
@@ -564,17 +570,13 @@ fn check_sources(c: &mut Checker, root: &Value, dir: &Path) {
     }
 }
 
-fn check_stages(
-    c: &mut Checker,
-    sources: &BTreeMap<String, Source>,
-    stages: &[(usize, StageConfig)],
-) {
+fn check_stages(c: &mut Checker, sources: &[String], stages: &[(usize, StageConfig)]) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, s) in stages {
         let name = s.name();
         if name.is_empty() {
             c.error(&format!("stages[{i}].name"), "a stage needs a name");
-        } else if sources.contains_key(name) {
+        } else if sources.iter().any(|s| s == name) {
             c.error(
                 &format!("stages[{i}].name"),
                 format!("`{name}` is already a source's name"),
@@ -593,13 +595,13 @@ fn check_stages(
         }
     }
     let known: Vec<&str> = sources
-        .keys()
+        .iter()
         .map(String::as_str)
         .chain(names.keys().copied())
         .collect();
     for (i, s) in stages {
         for (j, input) in s.inputs().iter().enumerate() {
-            if !sources.contains_key(input) && !names.contains_key(input.as_str()) {
+            if !sources.contains(input) && !names.contains_key(input.as_str()) {
                 let mut known = known.clone();
                 known.sort_unstable();
                 c.error(

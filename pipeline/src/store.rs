@@ -158,6 +158,14 @@ impl Store {
         Ok(())
     }
 
+    /// Whether stage `name` has run before with fingerprint `fp`.
+    pub fn ran_with(&self, name: &str, fp: &str) -> Result<bool> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM stages WHERE name = ?1 AND stage_fp = ?2")
+            .and_then(|mut s| s.exists(params![name, fp]))
+            .map_err(sql(&self.path))
+    }
+
     /// Whether stage `name` has run before with a fingerprint other than `fp`.
     pub fn ran_with_other_fingerprint(&self, name: &str, fp: &str) -> Result<bool> {
         let n: i64 = self

@@ -1,0 +1,370 @@
+//! `phiforge validate`, `plan` and `build`: incremental regeneration, crash safety, executors and
+//! bad input.
+
+use crate::util::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const RECIPE: &str = r#"
+name: test-build
+seed: 1
+sources:
+  seeds:
+    path: seeds.jsonl
+    class: web
+stages:
+  - name: unique
+    type: dedup_exact
+    inputs: [seeds]
+  - name: clean
+    type: decontaminate
+    inputs: [unique]
+    benchmarks: [gsm8k]
+  - name: shout
+    type: template
+    inputs: [clean]
+    template: "{{ text | upper }}"
+mix:
+  weights: {web: 1.0}
+output:
+  path: out
+  shards: 2
+"#;
+
+/// Real documents, one per paragraph of the example docs, with a duplicate and a GSM8K leak.
+fn seeds(n: usize) -> Vec<Value> {
+    let mut docs: Vec<Value> = Vec::new();
+    for d in python_docs() {
+        for (k, para) in d["text"].as_str().unwrap().split("\n\n").enumerate() {
+            if para.split_whitespace().count() >= 8 && docs.len() < n {
+                docs.push(
+                    json!({"id": format!("{}/{k}", d["id"].as_str().unwrap()), "text": para}),
+                );
+            }
+        }
+    }
+    docs.push(docs[3].clone());
+    docs.push(json!({"id": "leak", "text": item("gsm8k", "gsm8k/9")["question"]}));
+    docs
+}
+
+fn setup(dir: &Dir, n: usize) {
+    dir.write("recipe.yaml", RECIPE);
+    dir.write_jsonl("seeds.jsonl", &seeds(n));
+}
+
+fn report(dir: &Dir) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.path("out/report.json")).unwrap()).unwrap()
+}
+
+/// (cached, run) of each stage in the last build's report.
+fn work(dir: &Dir) -> Vec<(String, u64, u64)> {
+    report(dir)["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["cached"].as_u64().unwrap(),
+                s["run"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn stage<'a>(w: &'a [(String, u64, u64)], name: &str) -> &'a (String, u64, u64) {
+    w.iter().find(|s| s.0 == name).unwrap()
+}
+
+/// The output files and their bytes.
+fn outputs(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(root.join("out/shout")).unwrap() {
+        let e = e.unwrap();
+        v.push((
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read(e.path()).unwrap(),
+        ));
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn a_build_writes_samples_with_lineage_and_a_second_build_does_no_work() {
+    let dir = Dir::new();
+    setup(&dir, 40);
+    dir.ok(&["validate", "recipe.yaml"]);
+    let out = dir.ok(&["build", "recipe.yaml"]);
+    assert!(
+        out.contains("dropped: 1 contaminated (ngram13, gsm8k)"),
+        "{out}"
+    );
+    assert!(out.contains("dropped: 1 duplicate"), "{out}");
+    let files = outputs(dir.tmp.path());
+    assert_eq!(files.len(), 2);
+    let samples: Vec<Value> = files
+        .iter()
+        .flat_map(|(_, b)| {
+            String::from_utf8(b.clone())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect();
+    assert_eq!(samples.len(), 40);
+    let s = &samples[0];
+    assert_eq!(s["class"], "web");
+    assert_eq!(
+        s["text"].as_str().unwrap(),
+        s["text"].as_str().unwrap().to_uppercase()
+    );
+    assert_eq!(s["lineage"]["stage"], "shout");
+    assert_eq!(s["lineage"]["parents"].as_array().unwrap().len(), 1);
+    assert!(s["lineage"]["template_hash"].is_string());
+
+    let again = dir.ok(&["build", "recipe.yaml"]);
+    assert!(again.contains("nothing to do"), "{again}");
+    assert_eq!(report(&dir)["did_work"], false);
+    assert_eq!(outputs(dir.tmp.path()), files);
+    let plan = dir.ok(&["plan", "recipe.yaml"]);
+    assert!(plan.contains("nothing to do"), "{plan}");
+}
+
+#[test]
+fn new_seed_documents_run_alone() {
+    let dir = Dir::new();
+    setup(&dir, 30);
+    dir.ok(&["build", "recipe.yaml"]);
+    let mut docs = seeds(30);
+    docs.push(json!({"id": "new-1", "text": "A brand new document about tidal pools and the creatures living in them."}));
+    docs.push(json!({"id": "new-2", "text": "Another new document, this one about lichens growing on old stone walls."}));
+    dir.write_jsonl("seeds.jsonl", &docs);
+    let plan = dir.ok(&["plan", "recipe.yaml"]);
+    assert!(plan.contains("new inputs"), "{plan}");
+    dir.ok(&["build", "recipe.yaml"]);
+    let w = work(&dir);
+    assert_eq!(stage(&w, "clean"), &("clean".into(), 31, 2));
+    assert_eq!(stage(&w, "shout"), &("shout".into(), 30, 2));
+}
+
+#[test]
+fn a_changed_template_reruns_that_stage_and_what_follows_only() {
+    let dir = Dir::new();
+    setup(&dir, 30);
+    dir.ok(&["build", "recipe.yaml"]);
+    dir.write(
+        "recipe.yaml",
+        RECIPE.replace("{{ text | upper }}", "{{ text | lower }}"),
+    );
+    dir.ok(&["build", "recipe.yaml"]);
+    let w = work(&dir);
+    assert_eq!(stage(&w, "clean"), &("clean".into(), 31, 0));
+    assert_eq!(stage(&w, "shout"), &("shout".into(), 0, 30));
+    assert_eq!(report(&dir)["stages"][3]["reason"], "changed_config");
+    // Mix weights feed mixing and training only: no existing stage reruns.
+    dir.write(
+        "recipe.yaml",
+        RECIPE
+            .replace("{{ text | upper }}", "{{ text | lower }}")
+            .replace("{web: 1.0}", "{web: 0.5, code: 0.5}"),
+    );
+    let out = dir.ok(&["build", "recipe.yaml"]);
+    assert!(out.contains("nothing to do"), "{out}");
+}
+
+#[test]
+fn force_redoes_a_stage_and_everything_after_it() {
+    let dir = Dir::new();
+    setup(&dir, 20);
+    dir.ok(&["build", "recipe.yaml"]);
+    let before = outputs(dir.tmp.path());
+    dir.ok(&["build", "recipe.yaml", "--force", "clean"]);
+    let w = work(&dir);
+    assert_eq!(stage(&w, "unique").2, 0);
+    assert_eq!(stage(&w, "clean").2, 21);
+    assert_eq!(stage(&w, "shout").2, 20);
+    assert_eq!(outputs(dir.tmp.path()), before);
+    let err = dir.fails(&["build", "recipe.yaml", "--force", "nope"]);
+    assert!(err.contains("`nope`"), "{err}");
+}
+
+/// Kills builds with SIGKILL at many points; the build that finally completes writes the same
+/// bytes as an uninterrupted one, with no sample lost or duplicated.
+#[test]
+fn builds_killed_at_random_points_finish_with_identical_outputs() {
+    let reference = Dir::new();
+    setup(&reference, 600);
+    reference.ok(&["build", "recipe.yaml"]);
+    let want = outputs(reference.tmp.path());
+
+    let dir = Dir::new();
+    setup(&dir, 600);
+    let mut state: u64 = 0x2545f4914f6cdd1d;
+    let mut killed = 0;
+    for _ in 0..15 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let delay = Duration::from_millis(20 + state % 900);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_phiforge"))
+            .args(["build", "recipe.yaml"])
+            .current_dir(dir.tmp.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        killed > 0,
+        "no build was killed: the delays are too long for this machine"
+    );
+    dir.ok(&["build", "recipe.yaml"]);
+    let got = outputs(dir.tmp.path());
+    assert_eq!(got.len(), want.len());
+    for ((n1, b1), (n2, b2)) in got.iter().zip(&want) {
+        assert_eq!(n1, n2);
+        assert!(b1 == b2, "{n1} differs after killed builds");
+    }
+    // No sample is duplicated.
+    let ids: Vec<String> = got
+        .iter()
+        .flat_map(|(_, b)| {
+            String::from_utf8(b.clone())
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<Value>(l).unwrap()["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len());
+    assert!(ids.len() > 500, "{}", ids.len());
+    // No temporary file is left among the outputs.
+    for e in std::fs::read_dir(dir.path("out/shout")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("part-") && name.ends_with(".jsonl"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn validate_reports_every_problem_with_its_place() {
+    let dir = Dir::new();
+    dir.write_jsonl("seeds.jsonl", &seeds(5));
+    dir.write(
+        "bad.yaml",
+        RECIPE
+            .replace("class: web", "class: webby")
+            .replace("inputs: [unique]", "inputs: [uniq]")
+            .replace("shards: 2", "shards: 2\n  colour: red"),
+    );
+    let err = dir.fails(&["validate", "bad.yaml"]);
+    assert!(err.contains("3 problems"), "{err}");
+    assert!(
+        err.contains("bad.yaml:7:5: sources.seeds.class: unknown variant `webby`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.yaml:14:14: stages[1].inputs[0]: unknown input `uniq`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("output.colour: unknown field `colour`"),
+        "{err}"
+    );
+    // Nothing was created.
+    assert!(!dir.path("out").exists());
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_the_store_stays_usable() {
+    let dir = Dir::new();
+    setup(&dir, 10);
+    dir.write(
+        "missing.yaml",
+        RECIPE.replace("seeds.jsonl", "nowhere/*.jsonl"),
+    );
+    let err = dir.fails(&["build", "missing.yaml"]);
+    assert!(
+        err.contains("sources.seeds.path") && err.contains("matches no file"),
+        "{err}"
+    );
+
+    dir.ok(&["build", "recipe.yaml"]);
+    dir.write("code.yaml", RECIPE.replace("class: web", "class: code"));
+    let err = dir.fails(&["build", "code.yaml"]);
+    assert!(
+        err.contains("source `seeds` was built as class `web`"),
+        "{err}"
+    );
+    let out = dir.ok(&["build", "recipe.yaml"]);
+    assert!(out.contains("nothing to do"), "{out}");
+
+    // A malformed seed line names its file and line, and keeps what was built.
+    let mut lines = std::fs::read_to_string(dir.path("seeds.jsonl")).unwrap();
+    lines.push_str("{\"text\": broken\n");
+    dir.write("seeds.jsonl", lines);
+    let err = dir.fails(&["build", "recipe.yaml"]);
+    assert!(err.contains("seeds.jsonl: line 13: invalid JSON"), "{err}");
+    assert_eq!(outputs(dir.tmp.path()).len(), 2);
+
+    // A store from a newer phiforge is refused.
+    let conn = rusqlite::Connection::open(dir.path("out/store.sqlite")).unwrap();
+    conn.execute(
+        "UPDATE meta SET value = '999' WHERE key = 'schema_version'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let err = dir.fails(&["build", "recipe.yaml"]);
+    assert!(err.contains("written by a newer phiforge"), "{err}");
+}
+
+/// The Slurm executor gives the same outputs as the local one. Runs where `sbatch` is on the path
+/// (CI starts a one-node cluster with ../shared/slurm/start-single-node.sh).
+#[test]
+fn slurm_builds_match_local_builds() {
+    if Command::new("sinfo")
+        .arg("-h")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!(
+            "no running Slurm cluster here: start one with ../shared/slurm/start-single-node.sh"
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("CI must run the Slurm test: .ci/run starts the cluster");
+        }
+        return;
+    }
+    let local = Dir::new();
+    setup(&local, 200);
+    local.ok(&["build", "recipe.yaml"]);
+    let slurm = Dir::new();
+    setup(&slurm, 200);
+    let out = slurm.ok(&["build", "recipe.yaml", "--executor", "slurm"]);
+    assert!(out.contains("units"), "{out}");
+    assert_eq!(report(&slurm)["executor"], "slurm");
+    assert_eq!(outputs(slurm.tmp.path()), outputs(local.tmp.path()));
+    let again = slurm.ok(&["build", "recipe.yaml", "--executor", "slurm"]);
+    assert!(again.contains("nothing to do"), "{again}");
+}
