@@ -368,4 +368,57 @@ fn slurm_builds_match_local_builds() {
     assert_eq!(outputs(slurm.tmp.path()), outputs(local.tmp.path()));
     let again = slurm.ok(&["build", "recipe.yaml", "--executor", "slurm"]);
     assert!(again.contains("nothing to do"), "{again}");
+
+    // A task cancelled mid-run: its unit is submitted again and the result is the same.
+    let child = Command::new(env!("CARGO_BIN_EXE_phiforge"))
+        .args([
+            "build",
+            "recipe.yaml",
+            "--executor",
+            "slurm",
+            "--force",
+            "clean",
+        ])
+        .current_dir(slurm.tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut cancelled = None;
+    for _ in 0..600 {
+        let q = Command::new("squeue")
+            .args(["-h", "-r", "-n", "phiforge-clean", "-o", "%i"])
+            .output()
+            .unwrap();
+        let tasks = String::from_utf8_lossy(&q.stdout).to_string();
+        if let Some(task) = tasks.lines().find(|t| t.ends_with("_1")) {
+            Command::new("scancel").arg(task).status().unwrap();
+            cancelled = Some(task.to_string());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        cancelled.is_some(),
+        "no task of the clean stage was seen running"
+    );
+    assert_eq!(outputs(slurm.tmp.path()), outputs(local.tmp.path()));
+    let clean = &report(&slurm)["stages"][2];
+    assert_eq!(clean["units_failed"], 0, "{clean}");
+    // The cancelled unit ran in a second submission.
+    let fp = clean["fingerprint"].as_str().unwrap();
+    let logs: Vec<String> = std::fs::read_dir(slurm.path(&format!("out/slurm/{fp}")))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        logs.iter().any(|l| l.ends_with("attempt1.log")),
+        "{cancelled:?}: {logs:?}"
+    );
 }
