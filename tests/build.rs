@@ -422,3 +422,68 @@ fn slurm_builds_match_local_builds() {
         "{cancelled:?}: {logs:?}"
     );
 }
+
+#[test]
+fn the_example_recipe_validates() {
+    let dir = Dir::new();
+    let recipe = root().join("examples/recipe.yaml");
+    let out = dir.ok(&["validate", recipe.to_str().unwrap()]);
+    assert!(out.contains("ok (2 sources, 3 stages)"), "{out}");
+}
+
+/// A full disk stops the build with a clear error; once there is room again, the same store
+/// finishes the build with the same outputs. Needs root to mount a small tmpfs (skipped elsewhere).
+#[test]
+fn a_full_disk_is_a_clear_error_and_the_store_stays_usable() {
+    let reference = Dir::new();
+    setup(&reference, 2000);
+    reference.ok(&["build", "recipe.yaml"]);
+
+    let dir = Dir::new();
+    setup(&dir, 2000);
+    let mnt = dir.path("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=600k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("cannot mount a tmpfs here (needs root): skipped");
+        return;
+    }
+    let run = || {
+        dir.write(
+            "recipe.yaml",
+            RECIPE.replace("path: out", &format!("path: {}", mnt.join("out").display())),
+        );
+        dir.run(&["build", "recipe.yaml"])
+    };
+    let first = run();
+    let err = String::from_utf8_lossy(&first.stderr).into_owned();
+    let remount = Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(remount.success());
+    let second = run();
+    let got = if second.status.success() {
+        outputs(&mnt)
+    } else {
+        Vec::new()
+    };
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert!(
+        !first.status.success(),
+        "the build should not fit in 600 KiB"
+    );
+    assert!(err.contains("full") || err.contains("No space"), "{err}");
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(got, outputs(reference.tmp.path()));
+}

@@ -558,8 +558,14 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, data).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let written = std::fs::write(&tmp, data)
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if written.is_err() {
+        // A full disk or a failed rename leaves nothing half-written behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Writes a final stage's samples, sorted by id, as `NAME/part-K-of-N.jsonl`; a file whose bytes

@@ -564,8 +564,14 @@ fn check_sources(c: &mut Checker, root: &Value, dir: &Path) {
         };
         let path = resolve(dir, rel);
         let pattern = path.to_string_lossy().into_owned();
-        if let Err(e) = corpus::expand_inputs(&[pattern]) {
-            c.error(&format!("sources.{name}.path"), e.to_string());
+        match corpus::expand_inputs(&[pattern]) {
+            Err(e) => c.error(&format!("sources.{name}.path"), e.to_string()),
+            Ok(files) => {
+                // Every file must be of a kind phiforge reads.
+                if let Some(e) = files.iter().find_map(|f| corpus::Format::detect(f).err()) {
+                    c.error(&format!("sources.{name}.path"), e.to_string());
+                }
+            }
         }
     }
 }
