@@ -157,24 +157,7 @@ fn run(cli: Cli) -> Result<()> {
                 progress: &pipeline::build::NoProgress,
             };
             let report = pipeline::build::build(&r, &recipe, &opts)?;
-            println!(
-                "{:<16} {:<14} {:>8} {:>8}  why",
-                "stage", "type", "cached", "to run"
-            );
-            for s in &report.stages {
-                let run = s.run.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
-                println!(
-                    "{:<16} {:<14} {:>8} {:>8}  {}",
-                    s.name,
-                    s.kind,
-                    s.cached,
-                    run,
-                    s.reason.describe()
-                );
-            }
-            if !report.did_work {
-                println!("nothing to do: every stage is up to date");
-            }
+            print!("{}", report.plan_summary());
             Ok(())
         }
         Command::Build {
@@ -196,35 +179,7 @@ fn run(cli: Cli) -> Result<()> {
             let report = pipeline::build::build(&r, &recipe, &opts);
             bar.bar.finish_and_clear();
             let report = report?;
-            for s in &report.stages {
-                let dropped: Vec<String> =
-                    s.dropped.iter().map(|(k, v)| format!("{v} {k}")).collect();
-                println!(
-                    "{:<16} {:<14} {:>6} cached {:>6} run {:>4} units  {:>7} in {:>7} out{}  {:.1}s",
-                    s.name,
-                    s.kind,
-                    s.cached,
-                    s.run.unwrap_or(0),
-                    s.units_run,
-                    s.samples_in,
-                    s.samples_out,
-                    if dropped.is_empty() { String::new() } else { format!("  dropped: {}", dropped.join(", ")) },
-                    s.seconds
-                );
-            }
-            if report.did_work {
-                println!(
-                    "built in {:.1}s; wrote {} output files ({} unchanged)",
-                    report.seconds,
-                    report.outputs.len(),
-                    report.outputs_unchanged
-                );
-            } else {
-                println!(
-                    "nothing to do: every stage is up to date ({} output files unchanged)",
-                    report.outputs_unchanged
-                );
-            }
+            print!("{}", report.summary());
             Ok(())
         }
         Command::RunUnit { manifest, unit } => Ok(pipeline::executor::run_unit(&manifest, unit)?),

@@ -93,6 +93,69 @@ pub struct RunReport {
     pub seconds: f64,
 }
 
+impl RunReport {
+    /// The readable summary of a build: a line per stage, then what was written.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for s in &self.stages {
+            let dropped: Vec<String> = s.dropped.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            out.push_str(&format!(
+                "{:<16} {:<14} {:>6} cached {:>6} run {:>4} units {:>7} in {:>7} out  {:.1}s{}\n",
+                s.name,
+                s.kind,
+                s.cached,
+                s.run.unwrap_or(0),
+                s.units_run,
+                s.samples_in,
+                s.samples_out,
+                s.seconds,
+                if dropped.is_empty() {
+                    String::new()
+                } else {
+                    format!("  dropped: {}", dropped.join(", "))
+                },
+            ));
+        }
+        if self.did_work {
+            out.push_str(&format!(
+                "built in {:.1}s; wrote {} output files ({} unchanged)\n",
+                self.seconds,
+                self.outputs.len(),
+                self.outputs_unchanged
+            ));
+        } else {
+            out.push_str(&format!(
+                "nothing to do: every stage is up to date ({} output files unchanged)\n",
+                self.outputs_unchanged
+            ));
+        }
+        out
+    }
+
+    /// The readable form of a plan: per stage, inputs cached and to run, and why.
+    pub fn plan_summary(&self) -> String {
+        let mut out = format!(
+            "{:<16} {:<14} {:>8} {:>8}  why\n",
+            "stage", "type", "cached", "to run"
+        );
+        for s in &self.stages {
+            let run = s.run.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+            out.push_str(&format!(
+                "{:<16} {:<14} {:>8} {:>8}  {}\n",
+                s.name,
+                s.kind,
+                s.cached,
+                run,
+                s.reason.describe()
+            ));
+        }
+        if !self.did_work {
+            out.push_str("nothing to do: every stage is up to date\n");
+        }
+        out
+    }
+}
+
 /// Options of a build.
 pub struct BuildOptions<'a> {
     pub executor: Executor,
@@ -313,6 +376,7 @@ pub fn build(recipe: &Recipe, recipe_path: &Path, opts: &BuildOptions) -> Result
         let json = serde_json::to_string_pretty(&report).unwrap_or_default();
         let out_dir = recipe.resolve(&recipe.output.path);
         atomic_write(&out_dir.join("report.json"), format!("{json}\n").as_bytes())?;
+        atomic_write(&out_dir.join("report.txt"), report.summary().as_bytes())?;
         store.finish_run(id, &now(), "ok", &json)?;
     }
     Ok(report)
@@ -474,9 +538,7 @@ fn run_stage(
                     serde_json::from_str(&summary).unwrap_or_default();
                 report.dropped = counts;
             }
-            let mut r2 = report.clone();
-            let out = load(store, fp, &ids, &mut r2)?;
-            Ok(Some(out))
+            Ok(Some(load(store, fp, &ids, report)?))
         }
         Shape::PerItem => {
             // Distinct inputs, in order.
