@@ -80,6 +80,21 @@ pub struct StageReport {
     pub seconds: f64,
 }
 
+impl StageReport {
+    /// Records how many inputs are cached and how many must run (and so that the stage has work).
+    fn pending(&mut self, cached: usize, todo: usize, forced: bool) {
+        self.cached = cached;
+        self.run = Some(todo);
+        if todo > 0 {
+            self.reason = if forced {
+                Reason::Forced
+            } else {
+                Reason::NewInputs
+            };
+        }
+    }
+}
+
 /// What a build did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
@@ -409,18 +424,10 @@ fn read_source(
         .collect::<Result<_>>()?;
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let cached = store.cached(fp, &id_refs)?;
-    report.cached = cached.len();
     let todo: Vec<usize> = (0..files.len())
         .filter(|&k| !cached.contains(&ids[k]))
         .collect();
-    report.run = Some(todo.len());
-    if !todo.is_empty() {
-        report.reason = if forced {
-            Reason::Forced
-        } else {
-            Reason::NewInputs
-        };
-    }
+    report.pending(cached.len(), todo.len(), forced);
     if opts.dry_run {
         return Ok(if todo.is_empty() {
             Some(load(store, fp, &ids, report)?)
@@ -498,14 +505,9 @@ fn run_stage(
             let key = format!("set:{:032x}", xxh3_128(&h));
             let ids = vec![key.clone()];
             let cached = store.cached(fp, &[key.as_str()])?;
-            report.cached = cached.len();
+            let todo = if cached.is_empty() { inputs.len() } else { 0 };
+            report.pending(cached.len(), todo, forced);
             if cached.is_empty() {
-                report.run = Some(inputs.len());
-                report.reason = if forced {
-                    Reason::Forced
-                } else {
-                    Reason::NewInputs
-                };
                 if opts.dry_run {
                     return Ok(None);
                 }
@@ -530,8 +532,6 @@ fn run_stage(
                 )?;
                 report.units_run = 1;
                 opts.progress.unit_done();
-            } else {
-                report.run = Some(0);
             }
             if let Some(ItemResult::Drop(summary)) = store.result(fp, &format!("{key}:dropped"))? {
                 let counts: BTreeMap<String, usize> =
@@ -549,20 +549,12 @@ fn run_stage(
                 .collect();
             let ids: Vec<&str> = distinct.iter().map(|s| s.id.as_str()).collect();
             let cached = store.cached(fp, &ids)?;
-            report.cached = cached.len();
             let todo: Vec<&Sample> = distinct
                 .iter()
                 .copied()
                 .filter(|s| !cached.contains(&s.id))
                 .collect();
-            report.run = Some(todo.len());
-            if !todo.is_empty() {
-                report.reason = if forced {
-                    Reason::Forced
-                } else {
-                    Reason::NewInputs
-                };
-            }
+            report.pending(cached.len(), todo.len(), forced);
             if opts.dry_run {
                 if !todo.is_empty() {
                     return Ok(None);
