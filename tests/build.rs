@@ -308,6 +308,25 @@ fn bad_input_is_a_clear_error_and_the_store_stays_usable() {
         err.contains("sources.seeds.path") && err.contains("matches no file"),
         "{err}"
     );
+    dir.write("seeds.csv", "id,text\n1,hello\n");
+    dir.write("csv.yaml", RECIPE.replace("seeds.jsonl", "seeds.csv"));
+    let err = dir.fails(&["validate", "csv.yaml"]);
+    assert!(
+        err.contains("sources.seeds.path") && err.contains("unknown input format"),
+        "{err}"
+    );
+    dir.write(
+        "declared.yaml",
+        RECIPE.replace(
+            "path: seeds.jsonl",
+            "path: seeds.jsonl\n    format: parquet",
+        ),
+    );
+    let err = dir.fails(&["validate", "declared.yaml"]);
+    assert!(
+        err.contains("sources.seeds.format") && err.contains("is not Parquet"),
+        "{err}"
+    );
 
     dir.ok(&["build", "recipe.yaml"]);
     dir.write("code.yaml", RECIPE.replace("class: web", "class: code"));

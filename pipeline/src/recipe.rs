@@ -567,13 +567,41 @@ fn check_sources(c: &mut Checker, root: &Value, dir: &Path) {
         match corpus::expand_inputs(&[pattern]) {
             Err(e) => c.error(&format!("sources.{name}.path"), e.to_string()),
             Ok(files) => {
-                // Every file must be of a kind phiforge reads.
-                if let Some(e) = files.iter().find_map(|f| corpus::Format::detect(f).err()) {
-                    c.error(&format!("sources.{name}.path"), e.to_string());
+                // Every file must be of a kind phiforge reads, and of the declared format.
+                let declared = s
+                    .get("format")
+                    .and_then(|f| serde_json::from_value::<SourceFormat>(f.clone()).ok());
+                for f in &files {
+                    match (corpus::Format::detect(f), declared) {
+                        (Err(e), _) => {
+                            c.error(&format!("sources.{name}.path"), e.to_string());
+                            break;
+                        }
+                        (Ok(found), Some(want)) if !format_matches(found, want) => {
+                            c.error(
+                                &format!("sources.{name}.format"),
+                                format!("`{}` is not {want:?} (told from its name)", f.display()),
+                            );
+                            break;
+                        }
+                        _ => {}
+                    }
                 }
             }
         }
     }
+}
+
+fn format_matches(found: corpus::Format, want: SourceFormat) -> bool {
+    matches!(
+        (found, want),
+        (corpus::Format::JsonLines(_), SourceFormat::Jsonl)
+            | (corpus::Format::Parquet, SourceFormat::Parquet)
+            | (
+                corpus::Format::Text | corpus::Format::TextDir,
+                SourceFormat::Text
+            )
+    )
 }
 
 fn check_stages(c: &mut Checker, sources: &[String], stages: &[(usize, StageConfig)]) {
