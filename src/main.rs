@@ -55,6 +55,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "local")]
         executor: ExecutorArg,
     },
+    /// Shows where a sample came from: it and its ancestors, back to the source documents.
+    Lineage {
+        recipe: PathBuf,
+        /// The sample's id (as in the output files).
+        id: String,
+    },
     /// Runs one unit of a stage from a manifest (what each Slurm array task runs).
     #[command(hide = true)]
     RunUnit {
@@ -180,6 +186,30 @@ fn run(cli: Cli) -> Result<()> {
             bar.bar.finish_and_clear();
             let report = report?;
             print!("{}", report.summary());
+            Ok(())
+        }
+        Command::Lineage { recipe, id } => {
+            let r = Recipe::load(&recipe)?;
+            let store = pipeline::store::Store::open(&pipeline::build::store_path(&r))?;
+            let chain = store.lineage(&id)?;
+            if chain.is_empty() {
+                anyhow::bail!("no sample with id {id} in {}", store.path().display());
+            }
+            for s in chain {
+                let from = match &s.lineage.source {
+                    Some(src) => format!(
+                        "source `{}`: {} line {} (id {})",
+                        src.source, src.file, src.line, src.id
+                    ),
+                    None => format!("made from {}", s.lineage.parents.join(", ")),
+                };
+                println!(
+                    "{}  {:<14} {:<10} {from}",
+                    s.id,
+                    s.lineage.stage,
+                    s.class.as_str()
+                );
+            }
             Ok(())
         }
         Command::RunUnit { manifest, unit } => Ok(pipeline::executor::run_unit(&manifest, unit)?),

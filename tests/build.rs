@@ -127,6 +127,16 @@ fn a_build_writes_samples_with_lineage_and_a_second_build_does_no_work() {
     assert_eq!(s["lineage"]["parents"].as_array().unwrap().len(), 1);
     assert!(s["lineage"]["template_hash"].is_string());
 
+    // Where did this row come from? Back to the source file and line.
+    let trace = dir.ok(&["lineage", "recipe.yaml", s["id"].as_str().unwrap()]);
+    let lines: Vec<&str> = trace.lines().collect();
+    assert_eq!(lines.len(), 2, "{trace}");
+    assert!(lines[0].contains("shout"), "{trace}");
+    assert!(
+        lines[1].contains("source `seeds`: seeds.jsonl line"),
+        "{trace}"
+    );
+
     let again = dir.ok(&["build", "recipe.yaml"]);
     assert!(again.contains("nothing to do"), "{again}");
     assert_eq!(report(&dir)["did_work"], false);

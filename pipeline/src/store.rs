@@ -55,7 +55,9 @@ impl Store {
                  dropped TEXT, PRIMARY KEY(stage_fp, input_id)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS samples(
                  stage_fp TEXT NOT NULL, input_id TEXT NOT NULL, seq INTEGER NOT NULL,
-                 body TEXT NOT NULL, PRIMARY KEY(stage_fp, input_id, seq)) WITHOUT ROWID;
+                 sample_id TEXT NOT NULL, body TEXT NOT NULL,
+                 PRIMARY KEY(stage_fp, input_id, seq)) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS samples_by_id ON samples(sample_id);
              CREATE TABLE IF NOT EXISTS stages(
                  name TEXT NOT NULL, stage_fp TEXT NOT NULL, PRIMARY KEY(name, stage_fp)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS runs(
@@ -247,7 +249,7 @@ impl Store {
                 .map_err(sql(&path))?;
             let mut sample = tx
                 .prepare_cached(
-                    "INSERT INTO samples(stage_fp, input_id, seq, body) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO samples(stage_fp, input_id, seq, sample_id, body) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(sql(&path))?;
             for (id, r) in results {
@@ -271,7 +273,7 @@ impl Store {
                                 message: e.to_string(),
                             })?;
                             sample
-                                .execute(params![fp, id, k as i64, body])
+                                .execute(params![fp, id, k as i64, s.id, body])
                                 .map_err(sql(&path))?;
                         }
                     }
@@ -279,6 +281,43 @@ impl Store {
             }
         }
         tx.commit().map_err(sql(&path))
+    }
+
+    /// A stored sample with content id `id` (the first found, if several stages kept it).
+    pub fn find_sample(&self, id: &str) -> Result<Option<Sample>> {
+        let body: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT body FROM samples WHERE sample_id = ?1 LIMIT 1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(&self.path))?;
+        body.map(|b| {
+            serde_json::from_str(&b).map_err(|e| Error::Store {
+                path: self.path.clone(),
+                message: format!("a stored sample is unreadable: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    /// A sample and its ancestors, following `parents` through the store (closest first).
+    pub fn lineage(&self, id: &str) -> Result<Vec<Sample>> {
+        let mut out = Vec::new();
+        let mut queue = std::collections::VecDeque::from([id.to_string()]);
+        let mut seen = HashSet::new();
+        while let Some(id) = queue.pop_front() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if let Some(s) = self.find_sample(&id)? {
+                queue.extend(s.lineage.parents.iter().cloned());
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
     /// Forgets every result under `fp` (for `--force`).
