@@ -193,6 +193,10 @@ fn force_redoes_a_stage_and_everything_after_it() {
     setup(&dir, 20);
     dir.ok(&["build", "recipe.yaml"]);
     let before = outputs(dir.tmp.path());
+    let plan = dir.ok(&["plan", "recipe.yaml", "--force", "clean"]);
+    let forced: Vec<&str> = plan.lines().filter(|l| l.ends_with("forced")).collect();
+    assert_eq!(forced.len(), 1, "{plan}");
+    assert!(forced[0].starts_with("clean"), "{plan}");
     dir.ok(&["build", "recipe.yaml", "--force", "clean"]);
     let w = work(&dir);
     assert_eq!(stage(&w, "unique").2, 0);

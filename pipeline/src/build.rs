@@ -237,6 +237,15 @@ fn forced_set(recipe: &Recipe, force: &[String]) -> Result<HashSet<String>> {
     }
 }
 
+/// Inputs with a committed result under `fp`; none for a forced stage (whose results a build
+/// forgets first, and a plan counts as gone).
+fn cached_inputs(store: &Store, fp: &str, ids: &[&str], forced: bool) -> Result<HashSet<String>> {
+    if forced {
+        return Ok(HashSet::new());
+    }
+    store.cached(fp, ids)
+}
+
 /// One source file: its input id is its path and the hash of its bytes.
 fn file_input_id(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -423,7 +432,7 @@ fn read_source(
         .map(|f| file_input_id(f))
         .collect::<Result<_>>()?;
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let cached = store.cached(fp, &id_refs)?;
+    let cached = cached_inputs(store, fp, &id_refs, forced)?;
     let todo: Vec<usize> = (0..files.len())
         .filter(|&k| !cached.contains(&ids[k]))
         .collect();
@@ -504,7 +513,7 @@ fn run_stage(
             }
             let key = format!("set:{:032x}", xxh3_128(&h));
             let ids = vec![key.clone()];
-            let cached = store.cached(fp, &[key.as_str()])?;
+            let cached = cached_inputs(store, fp, &[key.as_str()], forced)?;
             let todo = if cached.is_empty() { inputs.len() } else { 0 };
             report.pending(cached.len(), todo, forced);
             if cached.is_empty() {
@@ -548,7 +557,7 @@ fn run_stage(
                 .filter(|s| seen.insert(s.id.as_str()))
                 .collect();
             let ids: Vec<&str> = distinct.iter().map(|s| s.id.as_str()).collect();
-            let cached = store.cached(fp, &ids)?;
+            let cached = cached_inputs(store, fp, &ids, forced)?;
             let todo: Vec<&Sample> = distinct
                 .iter()
                 .copied()
