@@ -69,11 +69,61 @@ enum Command {
         #[arg(long)]
         unit: Option<usize>,
     },
+    /// Generates completions with an OpenAI-compatible server: a prompt, or JSON lines of
+    /// `prompt`/`messages` records, in; one JSON line per completion (or error) out.
+    Generate(GenerateArgs),
     /// Prints the normalised form of a text (argument or standard input), as matching sees it.
     Normalize {
         /// The text; read from standard input when absent.
         text: Option<String>,
     },
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Base URL of an OpenAI-compatible server (repeat to spread load), e.g. http://127.0.0.1:8000/v1.
+    #[arg(long, required = true)]
+    endpoint: Vec<String>,
+    /// The model name the server knows.
+    #[arg(long)]
+    model: String,
+    /// Environment variable holding the API key.
+    #[arg(long)]
+    api_key_env: Option<String>,
+    /// One prompt (else --input).
+    #[arg(long, conflicts_with = "input")]
+    prompt: Option<String>,
+    /// JSON lines with `prompt` or `messages` (and optional `id`).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Output JSON lines (default: standard output).
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// A system message put before every prompt.
+    #[arg(long)]
+    system: Option<String>,
+    #[arg(long, default_value_t = 512)]
+    max_tokens: u32,
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long)]
+    top_k: Option<u32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop strings (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Retries per request (429, 5xx, timeouts, dropped connections, malformed replies).
+    #[arg(long, default_value_t = 6)]
+    retries: u32,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -213,6 +263,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::RunUnit { manifest, unit } => Ok(pipeline::executor::run_unit(&manifest, unit)?),
+        Command::Generate(a) => generate(a),
         Command::Normalize { text } => {
             let text = match text {
                 Some(t) => t,
@@ -362,5 +413,84 @@ fn decont(a: DecontArgs, mode: Mode) -> Result<()> {
         }
     );
     println!("report: {}", a.out.join("report.md").display());
+    Ok(())
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    use agents::generate::{generate, read_prompts, Prompt};
+    use agents::openai::{OpenAiConfig, OpenAiEngine};
+    let prompts = match (&a.prompt, &a.input) {
+        (Some(p), None) => {
+            let mut messages = Vec::new();
+            if let Some(s) = &a.system {
+                messages.push(agents::engine::Message::new("system", s.clone()));
+            }
+            messages.push(agents::engine::Message::new("user", p.clone()));
+            vec![Prompt {
+                id: "1".into(),
+                messages,
+            }]
+        }
+        (None, Some(path)) => read_prompts(path, a.system.as_deref())?,
+        _ => anyhow::bail!("give --prompt TEXT or --input FILE.jsonl"),
+    };
+    let engine = OpenAiEngine::new(OpenAiConfig {
+        endpoints: a.endpoint.clone(),
+        api_key_env: a.api_key_env.clone(),
+        max_concurrency: a.concurrency,
+        timeout_s: a.timeout,
+        max_retries: a.retries,
+        ..OpenAiConfig::new(&a.endpoint[0], &a.model)
+    })?;
+    let sampling = agents::engine::Sampling {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+        max_tokens: a.max_tokens,
+        stop: a.stop.clone(),
+        seed: a.seed,
+        logprobs: false,
+    };
+    let bar = ProgressBar::new(prompts.len() as u64).with_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} completions",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut body = Vec::new();
+    let summary = runtime.block_on(generate(&engine, &prompts, &sampling, &mut body, &|| {
+        bar.inc(1)
+    }))?;
+    bar.finish_and_clear();
+    match &a.output {
+        Some(path) => {
+            let tmp = path.with_extension("phiforge-tmp");
+            std::fs::write(&tmp, &body).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(&body)?;
+        }
+    }
+    eprintln!(
+        "{} completed, {} failed; {} prompt and {} completion tokens in {:.1} s",
+        summary.completed,
+        summary.failed,
+        summary.prompt_tokens,
+        summary.completion_tokens,
+        summary.seconds
+    );
+    if summary.failed > 0 {
+        anyhow::bail!(
+            "{} of {} requests failed (each is in the output with its error)",
+            summary.failed,
+            prompts.len()
+        );
+    }
     Ok(())
 }

@@ -6,4 +6,5 @@ mod audit;
 mod bad_input;
 mod build;
 mod decontaminate;
+mod generate;
 mod planted;

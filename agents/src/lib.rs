@@ -22,6 +22,7 @@
 //! ```
 
 pub mod engine;
+pub mod generate;
 pub mod openai;
 #[cfg(feature = "test-server")]
 pub mod testing;

@@ -159,7 +159,7 @@ impl OpenAiEngine {
         if cfg.endpoints.is_empty() {
             return Err(EngineError::Config("no endpoints".into()));
         }
-        if cfg.max_concurrency == 0 || !(cfg.timeout_s > 0.0) {
+        if cfg.max_concurrency == 0 || cfg.timeout_s.is_nan() || cfg.timeout_s <= 0.0 {
             return Err(EngineError::Config(
                 "max_concurrency and timeout_s must be more than 0".into(),
             ));

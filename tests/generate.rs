@@ -1,0 +1,121 @@
+//! `phiforge generate` against a real HTTP server on loopback (with injected faults).
+
+use crate::util::*;
+use agents::testing::{Fault, FaultServer};
+use serde_json::json;
+
+#[test]
+fn prompts_in_completions_out_through_faults() {
+    let server = FaultServer::start(|n| match n {
+        0 => Fault::ServerError,
+        1 => Fault::TooManyRequests { retry_after_s: 0 },
+        2 => Fault::BadJson,
+        _ => Fault::Ok,
+    })
+    .unwrap();
+    let dir = Dir::new();
+    dir.write_jsonl(
+        "prompts.jsonl",
+        &[
+            json!({"id": "a", "prompt": "Name a prime."}),
+            json!({"messages": [{"role": "user", "content": "Name a colour."}]}),
+            json!({"id": 3, "prompt": "Name a river."}),
+        ],
+    );
+    let url = server.url();
+    dir.ok(&[
+        "generate",
+        "--endpoint",
+        &url,
+        "--model",
+        "m",
+        "--input",
+        "prompts.jsonl",
+        "-o",
+        "out.jsonl",
+        "--seed",
+        "1",
+    ]);
+    let out = read_jsonl(&dir.path("out.jsonl"));
+    let got: Vec<(String, String)> = out
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap().to_string(),
+                l["completion"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a", "echo: Name a prime."),
+            ("2", "echo: Name a colour."),
+            ("3", "echo: Name a river.")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    assert_eq!(out[0]["engine"]["kind"], "openai");
+    assert_eq!(server.requests(), 6);
+
+    let one = dir.ok(&[
+        "generate",
+        "--endpoint",
+        &url,
+        "--model",
+        "m",
+        "--prompt",
+        "Hello there",
+    ]);
+    assert!(
+        one.contains("\"completion\":\"echo: Hello there\""),
+        "{one}"
+    );
+}
+
+#[test]
+fn failures_are_reported_not_lost() {
+    let server = FaultServer::start(|_| Fault::ServerError).unwrap();
+    let dir = Dir::new();
+    dir.write_jsonl("p.jsonl", &[json!({"prompt": "x"}), json!({"prompt": "y"})]);
+    let url = server.url();
+    let err = dir.fails(&[
+        "generate",
+        "--endpoint",
+        &url,
+        "--model",
+        "m",
+        "--input",
+        "p.jsonl",
+        "-o",
+        "o.jsonl",
+        "--retries",
+        "1",
+    ]);
+    assert!(err.contains("2 of 2 requests failed"), "{err}");
+    let out = read_jsonl(&dir.path("o.jsonl"));
+    assert_eq!(out.len(), 2);
+    assert!(
+        out[0]["error"].as_str().unwrap().contains("HTTP 500"),
+        "{}",
+        out[0]
+    );
+
+    dir.write(
+        "bad.jsonl",
+        "{\"prompt\": \"ok\"}\n{\"text\": \"no prompt\"}\n",
+    );
+    let err = dir.fails(&[
+        "generate",
+        "--endpoint",
+        &url,
+        "--model",
+        "m",
+        "--input",
+        "bad.jsonl",
+    ]);
+    assert!(
+        err.contains("bad.jsonl: line 2: needs a `prompt` string or a `messages` list"),
+        "{err}"
+    );
+}
