@@ -24,5 +24,6 @@
 pub mod engine;
 pub mod generate;
 pub mod openai;
+pub mod phi3;
 #[cfg(feature = "test-server")]
 pub mod testing;

@@ -1,0 +1,417 @@
+//! The Phi-3 architecture (Phi-4's), for the local engine, written for batched serving.
+//!
+//! `Config` mirrors Hugging Face's `config.json`; every layer is `new(cfg, vb)` plus `forward`, and
+//! `vb.pp(..)` follows the checkpoint's tensor names (`model.layers.N.self_attn.qkv_proj`, ...), so
+//! the same code loads any Phi-3-architecture checkpoint. What differs from candle-transformers'
+//! `phi3.rs`:
+//!
+//! - RoPE tables are computed and applied in f32 whatever the weights' dtype (bf16 positions are
+//!   wrong past ~256);
+//! - every sequence of a batch has its own position, so prompts of different lengths batch together
+//!   (padded queries are masked);
+//! - the KV cache is preallocated (slots × KV heads × context × head size) and written in place;
+//! - grouped-query attention folds each KV head's query heads into one matrix product instead of
+//!   copying K and V per query head.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{linear_no_bias, Embedding, Linear, RmsNorm, VarBuilder};
+use serde::Deserialize;
+
+/// The model's shape, as in `config.json` (keys the model does not use are ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+    /// Long-context RoPE scaling (Phi-3-128k); not used by Phi-4, refused here.
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
+}
+
+fn default_act() -> String {
+    "silu".into()
+}
+
+impl Config {
+    /// Phi-4: 40 layers, hidden 5120, 40 heads, 10 KV heads, RoPE θ 250,000, vocabulary 100,352,
+    /// 16K context.
+    pub fn phi4() -> Config {
+        Config {
+            vocab_size: 100_352,
+            hidden_size: 5120,
+            intermediate_size: 17_920,
+            num_hidden_layers: 40,
+            num_attention_heads: 40,
+            num_key_value_heads: 10,
+            rms_norm_eps: 1e-5,
+            rope_theta: 250_000.0,
+            max_position_embeddings: 16_384,
+            hidden_act: "silu".into(),
+            tie_word_embeddings: false,
+            bos_token_id: Some(100_257),
+            eos_token_id: Some(100_265),
+            rope_scaling: None,
+            partial_rotary_factor: None,
+        }
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Refuses shapes this implementation does not compute.
+    pub fn check(&self) -> Result<()> {
+        if self.hidden_act != "silu" {
+            candle_core::bail!(
+                "hidden_act `{}` is not supported (Phi-3/Phi-4 use silu)",
+                self.hidden_act
+            )
+        }
+        if self.rope_scaling.is_some() {
+            candle_core::bail!("rope_scaling (long-context Phi-3) is not supported; Phi-4 has none")
+        }
+        if self.partial_rotary_factor.is_some_and(|f| f != 1.0) {
+            candle_core::bail!("partial_rotary_factor is not supported")
+        }
+        if self.hidden_size % self.num_attention_heads != 0
+            || self.num_attention_heads % self.num_key_value_heads != 0
+        {
+            candle_core::bail!("heads must divide the hidden size, and KV heads the heads")
+        }
+        Ok(())
+    }
+}
+
+/// RoPE tables in f32: `cos`/`sin` of shape (max positions, head size / 2).
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(cfg: &Config, dev: &Device) -> Result<Rope> {
+        let dim = cfg.head_dim();
+        let inv: Vec<f32> = (0..dim)
+            .step_by(2)
+            .map(|i| (1.0 / cfg.rope_theta.powf(i as f64 / dim as f64)) as f32)
+            .collect();
+        let n = cfg.max_position_embeddings;
+        let inv = Tensor::from_vec(inv, (1, dim / 2), dev)?;
+        let t = Tensor::arange(0u32, n as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((n, 1))?;
+        let freqs = t.matmul(&inv)?;
+        Ok(Rope {
+            cos: freqs.cos()?,
+            sin: freqs.sin()?,
+        })
+    }
+
+    /// Rotates `x` (batch, heads, len, head size) at `positions` (batch, len), in f32.
+    fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let (b, l) = positions.dims2()?;
+        let flat = positions.flatten_all()?;
+        let cos = self.cos.index_select(&flat, 0)?.reshape((b, l, ()))?;
+        let sin = self.sin.index_select(&flat, 0)?.reshape((b, l, ()))?;
+        let dtype = x.dtype();
+        candle_nn::rotary_emb::rope(&x.to_dtype(DType::F32)?.contiguous()?, &cos, &sin)?
+            .to_dtype(dtype)
+    }
+}
+
+/// Preallocated keys and values of one layer: (slots, KV heads, context, head size).
+#[derive(Debug, Clone)]
+struct KvCache {
+    k: Tensor,
+    v: Tensor,
+}
+
+struct Attention {
+    qkv_proj: Linear,
+    o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let hd = cfg.head_dim();
+        let out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd;
+        Ok(Attention {
+            qkv_proj: linear_no_bias(cfg.hidden_size, out, vb.pp("qkv_proj"))?,
+            o_proj: linear_no_bias(
+                cfg.num_attention_heads * hd,
+                cfg.hidden_size,
+                vb.pp("o_proj"),
+            )?,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: hd,
+        })
+    }
+
+    /// `x` (b, l, hidden) for cache slots `0..b`, each starting at `starts[s]`; `mask` (b, 1, 1, l, t)
+    /// with t = max(starts) + l.
+    fn forward(&self, x: &Tensor, batch: &Batch, rope: &Rope, cache: &KvCache) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let rep = h / kvh;
+        let qkv = self.qkv_proj.forward(x)?;
+        let q = qkv.narrow(D::Minus1, 0, h * hd)?;
+        let k = qkv.narrow(D::Minus1, h * hd, kvh * hd)?;
+        let v = qkv.narrow(D::Minus1, (h + kvh) * hd, kvh * hd)?;
+        let q = q.reshape((b, l, h, hd))?.transpose(1, 2)?;
+        let k = k.reshape((b, l, kvh, hd))?.transpose(1, 2)?;
+        let v = v.reshape((b, l, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = rope.apply(&q, &batch.positions)?;
+        let k = rope.apply(&k, &batch.positions)?;
+        // Write the new keys and values into each slot's place in the cache.
+        for (s, &start) in batch.starts.iter().enumerate() {
+            let ks = k.narrow(0, s, 1)?.contiguous()?;
+            let vs = v.narrow(0, s, 1)?.contiguous()?;
+            write_at(&cache.k, &ks, s, start)?;
+            write_at(&cache.v, &vs, s, start)?;
+        }
+        let t = batch.span;
+        // Views of the cache, not copies: the products read it with its strides.
+        let keys = cache.k.narrow(0, 0, b)?.narrow(2, 0, t)?;
+        let values = cache.v.narrow(0, 0, b)?.narrow(2, 0, t)?;
+        // Each KV head serves `rep` query heads: fold them into the rows of one product.
+        let q = q
+            .reshape((b, kvh, rep, l, hd))?
+            .reshape((b, kvh, rep * l, hd))?
+            .contiguous()?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&keys.transpose(2, 3)?)? * scale)?;
+        let scores = scores
+            .reshape((b, kvh, rep, l, t))?
+            .to_dtype(DType::F32)?
+            .broadcast_add(&batch.mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?
+            .to_dtype(values.dtype())?
+            .reshape((b, kvh, rep * l, t))?;
+        let out = probs.matmul(&values)?; // (b, kvh, rep*l, hd)
+        let out = out
+            .reshape((b, h, l, hd))?
+            .transpose(1, 2)?
+            .reshape((b, l, h * hd))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// Copies `src` (1, KV heads, l, head size) into `cache` at slot `slot`, positions `start..`, in
+/// place (a slot's block is contiguous, so every head's rows go in one strided copy).
+fn write_at(cache: &Tensor, src: &Tensor, slot: usize, start: usize) -> Result<()> {
+    cache.narrow(0, slot, 1)?.slice_set(src, 2, start)
+}
+
+struct Mlp {
+    gate_up_proj: Linear,
+    down_proj: Linear,
+    inter: usize,
+}
+
+impl Mlp {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Mlp {
+            gate_up_proj: linear_no_bias(
+                cfg.hidden_size,
+                2 * cfg.intermediate_size,
+                vb.pp("gate_up_proj"),
+            )?,
+            down_proj: linear_no_bias(cfg.intermediate_size, cfg.hidden_size, vb.pp("down_proj"))?,
+            inter: cfg.intermediate_size,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gu = self.gate_up_proj.forward(x)?;
+        let gate = gu.narrow(D::Minus1, 0, self.inter)?;
+        let up = gu.narrow(D::Minus1, self.inter, self.inter)?;
+        (up * candle_nn::ops::silu(&gate)?)?.apply(&self.down_proj)
+    }
+}
+
+struct Layer {
+    attn: Attention,
+    mlp: Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+/// One forward step's bookkeeping: per-sequence positions, cache starts, and the mask.
+pub struct Batch {
+    /// (b, l) u32 positions of the new tokens.
+    positions: Tensor,
+    /// Where each slot's new tokens go in its cache.
+    starts: Vec<usize>,
+    /// Cache positions attended to: max(starts) + l.
+    span: usize,
+    /// (b, 1, 1, l, span) f32: 0 where attended, -inf elsewhere.
+    mask: Tensor,
+}
+
+/// A Phi-3-architecture model with a KV cache of `slots` sequences.
+pub struct Model {
+    embed_tokens: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    caches: Vec<KvCache>,
+    cfg: Config,
+    device: Device,
+}
+
+impl Model {
+    /// Loads the weights from `vb` and allocates a cache of `slots` × `context` positions.
+    pub fn new(cfg: &Config, vb: VarBuilder, slots: usize, context: usize) -> Result<Model> {
+        cfg.check()?;
+        let context = context.min(cfg.max_position_embeddings);
+        let vm = vb.pp("model");
+        let embed_tokens =
+            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vm.pp("embed_tokens"))?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let vl = vm.pp("layers").pp(i);
+            layers.push(Layer {
+                attn: Attention::new(cfg, vl.pp("self_attn"))?,
+                mlp: Mlp::new(cfg, vl.pp("mlp"))?,
+                input_layernorm: candle_nn::rms_norm(
+                    cfg.hidden_size,
+                    cfg.rms_norm_eps,
+                    vl.pp("input_layernorm"),
+                )?,
+                post_attention_layernorm: candle_nn::rms_norm(
+                    cfg.hidden_size,
+                    cfg.rms_norm_eps,
+                    vl.pp("post_attention_layernorm"),
+                )?,
+            });
+        }
+        let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vm.pp("norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed_tokens.embeddings().clone(), None)
+        } else {
+            linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+        };
+        let device = vb.device().clone();
+        let shape = (slots, cfg.num_key_value_heads, context, cfg.head_dim());
+        let caches = (0..cfg.num_hidden_layers)
+            .map(|_| {
+                Ok(KvCache {
+                    k: Tensor::zeros(shape, vb.dtype(), &device)?,
+                    v: Tensor::zeros(shape, vb.dtype(), &device)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Model {
+            rope: Rope::new(cfg, &device)?,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            caches,
+            cfg: cfg.clone(),
+            device,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Cache positions available per slot.
+    pub fn context(&self) -> usize {
+        self.caches.first().map(|c| c.k.dims()[2]).unwrap_or(0)
+    }
+
+    /// Feeds new tokens to slots `0..b`: `tokens[s]` (at least one) continue the sequence in slot
+    /// `s`, which already holds `starts[s]` positions. Returns the logits (b, vocab) after each
+    /// slot's last new token, in f32.
+    pub fn forward(&self, tokens: &[Vec<u32>], starts: &[usize]) -> Result<Tensor> {
+        let b = tokens.len();
+        if b == 0
+            || b != starts.len()
+            || b > self.caches.first().map(|c| c.k.dims()[0]).unwrap_or(0)
+        {
+            candle_core::bail!("forward needs 1..=slots sequences, each with a start")
+        }
+        let l = tokens.iter().map(Vec::len).max().unwrap_or(0);
+        if l == 0 || tokens.iter().any(Vec::is_empty) {
+            candle_core::bail!("every sequence needs at least one new token")
+        }
+        let span = starts.iter().max().copied().unwrap_or(0) + l;
+        if span > self.context() {
+            candle_core::bail!(
+                "sequence longer than the cache ({span} > {})",
+                self.context()
+            )
+        }
+        let mut ids = Vec::with_capacity(b * l);
+        let mut pos = Vec::with_capacity(b * l);
+        let mut mask = vec![f32::NEG_INFINITY; b * l * span];
+        for (s, seq) in tokens.iter().enumerate() {
+            for j in 0..l {
+                // Padding repeats the last token at the next positions; its outputs are unused.
+                ids.push(seq[j.min(seq.len() - 1)]);
+                pos.push((starts[s] + j) as u32);
+                let row = &mut mask[(s * l + j) * span..(s * l + j + 1) * span];
+                for m in row.iter_mut().take(starts[s] + j + 1) {
+                    *m = 0.0;
+                }
+            }
+        }
+        let batch = Batch {
+            positions: Tensor::from_vec(pos, (b, l), &self.device)?,
+            starts: starts.to_vec(),
+            span,
+            mask: Tensor::from_vec(mask, (b, 1, 1, l, span), &self.device)?,
+        };
+        let input = Tensor::from_vec(ids, (b, l), &self.device)?;
+        let mut x = self.embed_tokens.forward(&input)?;
+        for (layer, cache) in self.layers.iter().zip(&self.caches) {
+            let r = x.clone();
+            let h = layer.input_layernorm.forward(&x)?;
+            let h = layer.attn.forward(&h, &batch, &self.rope, cache)?;
+            let x1 = (h + r)?;
+            let h = layer
+                .post_attention_layernorm
+                .forward(&x1)?
+                .apply(&layer.mlp)?;
+            x = (h + x1)?;
+        }
+        // The last real token of each sequence.
+        let last: Vec<u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(s, t)| (s * l + t.len() - 1) as u32)
+            .collect();
+        let last = Tensor::from_vec(last, b, &self.device)?;
+        let h = x.reshape((b * l, ()))?.index_select(&last, 0)?;
+        self.norm
+            .forward(&h)?
+            .apply(&self.lm_head)?
+            .to_dtype(DType::F32)
+    }
+}

@@ -1,0 +1,201 @@
+//! The local Phi-3/Phi-4 model against candle-transformers' `phi3` on the same random weights:
+//! logits must agree within f32 tolerance at short and long positions, unbatched and batched
+//! (prompts of different lengths together, and a new prompt joining a sequence mid-decode).
+
+use agents::phi3::{Config, Model};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use candle_transformers::models::phi3 as reference;
+
+fn config() -> serde_json::Value {
+    serde_json::json!({
+        "vocab_size": 96, "hidden_size": 64, "intermediate_size": 112, "num_hidden_layers": 2,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "max_position_embeddings": 1024, "hidden_act": "silu",
+        "tie_word_embeddings": false, "bos_token_id": 1, "eos_token_id": 2
+    })
+}
+
+/// Both models over one set of random weights.
+fn models(slots: usize) -> (Model, reference::Model) {
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let cfg: Config = serde_json::from_value(config()).unwrap();
+    // Creating our model creates the weights; the reference then reads the same variables.
+    let ours = Model::new(&cfg, vb.clone(), slots, 1024).unwrap();
+    // Non-trivial norm weights.
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        if name.contains("norm") {
+            let t = var.as_tensor();
+            let noise = (Tensor::rand(0.5f32, 1.5, t.shape(), &dev).unwrap())
+                .to_dtype(t.dtype())
+                .unwrap();
+            var.set(&noise).unwrap();
+        }
+    }
+    let ours = {
+        drop(ours);
+        Model::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+            slots,
+            1024,
+        )
+        .unwrap()
+    };
+    let rcfg: reference::Config = serde_json::from_value(config()).unwrap();
+    let theirs =
+        reference::Model::new(&rcfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+    (ours, theirs)
+}
+
+fn tokens(n: usize, seed: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| (i * 37 + seed * 11 + 3) % 96)
+        .collect()
+}
+
+/// Their logits after feeding `seq` from position `offset`.
+fn reference_logits(m: &mut reference::Model, seq: &[u32], offset: usize) -> Vec<f32> {
+    let input = Tensor::new(seq, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    m.forward(&input, offset)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn row(t: &Tensor, i: usize) -> Vec<f32> {
+    t.get(i).unwrap().to_vec1().unwrap()
+}
+
+#[track_caller]
+fn close(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len());
+    let spread = b.iter().fold(0f32, |m, x| m.max((x - b[0]).abs()));
+    assert!(
+        spread > 1e-3,
+        "{what}: the reference logits are flat, the comparison would prove nothing"
+    );
+    let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
+    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        diff <= 1e-4 * scale,
+        "{what}: max difference {diff} (scale {scale})"
+    );
+}
+
+#[test]
+fn one_sequence_matches_at_short_and_long_positions() {
+    let (ours, mut theirs) = models(1);
+    let prompt = tokens(300, 1);
+    // Prefill, then decode past position 256.
+    close(
+        &row(&ours.forward(&[prompt[..12].to_vec()], &[0]).unwrap(), 0),
+        &reference_logits(&mut theirs, &prompt[..12], 0),
+        "prefill 12",
+    );
+    for p in 12..20 {
+        let ours_l = row(&ours.forward(&[vec![prompt[p]]], &[p]).unwrap(), 0);
+        close(
+            &ours_l,
+            &reference_logits(&mut theirs, &prompt[p..p + 1], p),
+            &format!("decode at {p}"),
+        );
+    }
+    close(
+        &row(
+            &ours.forward(&[prompt[20..300].to_vec()], &[20]).unwrap(),
+            0,
+        ),
+        &reference_logits(&mut theirs, &prompt[20..300], 20),
+        "prefill to 300",
+    );
+    for p in 300..304 {
+        let t = (p as u32 * 7) % 96;
+        close(
+            &row(&ours.forward(&[vec![t]], &[p]).unwrap(), 0),
+            &reference_logits(&mut theirs, &[t], p),
+            &format!("decode at {p}"),
+        );
+    }
+}
+
+#[test]
+fn batches_of_different_lengths_match_each_sequence_alone() {
+    let (ours, mut theirs) = models(3);
+    let a = tokens(7, 2);
+    let b = tokens(13, 3);
+    let c = tokens(1, 4);
+    let batch = ours
+        .forward(&[a.clone(), b.clone(), c.clone()], &[0, 0, 0])
+        .unwrap();
+    for (i, seq) in [&a, &b, &c].into_iter().enumerate() {
+        theirs.clear_kv_cache();
+        close(
+            &row(&batch, i),
+            &reference_logits(&mut theirs, seq, 0),
+            &format!("batched prompt {i}"),
+        );
+    }
+    // One decode step for all three, each at its own position.
+    let next = ours
+        .forward(&[vec![5], vec![6], vec![7]], &[7, 13, 1])
+        .unwrap();
+    for (i, (seq, t)) in [(&a, 5u32), (&b, 6), (&c, 7)].into_iter().enumerate() {
+        theirs.clear_kv_cache();
+        let mut full = seq.clone();
+        full.push(t);
+        close(
+            &row(&next, i),
+            &reference_logits(&mut theirs, &full, 0),
+            &format!("batched decode {i}"),
+        );
+    }
+    // Continuous batching: slot 1 starts a new prompt while slots 0 and 2 keep decoding.
+    let d = tokens(9, 5);
+    let mixed = ours
+        .forward(&[vec![8], d.clone(), vec![9]], &[8, 0, 2])
+        .unwrap();
+    theirs.clear_kv_cache();
+    close(
+        &row(&mixed, 1),
+        &reference_logits(&mut theirs, &d, 0),
+        "new prompt joining",
+    );
+    theirs.clear_kv_cache();
+    let mut a2 = a.clone();
+    a2.extend([5, 8]);
+    close(
+        &row(&mixed, 0),
+        &reference_logits(&mut theirs, &a2, 0),
+        "decode beside a new prompt",
+    );
+}
+
+#[test]
+fn phi4_shape_and_refused_configs() {
+    let c = Config::phi4();
+    assert_eq!(
+        (
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads
+        ),
+        (40, 5120, 40, 10)
+    );
+    assert_eq!(
+        (c.rope_theta, c.vocab_size, c.max_position_embeddings),
+        (250_000.0, 100_352, 16_384)
+    );
+    assert!(c.check().is_ok());
+    let mut bad = c.clone();
+    bad.rope_scaling = Some(serde_json::json!({"type": "longrope"}));
+    assert!(bad.check().is_err());
+}
