@@ -89,8 +89,10 @@ impl Config {
         if self.partial_rotary_factor.is_some_and(|f| f != 1.0) {
             candle_core::bail!("partial_rotary_factor is not supported")
         }
-        if self.hidden_size % self.num_attention_heads != 0
-            || self.num_attention_heads % self.num_key_value_heads != 0
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads)
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
         {
             candle_core::bail!("heads must divide the hidden size, and KV heads the heads")
         }
