@@ -17,8 +17,11 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear_no_bias, Embedding, Linear, RmsNorm, VarBuilder};
 use serde::Deserialize;
 
-/// The model's shape, as in `config.json` (keys the model does not use are ignored).
+/// The model's shape, as in `config.json` (keys the model does not use are ignored). Both
+/// layouts of RoPE settings are read: `rope_theta` at the top (Phi-4's own file) and
+/// `rope_parameters` (files written by transformers 5).
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(try_from = "RawConfig")]
 pub struct Config {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -46,6 +49,88 @@ pub struct Config {
 
 fn default_act() -> String {
     "silu".into()
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: usize,
+    rms_norm_eps: f64,
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_parameters: Option<serde_json::Value>,
+    max_position_embeddings: usize,
+    #[serde(default = "default_act")]
+    hidden_act: String,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default)]
+    bos_token_id: Option<u32>,
+    #[serde(default)]
+    eos_token_id: Option<serde_json::Value>,
+    #[serde(default)]
+    rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    partial_rotary_factor: Option<f64>,
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = String;
+    fn try_from(r: RawConfig) -> std::result::Result<Config, String> {
+        let params = r.rope_parameters.as_ref();
+        let theta = r
+            .rope_theta
+            .or_else(|| {
+                params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(|v| v.as_f64())
+            })
+            .ok_or("config.json has neither `rope_theta` nor `rope_parameters.rope_theta`")?;
+        let mut rope_scaling = r.rope_scaling;
+        if let Some(kind) = params
+            .and_then(|p| p.get("rope_type"))
+            .and_then(|v| v.as_str())
+        {
+            if kind != "default" {
+                rope_scaling = params.cloned();
+            }
+        }
+        let partial = r.partial_rotary_factor.or_else(|| {
+            params
+                .and_then(|p| p.get("partial_rotary_factor"))
+                .and_then(|v| v.as_f64())
+        });
+        // `eos_token_id` may be a list; the first is the end of text.
+        let eos = match r.eos_token_id {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| v as u32),
+            Some(serde_json::Value::Array(a)) => {
+                a.first().and_then(|v| v.as_u64()).map(|v| v as u32)
+            }
+            _ => None,
+        };
+        Ok(Config {
+            vocab_size: r.vocab_size,
+            hidden_size: r.hidden_size,
+            intermediate_size: r.intermediate_size,
+            num_hidden_layers: r.num_hidden_layers,
+            num_attention_heads: r.num_attention_heads,
+            num_key_value_heads: r.num_key_value_heads,
+            rms_norm_eps: r.rms_norm_eps,
+            rope_theta: theta,
+            max_position_embeddings: r.max_position_embeddings,
+            hidden_act: r.hidden_act,
+            tie_word_embeddings: r.tie_word_embeddings,
+            bos_token_id: r.bos_token_id,
+            eos_token_id: eos,
+            rope_scaling,
+            partial_rotary_factor: partial,
+        })
+    }
 }
 
 impl Config {
@@ -337,6 +422,33 @@ impl Model {
             cfg: cfg.clone(),
             device,
         })
+    }
+
+    /// Loads a Hugging Face model folder: `config.json` and its `*.safetensors` shards.
+    pub fn load(
+        dir: &std::path::Path,
+        dtype: DType,
+        device: &Device,
+        slots: usize,
+        context: usize,
+    ) -> Result<Model> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", config_path.display())))?;
+        let cfg: Config = serde_json::from_str(&text)
+            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", config_path.display())))?;
+        let mut shards: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", dir.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        shards.sort();
+        if shards.is_empty() {
+            candle_core::bail!("{}: no .safetensors weights", dir.display())
+        }
+        // SAFETY: the weight files are mapped read-only and not modified while the model lives.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&shards, dtype, device)? };
+        Model::new(&cfg, vb, slots, context)
     }
 
     pub fn config(&self) -> &Config {

@@ -199,3 +199,63 @@ fn phi4_shape_and_refused_configs() {
     bad.rope_scaling = Some(serde_json::json!({"type": "longrope"}));
     assert!(bad.check().is_err());
 }
+
+/// Against Hugging Face transformers' own `Phi3ForCausalLM` (golden logits made once by
+/// `tests/golden/make_phi3_golden.py`), loading the model the way users do: a model folder.
+#[test]
+fn a_hugging_face_folder_loads_and_matches_transformers() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/phi3-tiny");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let tokens: Vec<u32> = golden["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    let want = |n: usize| -> Vec<f32> {
+        let check = golden["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["length"] == n)
+            .unwrap();
+        check["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let model = Model::load(&dir, DType::F32, &Device::Cpu, 2, 1024).unwrap();
+    // Whole prefixes at once, two of different lengths in one batch.
+    let both = model
+        .forward(&[tokens[..12].to_vec(), tokens[..257].to_vec()], &[0, 0])
+        .unwrap();
+    close(&row(&both, 0), &want(12), "prefix 12 (batched)");
+    close(&row(&both, 1), &want(257), "prefix 257 (batched)");
+    // Incrementally: one token, then decode, then a long chunk.
+    close(
+        &row(&model.forward(&[tokens[..1].to_vec()], &[0]).unwrap(), 0),
+        &want(1),
+        "first token",
+    );
+    let mut last = None;
+    for p in 1..20 {
+        last = Some(row(&model.forward(&[vec![tokens[p]]], &[p]).unwrap(), 0));
+    }
+    close(&last.unwrap(), &want(20), "decoded to 20");
+    close(
+        &row(
+            &model.forward(&[tokens[20..256].to_vec()], &[20]).unwrap(),
+            0,
+        ),
+        &want(256),
+        "chunk to 256",
+    );
+    let mut last = None;
+    for p in 256..300 {
+        last = Some(row(&model.forward(&[vec![tokens[p]]], &[p]).unwrap(), 0));
+    }
+    close(&last.unwrap(), &want(300), "decoded to 300");
+}
