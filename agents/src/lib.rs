@@ -23,7 +23,9 @@
 
 pub mod engine;
 pub mod generate;
+pub mod local;
 pub mod openai;
 pub mod phi3;
 #[cfg(feature = "test-server")]
 pub mod testing;
+pub mod tokenizer;

@@ -451,6 +451,30 @@ impl Model {
         Model::new(&cfg, vb, slots, context)
     }
 
+    /// Sequences the cache holds at once.
+    pub fn slots(&self) -> usize {
+        self.caches.first().map(|c| c.k.dims()[0]).unwrap_or(0)
+    }
+
+    /// Moves the first `len` cached positions of slot `from` to slot `to` (to keep active
+    /// sequences in slots `0..n`).
+    pub fn move_slot(&self, from: usize, to: usize, len: usize) -> Result<()> {
+        if len == 0 || from == to {
+            return Ok(());
+        }
+        for c in &self.caches {
+            for t in [&c.k, &c.v] {
+                let src = t
+                    .narrow(0, from, 1)?
+                    .narrow(2, 0, len)?
+                    .contiguous()?
+                    .copy()?;
+                write_at(t, &src, to, 0)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }

@@ -1,0 +1,140 @@
+//! Tokenizers for the local engine: a model folder's `tokenizer.json`, or Phi-4's own, which is
+//! tiktoken's cl100k_base plus Phi-4's chat tokens and works offline.
+
+use crate::engine::EngineError;
+use std::path::Path;
+
+/// Text to token ids and back; special tokens written in the text (`<|im_start|>`) are recognised.
+pub trait Codec: Send + Sync {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError>;
+    /// Decodes, leaving special tokens out.
+    fn decode(&self, ids: &[u32]) -> Result<String, EngineError>;
+    /// Tokens that end a completion (`<|im_end|>`, `<|endoftext|>`).
+    fn stop_ids(&self) -> Vec<u32>;
+}
+
+/// Phi-4's special tokens and their ids.
+pub const PHI4_SPECIAL: &[(&str, u32)] = &[
+    ("<|endoftext|>", 100_257),
+    ("<|fim_prefix|>", 100_258),
+    ("<|fim_middle|>", 100_259),
+    ("<|fim_suffix|>", 100_260),
+    ("<|im_start|>", 100_264),
+    ("<|im_end|>", 100_265),
+    ("<|im_sep|>", 100_266),
+    ("<|endofprompt|>", 100_276),
+];
+
+/// Phi-4's tokenizer without any file: cl100k_base for text, Phi-4's ids for its chat tokens.
+pub struct Phi4Tokenizer {
+    bpe: tiktoken_rs::CoreBPE,
+}
+
+impl Phi4Tokenizer {
+    pub fn new() -> Result<Phi4Tokenizer, EngineError> {
+        let bpe = tiktoken_rs::cl100k_base()
+            .map_err(|e| EngineError::Config(format!("cl100k_base: {e}")))?;
+        Ok(Phi4Tokenizer { bpe })
+    }
+}
+
+impl Codec for Phi4Tokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let mut ids = Vec::new();
+        let mut rest = text;
+        loop {
+            // The earliest special token left in the text.
+            let next = PHI4_SPECIAL
+                .iter()
+                .filter_map(|(s, id)| rest.find(s).map(|at| (at, *s, *id)))
+                .min_by_key(|x| x.0);
+            match next {
+                Some((at, s, id)) => {
+                    ids.extend(self.bpe.encode_ordinary(&rest[..at]));
+                    ids.push(id);
+                    rest = &rest[at + s.len()..];
+                }
+                None => {
+                    ids.extend(self.bpe.encode_ordinary(rest));
+                    return Ok(ids);
+                }
+            }
+        }
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+        // cl100k_base's ordinary tokens are 0..100256; everything above is special or unused.
+        let plain: Vec<u32> = ids.iter().copied().filter(|id| *id < 100_256).collect();
+        self.bpe
+            .decode(plain)
+            .map_err(|e| EngineError::Config(format!("decoding: {e}")))
+    }
+
+    fn stop_ids(&self) -> Vec<u32> {
+        vec![100_265, 100_257]
+    }
+}
+
+/// A Hugging Face `tokenizer.json`.
+pub struct HfTokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl HfTokenizer {
+    pub fn from_file(path: &Path) -> Result<HfTokenizer, EngineError> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))?;
+        Ok(HfTokenizer { inner })
+    }
+}
+
+impl Codec for HfTokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| EngineError::Config(format!("tokenizing: {e}")))
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| EngineError::Config(format!("decoding: {e}")))
+    }
+
+    fn stop_ids(&self) -> Vec<u32> {
+        ["<|im_end|>", "<|endoftext|>", "<|end|>"]
+            .iter()
+            .filter_map(|t| self.inner.token_to_id(t))
+            .collect()
+    }
+}
+
+/// The tokenizer of a model folder: its `tokenizer.json` when present, else Phi-4's.
+pub fn for_model(dir: &Path) -> Result<Box<dyn Codec>, EngineError> {
+    let file = dir.join("tokenizer.json");
+    if file.exists() {
+        Ok(Box::new(HfTokenizer::from_file(&file)?))
+    } else {
+        Ok(Box::new(Phi4Tokenizer::new()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phi4_chat_tokens_and_text_round_trip() {
+        let t = Phi4Tokenizer::new().unwrap();
+        let ids = t
+            .encode("<|im_start|>user<|im_sep|>Hello, world!<|im_end|>")
+            .unwrap();
+        assert_eq!(ids[0], 100_264);
+        assert!(ids.contains(&100_266));
+        assert_eq!(*ids.last().unwrap(), 100_265);
+        assert_eq!(t.decode(&ids).unwrap(), "userHello, world!");
+        // cl100k_base's own ids for ordinary text.
+        assert_eq!(t.encode("hello world").unwrap(), [15339, 1917]);
+    }
+}
