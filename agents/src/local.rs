@@ -146,9 +146,7 @@ fn schedule(model: Model, codec: Arc<dyn Codec>, rx: mpsc::Receiver<Job>) {
                         logprob,
                     });
                 }
-                if a.generated.len() >= sp.max_tokens as usize {
-                    reason = Some(FinishReason::Length);
-                } else if a.len + 1 >= model.context() {
+                if a.generated.len() >= sp.max_tokens as usize || a.len + 1 >= model.context() {
                     reason = Some(FinishReason::Length);
                 } else if !sp.stop.is_empty() {
                     let text = codec.decode(&a.generated).unwrap_or_default();

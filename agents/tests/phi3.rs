@@ -241,8 +241,8 @@ fn a_hugging_face_folder_loads_and_matches_transformers() {
         "first token",
     );
     let mut last = None;
-    for p in 1..20 {
-        last = Some(row(&model.forward(&[vec![tokens[p]]], &[p]).unwrap(), 0));
+    for (p, &t) in tokens.iter().enumerate().take(20).skip(1) {
+        last = Some(row(&model.forward(&[vec![t]], &[p]).unwrap(), 0));
     }
     close(&last.unwrap(), &want(20), "decoded to 20");
     close(
@@ -254,8 +254,8 @@ fn a_hugging_face_folder_loads_and_matches_transformers() {
         "chunk to 256",
     );
     let mut last = None;
-    for p in 256..300 {
-        last = Some(row(&model.forward(&[vec![tokens[p]]], &[p]).unwrap(), 0));
+    for (p, &t) in tokens.iter().enumerate().take(300).skip(256) {
+        last = Some(row(&model.forward(&[vec![t]], &[p]).unwrap(), 0));
     }
     close(&last.unwrap(), &want(300), "decoded to 300");
 }
