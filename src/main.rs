@@ -82,11 +82,22 @@ enum Command {
 #[derive(Args)]
 struct GenerateArgs {
     /// Base URL of an OpenAI-compatible server (repeat to spread load), e.g. http://127.0.0.1:8000/v1.
-    #[arg(long, required = true)]
+    #[arg(
+        long,
+        required_unless_present = "model_dir",
+        conflicts_with = "model_dir"
+    )]
     endpoint: Vec<String>,
     /// The model name the server knows.
+    #[arg(long, required_unless_present = "model_dir")]
+    model: Option<String>,
+    /// Run the local engine on a Hugging Face model folder of the Phi-3/Phi-4 architecture
+    /// (config.json, *.safetensors, tokenizer.json or else Phi-4's tokenizer).
     #[arg(long)]
-    model: String,
+    model_dir: Option<PathBuf>,
+    /// Local engine: context positions per sequence.
+    #[arg(long, default_value_t = 4096)]
+    context: usize,
     /// Environment variable holding the API key.
     #[arg(long)]
     api_key_env: Option<String>,
@@ -434,14 +445,33 @@ fn generate(a: GenerateArgs) -> Result<()> {
         (None, Some(path)) => read_prompts(path, a.system.as_deref())?,
         _ => anyhow::bail!("give --prompt TEXT or --input FILE.jsonl"),
     };
-    let engine = OpenAiEngine::new(OpenAiConfig {
-        endpoints: a.endpoint.clone(),
-        api_key_env: a.api_key_env.clone(),
-        max_concurrency: a.concurrency,
-        timeout_s: a.timeout,
-        max_retries: a.retries,
-        ..OpenAiConfig::new(&a.endpoint[0], &a.model)
-    })?;
+    let engine: Box<dyn agents::engine::Engine> = match &a.model_dir {
+        Some(dir) => {
+            let device = agents::local::default_device();
+            let dtype = if device.is_cpu() {
+                candle_core::DType::F32
+            } else {
+                candle_core::DType::BF16
+            };
+            let slots = a.concurrency.clamp(1, 64);
+            let model = agents::phi3::Model::load(dir, dtype, &device, slots, a.context)
+                .with_context(|| format!("loading the model in {}", dir.display()))?;
+            let codec = agents::tokenizer::for_model(dir)?;
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "local".into());
+            Box::new(agents::local::LocalEngine::new(model, codec.into(), &name))
+        }
+        None => Box::new(OpenAiEngine::new(OpenAiConfig {
+            endpoints: a.endpoint.clone(),
+            api_key_env: a.api_key_env.clone(),
+            max_concurrency: a.concurrency,
+            timeout_s: a.timeout,
+            max_retries: a.retries,
+            ..OpenAiConfig::new(&a.endpoint[0], a.model.as_deref().unwrap_or("default"))
+        })?),
+    };
     let sampling = agents::engine::Sampling {
         temperature: a.temperature,
         top_p: a.top_p,
@@ -462,7 +492,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let mut body = Vec::new();
-    let summary = runtime.block_on(generate(&engine, &prompts, &sampling, &mut body, &|| {
+    let summary = runtime.block_on(generate(&*engine, &prompts, &sampling, &mut body, &|| {
         bar.inc(1)
     }))?;
     bar.finish_and_clear();

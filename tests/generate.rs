@@ -119,3 +119,41 @@ fn failures_are_reported_not_lost() {
         "{err}"
     );
 }
+
+#[test]
+fn the_local_engine_generates_from_a_model_folder() {
+    let dir = Dir::new();
+    let model = root().join("agents/tests/data/phi3-tiny");
+    dir.write_jsonl(
+        "p.jsonl",
+        &[
+            json!({"id": "x", "prompt": "Say hi"}),
+            json!({"id": "y", "prompt": "Count to three"}),
+        ],
+    );
+    let args = [
+        "generate",
+        "--model-dir",
+        model.to_str().unwrap(),
+        "--input",
+        "p.jsonl",
+        "-o",
+        "o.jsonl",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+    ];
+    dir.ok(&args);
+    let first = std::fs::read(dir.path("o.jsonl")).unwrap();
+    let out = read_jsonl(&dir.path("o.jsonl"));
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        out[0]["engine"],
+        json!({"kind": "local", "model": "phi3-tiny"})
+    );
+    assert!(out[0]["completion_tokens"].as_u64().unwrap() >= 1);
+    // Greedy decoding is deterministic.
+    dir.ok(&args);
+    assert_eq!(std::fs::read(dir.path("o.jsonl")).unwrap(), first);
+}

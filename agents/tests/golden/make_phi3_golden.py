@@ -50,3 +50,20 @@ golden = {
 with open(os.path.join(out, "golden.json"), "w") as f:
     json.dump(golden, f)
 print("wrote", out)
+
+# A character-level tokenizer.json for the tiny model (96 ids): <unk>, 92 characters from space to
+# '{', then Phi-4's chat tokens, so the model folder loads like a real one with its own tokenizer.
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken
+
+vocab = {"<unk>": 0}
+for i, c in enumerate(chr(x) for x in range(32, 124)):
+    vocab[c] = i + 1
+for i, s in enumerate(["<|im_start|>", "<|im_sep|>", "<|im_end|>"]):
+    vocab[s] = 93 + i
+tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+tok.decoder = decoders.Fuse()
+tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in ["<|im_start|>", "<|im_sep|>", "<|im_end|>"]])
+tok.save(os.path.join(out, "tokenizer.json"))
+print("tokenizer", tok.encode("<|im_start|>user<|im_sep|>Hi there<|im_end|>").ids)
