@@ -72,6 +72,23 @@ enum Command {
     /// Generates completions with an OpenAI-compatible server: a prompt, or JSON lines of
     /// `prompt`/`messages` records, in; one JSON line per completion (or error) out.
     Generate(GenerateArgs),
+    /// Serves the local engine on an OpenAI-compatible HTTP API (chat and completions, streaming).
+    Serve {
+        /// A Hugging Face model folder of the Phi-3/Phi-4 architecture.
+        #[arg(long)]
+        model_dir: PathBuf,
+        /// The model name clients use (default: the folder's name).
+        #[arg(long)]
+        model_name: Option<String>,
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: std::net::SocketAddr,
+        /// Sequences generated at once (continuous batching).
+        #[arg(long, default_value_t = 32)]
+        slots: usize,
+        /// Context positions per sequence.
+        #[arg(long, default_value_t = 4096)]
+        context: usize,
+    },
     /// Prints the normalised form of a text (argument or standard input), as matching sees it.
     Normalize {
         /// The text; read from standard input when absent.
@@ -275,6 +292,24 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::RunUnit { manifest, unit } => Ok(pipeline::executor::run_unit(&manifest, unit)?),
         Command::Generate(a) => generate(a),
+        Command::Serve {
+            model_dir,
+            model_name,
+            listen,
+            slots,
+            context,
+        } => {
+            let (engine, name) = local_engine(&model_dir, slots, context)?;
+            let name = model_name.unwrap_or(name);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            eprintln!("serving {name} on http://{listen}/v1");
+            runtime
+                .block_on(agents::serve::serve(engine, &name, listen))
+                .with_context(|| format!("serving on {listen}"))
+        }
         Command::Normalize { text } => {
             let text = match text {
                 Some(t) => t,
@@ -446,23 +481,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         _ => anyhow::bail!("give --prompt TEXT or --input FILE.jsonl"),
     };
     let engine: Box<dyn agents::engine::Engine> = match &a.model_dir {
-        Some(dir) => {
-            let device = agents::local::default_device();
-            let dtype = if device.is_cpu() {
-                candle_core::DType::F32
-            } else {
-                candle_core::DType::BF16
-            };
-            let slots = a.concurrency.clamp(1, 64);
-            let model = agents::phi3::Model::load(dir, dtype, &device, slots, a.context)
-                .with_context(|| format!("loading the model in {}", dir.display()))?;
-            let codec = agents::tokenizer::for_model(dir)?;
-            let name = dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "local".into());
-            Box::new(agents::local::LocalEngine::new(model, codec.into(), &name))
-        }
+        Some(dir) => Box::new(local_engine(dir, a.concurrency.clamp(1, 64), a.context)?.0),
         None => Box::new(OpenAiEngine::new(OpenAiConfig {
             endpoints: a.endpoint.clone(),
             api_key_env: a.api_key_env.clone(),
@@ -523,4 +542,29 @@ fn generate(a: GenerateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The local engine on a model folder (bf16 on a GPU, f32 on the CPU), and the model's name.
+fn local_engine(
+    dir: &Path,
+    slots: usize,
+    context: usize,
+) -> Result<(agents::local::LocalEngine, String)> {
+    let device = agents::local::default_device();
+    let dtype = if device.is_cpu() {
+        candle_core::DType::F32
+    } else {
+        candle_core::DType::BF16
+    };
+    let model = agents::phi3::Model::load(dir, dtype, &device, slots.max(1), context)
+        .with_context(|| format!("loading the model in {}", dir.display()))?;
+    let codec = agents::tokenizer::for_model(dir)?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "local".into());
+    Ok((
+        agents::local::LocalEngine::new(model, codec.into(), &name),
+        name,
+    ))
 }

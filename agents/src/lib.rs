@@ -26,6 +26,7 @@ pub mod generate;
 pub mod local;
 pub mod openai;
 pub mod phi3;
+pub mod serve;
 #[cfg(feature = "test-server")]
 pub mod testing;
 pub mod tokenizer;

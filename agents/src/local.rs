@@ -22,6 +22,8 @@ struct Job {
     prompt: Vec<u32>,
     sampling: Sampling,
     reply: tokio::sync::oneshot::Sender<Result<Completion, EngineError>>,
+    /// Text deltas as tokens are generated (for streaming replies).
+    stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// A sequence being generated, in a cache slot.
@@ -34,6 +36,8 @@ struct Active {
     generated: Vec<u32>,
     logprobs: Vec<TokenLogprob>,
     rng: fastrand::Rng,
+    /// Text already streamed.
+    sent: String,
 }
 
 /// A model on this machine as an engine.
@@ -100,6 +104,7 @@ fn schedule(model: Model, codec: Arc<dyn Codec>, rx: mpsc::Receiver<Job>) {
                 generated: Vec::new(),
                 logprobs: Vec::new(),
                 rng: fastrand::Rng::with_seed(seed),
+                sent: String::new(),
                 job,
             });
         }
@@ -155,6 +160,17 @@ fn schedule(model: Model, codec: Arc<dyn Codec>, rx: mpsc::Receiver<Job>) {
                     }
                 }
             }
+            if let (Some(tx), None) = (&a.job.stream, &reason) {
+                // Stream what the new token adds to the text (a partial UTF-8 character waits).
+                let text = codec.decode(&a.generated).unwrap_or_default();
+                if text.len() > a.sent.len()
+                    && text.starts_with(a.sent.as_str())
+                    && !text.ends_with('\u{fffd}')
+                {
+                    let _ = tx.send(text[a.sent.len()..].to_string());
+                    a.sent = text;
+                }
+            }
             match reason {
                 Some(r) => finished.push((s, Ok(r))),
                 None => a.pending = vec![token],
@@ -194,6 +210,11 @@ fn schedule(model: Model, codec: Arc<dyn Codec>, rx: mpsc::Receiver<Job>) {
                     logprobs: a.job.sampling.logprobs.then_some(a.logprobs),
                 })
             });
+            if let (Some(tx), Ok(c)) = (&a.job.stream, &result) {
+                if c.text.len() > a.sent.len() && c.text.starts_with(a.sent.as_str()) {
+                    let _ = tx.send(c.text[a.sent.len()..].to_string());
+                }
+            }
             let _ = a.job.reply.send(result);
         }
     }
@@ -254,6 +275,39 @@ pub fn sample(
     Ok((i as u32, logp[i]))
 }
 
+impl LocalEngine {
+    /// Completes a raw prompt (no chat format), optionally streaming text deltas to `stream`.
+    pub async fn complete_text(
+        &self,
+        prompt: &str,
+        sampling: &Sampling,
+        stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Result<Completion, EngineError> {
+        let prompt = self.codec.encode(prompt)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Job {
+                prompt,
+                sampling: sampling.clone(),
+                reply: tx,
+                stream,
+            })
+            .map_err(|_| EngineError::Config("the local engine has stopped".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Config("the local engine stopped before answering".into()))?
+    }
+
+    /// Completes a chat, optionally streaming text deltas to `stream`.
+    pub async fn complete_chat(
+        &self,
+        request: &ChatRequest,
+        stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Result<Completion, EngineError> {
+        self.complete_text(&phi4_prompt(&request.messages), &request.sampling, stream)
+            .await
+    }
+}
+
 impl Engine for LocalEngine {
     fn identity(&self) -> EngineIdentity {
         EngineIdentity {
@@ -266,20 +320,7 @@ impl Engine for LocalEngine {
         &'a self,
         request: &'a ChatRequest,
     ) -> BoxFuture<'a, Result<Completion, EngineError>> {
-        Box::pin(async move {
-            let prompt = self.codec.encode(&phi4_prompt(&request.messages))?;
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            self.jobs
-                .send(Job {
-                    prompt,
-                    sampling: request.sampling.clone(),
-                    reply: tx,
-                })
-                .map_err(|_| EngineError::Config("the local engine has stopped".into()))?;
-            rx.await.map_err(|_| {
-                EngineError::Config("the local engine stopped before answering".into())
-            })?
-        })
+        Box::pin(self.complete_chat(request, None))
     }
 }
 

@@ -1,0 +1,258 @@
+//! `phiforge serve`: the local engine behind an OpenAI-compatible HTTP API (axum), so one GPU box
+//! serves many pipeline workers.
+//!
+//! - `POST /v1/chat/completions` (Phi-4's chat format) and `POST /v1/completions` (raw prompt),
+//!   with `stream: true` as server-sent events (`data: {chunk}` ... `data: [DONE]`);
+//! - `GET /v1/models`.
+//!
+//! Requests from all clients share the engine's continuous batching.
+
+use crate::engine::{ChatRequest, Completion, EngineError, FinishReason, Message, Sampling};
+use crate::local::LocalEngine;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+struct App {
+    engine: LocalEngine,
+    model: String,
+    next_id: AtomicU64,
+}
+
+/// An OpenAI request body (the fields this server reads; others are ignored).
+#[derive(Deserialize)]
+struct Body {
+    #[serde(default)]
+    messages: Option<Vec<Message>>,
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    top_k: Option<u32>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    stop: Option<Value>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    logprobs: Option<Value>,
+    #[serde(default)]
+    stream: bool,
+}
+
+impl Body {
+    fn sampling(&self) -> Sampling {
+        let d = Sampling::default();
+        let stop = match &self.stop {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Sampling {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            top_k: self.top_k,
+            max_tokens: self.max_tokens.unwrap_or(d.max_tokens),
+            stop,
+            seed: self.seed,
+            logprobs: matches!(
+                self.logprobs,
+                Some(Value::Bool(true)) | Some(Value::Number(_))
+            ),
+        }
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        Json(json!({"error": {"message": message, "type": "invalid_request_error"}})),
+    )
+        .into_response()
+}
+
+fn finish(r: &FinishReason) -> &str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Other(o) => o.as_str(),
+    }
+}
+
+/// Builds the router for `engine`, answering as model `model`.
+pub fn router(engine: LocalEngine, model: &str) -> Router {
+    let app = Arc::new(App {
+        engine,
+        model: model.to_string(),
+        next_id: AtomicU64::new(1),
+    });
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .with_state(app)
+}
+
+async fn models(State(app): State<Arc<App>>) -> Json<Value> {
+    Json(
+        json!({"object": "list", "data": [{"id": app.model, "object": "model", "owned_by": "phiforge"}]}),
+    )
+}
+
+async fn chat(
+    State(app): State<Arc<App>>,
+    body: Result<Json<Body>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body is not a valid chat request".into(),
+        );
+    };
+    let Some(messages) = body.messages.clone() else {
+        return error(StatusCode::BAD_REQUEST, "`messages` is required".into());
+    };
+    let request = ChatRequest {
+        messages,
+        sampling: body.sampling(),
+    };
+    respond(app, body.stream, true, move |app, tx| async move {
+        app.engine.complete_chat(&request, tx).await
+    })
+    .await
+}
+
+async fn completions(
+    State(app): State<Arc<App>>,
+    body: Result<Json<Body>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body is not a valid completions request".into(),
+        );
+    };
+    let Some(prompt) = body.prompt.clone() else {
+        return error(StatusCode::BAD_REQUEST, "`prompt` is required".into());
+    };
+    let sampling = body.sampling();
+    respond(app, body.stream, false, move |app, tx| async move {
+        app.engine.complete_text(&prompt, &sampling, tx).await
+    })
+    .await
+}
+
+/// Runs `run` and answers with one JSON reply, or with a stream of chunks.
+async fn respond<F, Fut>(app: Arc<App>, stream: bool, chat: bool, run: F) -> Response
+where
+    F: FnOnce(Arc<App>, Option<tokio::sync::mpsc::UnboundedSender<String>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Completion, EngineError>> + Send + 'static,
+{
+    let id = format!("cmpl-{}", app.next_id.fetch_add(1, Ordering::Relaxed));
+    let model = app.model.clone();
+    let object = if chat {
+        "chat.completion"
+    } else {
+        "text_completion"
+    };
+    if !stream {
+        return match run(app, None).await {
+            Ok(c) => {
+                let choice = if chat {
+                    json!({"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": finish(&c.finish_reason),
+                           "logprobs": c.logprobs.as_ref().map(|l| json!({"content": l}))})
+                } else {
+                    json!({"index": 0, "text": c.text, "finish_reason": finish(&c.finish_reason),
+                           "logprobs": c.logprobs.as_ref().map(|l| json!({
+                               "tokens": l.iter().map(|t| &t.token).collect::<Vec<_>>(),
+                               "token_logprobs": l.iter().map(|t| t.logprob).collect::<Vec<_>>()}))})
+                };
+                Json(json!({
+                    "id": id, "object": object, "model": model, "choices": [choice],
+                    "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                              "total_tokens": c.prompt_tokens + c.completion_tokens},
+                }))
+                .into_response()
+            }
+            Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+    }
+    // Streaming: deltas as they come, then the finish reason, then [DONE].
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let done = tokio::spawn(run(app, Some(tx)));
+    let chunk_object = if chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let chunk = move |delta: Option<&str>, reason: Option<&str>| -> Event {
+        let choice = if chat {
+            json!({"index": 0, "delta": delta.map(|d| json!({"content": d})).unwrap_or(json!({})), "finish_reason": reason})
+        } else {
+            json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": reason})
+        };
+        Event::default().data(
+            json!({"id": id, "object": chunk_object, "model": model, "choices": [choice]})
+                .to_string(),
+        )
+    };
+    enum Phase {
+        Deltas(
+            tokio::sync::mpsc::UnboundedReceiver<String>,
+            tokio::task::JoinHandle<Result<Completion, EngineError>>,
+        ),
+        Done,
+        Over,
+    }
+    let events = futures::stream::unfold(Phase::Deltas(rx, done), move |phase| {
+        let chunk = chunk.clone();
+        async move {
+            match phase {
+                Phase::Deltas(mut rx, done) => match rx.recv().await {
+                    Some(delta) => Some((
+                        Ok::<Event, std::convert::Infallible>(chunk(Some(&delta), None)),
+                        Phase::Deltas(rx, done),
+                    )),
+                    None => {
+                        let event = match done.await {
+                            Ok(Ok(c)) => chunk(None, Some(finish(&c.finish_reason))),
+                            Ok(Err(e)) => Event::default()
+                                .data(json!({"error": {"message": e.to_string()}}).to_string()),
+                            Err(e) => Event::default()
+                                .data(json!({"error": {"message": e.to_string()}}).to_string()),
+                        };
+                        Some((Ok(event), Phase::Done))
+                    }
+                },
+                Phase::Done => Some((Ok(Event::default().data("[DONE]")), Phase::Over)),
+                Phase::Over => None,
+            }
+        }
+    });
+    Sse::new(events).into_response()
+}
+
+/// Serves `engine` on `addr` until the process ends.
+pub async fn serve(
+    engine: LocalEngine,
+    model: &str,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!("serving {model} on http://{}/v1", listener.local_addr()?);
+    axum::serve(listener, router(engine, model)).await
+}

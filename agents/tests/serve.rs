@@ -1,0 +1,81 @@
+//! `phiforge serve` on loopback: the OpenAI-compatible backend talks to the local engine through
+//! it, and gets what the engine gives directly; streaming replies add up to the same text.
+
+use agents::engine::{ChatRequest, Engine, Message, Sampling};
+use agents::local::LocalEngine;
+use agents::openai::{Api, OpenAiConfig, OpenAiEngine};
+use agents::phi3::Model;
+use candle_core::{DType, Device};
+use std::path::Path;
+
+fn local(slots: usize) -> LocalEngine {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/phi3-tiny");
+    let model = Model::load(&dir, DType::F32, &Device::Cpu, slots, 512).unwrap();
+    let codec = agents::tokenizer::for_model(&dir).unwrap();
+    LocalEngine::new(model, codec.into(), "phi3-tiny")
+}
+
+fn request(k: usize) -> ChatRequest {
+    ChatRequest {
+        messages: vec![Message::new(
+            "user",
+            format!("Tell me about the number {k}."),
+        )],
+        sampling: Sampling {
+            temperature: 0.0,
+            max_tokens: 6 + k as u32 % 5,
+            ..Default::default()
+        },
+    }
+}
+
+#[test]
+fn the_backend_gets_through_the_server_what_the_engine_gives() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, agents::serve::router(local(4), "phi3-tiny")).await });
+
+        let direct = local(1);
+        let client = OpenAiEngine::new(OpenAiConfig::new(&url, "phi3-tiny")).unwrap();
+        let requests: Vec<ChatRequest> = (0..12).map(request).collect();
+        let served = client.complete_batch(&requests).await;
+        for (k, (r, got)) in requests.iter().zip(served).enumerate() {
+            let got = got.unwrap_or_else(|e| panic!("request {k}: {e}"));
+            let want = direct.complete(r).await.unwrap();
+            assert_eq!((got.text, got.completion_tokens, got.finish_reason), (want.text, want.completion_tokens, want.finish_reason), "request {k}");
+        }
+
+        // The completions API with Phi-4's chat format rendered gives the same.
+        let completions = OpenAiEngine::new(OpenAiConfig { api: Api::Completions, ..OpenAiConfig::new(&url, "phi3-tiny") }).unwrap();
+        let c = completions.complete(&requests[3]).await.unwrap();
+        assert_eq!(c.text, direct.complete(&requests[3]).await.unwrap().text);
+
+        // Streaming: the deltas add up to the whole text, then a finish reason, then [DONE].
+        let body = serde_json::json!({"model": "phi3-tiny", "messages": requests[5].messages, "temperature": 0.0, "max_tokens": 10, "stream": true});
+        let text = reqwest::Client::new()
+            .post(format!("{url}/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+        let chunks: Vec<serde_json::Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+        let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+        let mut whole = requests[5].clone();
+        whole.sampling.max_tokens = 10;
+        assert_eq!(streamed, direct.complete(&whole).await.unwrap().text);
+        assert!(chunks.last().unwrap()["choices"][0]["finish_reason"].is_string());
+
+        let models: serde_json::Value = reqwest::get(format!("{url}/models")).await.unwrap().json().await.unwrap();
+        assert_eq!(models["data"][0]["id"], "phi3-tiny");
+    });
+}
