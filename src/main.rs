@@ -74,7 +74,7 @@ enum Command {
     Generate(GenerateArgs),
     /// Serves the local engine on an OpenAI-compatible HTTP API (chat and completions, streaming).
     Serve {
-        /// A Hugging Face model folder of the Phi-3/Phi-4 architecture.
+        /// A Hugging Face model folder of the Phi-3/Phi-4 architecture, or a `phi3` .gguf file.
         #[arg(long)]
         model_dir: PathBuf,
         /// The model name clients use (default: the folder's name).
@@ -109,7 +109,8 @@ struct GenerateArgs {
     #[arg(long, required_unless_present = "model_dir")]
     model: Option<String>,
     /// Run the local engine on a Hugging Face model folder of the Phi-3/Phi-4 architecture
-    /// (config.json, *.safetensors, tokenizer.json or else Phi-4's tokenizer).
+    /// (config.json, *.safetensors, tokenizer.json or else Phi-4's tokenizer), or on a `phi3`
+    /// .gguf file (quantized, for CPU use).
     #[arg(long)]
     model_dir: Option<PathBuf>,
     /// Local engine: context positions per sequence.
@@ -556,9 +557,20 @@ fn local_engine(
     } else {
         candle_core::DType::BF16
     };
-    let model = agents::phi3::Model::load(dir, dtype, &device, slots.max(1), context)
-        .with_context(|| format!("loading the model in {}", dir.display()))?;
-    let codec = agents::tokenizer::for_model(dir)?;
+    // A .gguf file (quantized, for CPU use) or a Hugging Face folder; the tokenizer.json beside a
+    // GGUF file, or in the folder, else Phi-4's own.
+    let gguf = dir.extension().is_some_and(|e| e == "gguf");
+    let model = if gguf {
+        agents::phi3::Model::from_gguf(dir, &device, slots.max(1), context)
+    } else {
+        agents::phi3::Model::load(dir, dtype, &device, slots.max(1), context)
+    }
+    .with_context(|| format!("loading the model in {}", dir.display()))?;
+    let codec = agents::tokenizer::for_model(if gguf {
+        dir.parent().unwrap_or(Path::new("."))
+    } else {
+        dir
+    })?;
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

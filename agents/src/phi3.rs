@@ -13,6 +13,7 @@
 //! - grouped-query attention folds each KV head's query heads into one matrix product instead of
 //!   copying K and V per query head.
 
+use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear_no_bias, Embedding, Linear, RmsNorm, VarBuilder};
 use serde::Deserialize;
@@ -185,6 +186,25 @@ impl Config {
     }
 }
 
+/// A projection: dense weights, or GGUF-quantized ones for CPU use.
+enum Proj {
+    Dense(Linear),
+    Quant(QMatMul),
+}
+
+impl Module for Proj {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Proj::Dense(l) => l.forward(x),
+            Proj::Quant(q) => q.forward(x),
+        }
+    }
+}
+
+fn dense(i: usize, o: usize, vb: VarBuilder) -> Result<Proj> {
+    Ok(Proj::Dense(linear_no_bias(i, o, vb)?))
+}
+
 /// RoPE tables in f32: `cos`/`sin` of shape (max positions, head size / 2).
 #[derive(Debug, Clone)]
 struct Rope {
@@ -231,8 +251,8 @@ struct KvCache {
 }
 
 struct Attention {
-    qkv_proj: Linear,
-    o_proj: Linear,
+    qkv_proj: Proj,
+    o_proj: Proj,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -243,8 +263,8 @@ impl Attention {
         let hd = cfg.head_dim();
         let out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd;
         Ok(Attention {
-            qkv_proj: linear_no_bias(cfg.hidden_size, out, vb.pp("qkv_proj"))?,
-            o_proj: linear_no_bias(
+            qkv_proj: dense(cfg.hidden_size, out, vb.pp("qkv_proj"))?,
+            o_proj: dense(
                 cfg.num_attention_heads * hd,
                 cfg.hidden_size,
                 vb.pp("o_proj"),
@@ -311,20 +331,20 @@ fn write_at(cache: &Tensor, src: &Tensor, slot: usize, start: usize) -> Result<(
 }
 
 struct Mlp {
-    gate_up_proj: Linear,
-    down_proj: Linear,
+    gate_up_proj: Proj,
+    down_proj: Proj,
     inter: usize,
 }
 
 impl Mlp {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         Ok(Mlp {
-            gate_up_proj: linear_no_bias(
+            gate_up_proj: dense(
                 cfg.hidden_size,
                 2 * cfg.intermediate_size,
                 vb.pp("gate_up_proj"),
             )?,
-            down_proj: linear_no_bias(cfg.intermediate_size, cfg.hidden_size, vb.pp("down_proj"))?,
+            down_proj: dense(cfg.intermediate_size, cfg.hidden_size, vb.pp("down_proj"))?,
             inter: cfg.intermediate_size,
         })
     }
@@ -363,7 +383,7 @@ pub struct Model {
     embed_tokens: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     rope: Rope,
     caches: Vec<KvCache>,
     cfg: Config,
@@ -398,30 +418,148 @@ impl Model {
         }
         let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vm.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+            Proj::Dense(Linear::new(embed_tokens.embeddings().clone(), None))
         } else {
-            linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+            dense(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
         };
-        let device = vb.device().clone();
+        Model::assemble(
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            vb.dtype(),
+            vb.device(),
+            slots,
+            context,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        cfg: &Config,
+        embed_tokens: Embedding,
+        layers: Vec<Layer>,
+        norm: RmsNorm,
+        lm_head: Proj,
+        dtype: DType,
+        device: &Device,
+        slots: usize,
+        context: usize,
+    ) -> Result<Model> {
+        let context = context.min(cfg.max_position_embeddings);
         let shape = (slots, cfg.num_key_value_heads, context, cfg.head_dim());
         let caches = (0..cfg.num_hidden_layers)
             .map(|_| {
                 Ok(KvCache {
-                    k: Tensor::zeros(shape, vb.dtype(), &device)?,
-                    v: Tensor::zeros(shape, vb.dtype(), &device)?,
+                    k: Tensor::zeros(shape, dtype, device)?,
+                    v: Tensor::zeros(shape, dtype, device)?,
                 })
             })
             .collect::<Result<_>>()?;
         Ok(Model {
-            rope: Rope::new(cfg, &device)?,
+            rope: Rope::new(cfg, device)?,
             embed_tokens,
             layers,
             norm,
             lm_head,
             caches,
             cfg: cfg.clone(),
-            device,
+            device: device.clone(),
         })
+    }
+
+    /// Loads a GGUF file of the `phi3` architecture (llama.cpp's tensor names), keeping quantized
+    /// weights quantized (for CPU use); norms and embeddings are dequantized to f32.
+    pub fn from_gguf(
+        path: &std::path::Path,
+        device: &Device,
+        slots: usize,
+        context: usize,
+    ) -> Result<Model> {
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+        let ct = gguf_file::Content::read(&mut file).map_err(|e| e.with_path(path))?;
+        let md = |k: &str| {
+            ct.metadata.get(k).ok_or_else(|| {
+                candle_core::Error::Msg(format!("{}: no `{k}` in the metadata", path.display()))
+            })
+        };
+        let arch = md("general.architecture")?.to_string()?.clone();
+        if arch != "phi3" {
+            candle_core::bail!("{}: architecture `{arch}`, expected phi3", path.display())
+        }
+        let embd = ct.tensor(&mut file, "token_embd.weight", device)?;
+        let (vocab, hidden) = embd.shape().dims2()?;
+        let cfg = Config {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: md("phi3.feed_forward_length")?.to_u32()? as usize,
+            num_hidden_layers: md("phi3.block_count")?.to_u32()? as usize,
+            num_attention_heads: md("phi3.attention.head_count")?.to_u32()? as usize,
+            num_key_value_heads: md("phi3.attention.head_count_kv")?.to_u32()? as usize,
+            rms_norm_eps: md("phi3.attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
+            rope_theta: ct
+                .metadata
+                .get("phi3.rope.freq_base")
+                .map(|v| v.to_f32())
+                .transpose()?
+                .unwrap_or(10_000.0) as f64,
+            max_position_embeddings: md("phi3.context_length")?.to_u32()? as usize,
+            hidden_act: "silu".into(),
+            tie_word_embeddings: !ct.tensor_infos.contains_key("output.weight"),
+            bos_token_id: None,
+            eos_token_id: None,
+            rope_scaling: None,
+            partial_rotary_factor: None,
+        };
+        cfg.check()?;
+        let mut get = |name: &str| ct.tensor(&mut file, name, device);
+        let quant = |t: candle_core::quantized::QTensor| -> Result<Proj> {
+            Ok(Proj::Quant(QMatMul::from_qtensor(t)?))
+        };
+        let norm = |t: candle_core::quantized::QTensor| -> Result<RmsNorm> {
+            Ok(RmsNorm::new(t.dequantize(device)?, cfg.rms_norm_eps))
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("blk.{i}");
+            layers.push(Layer {
+                attn: Attention {
+                    qkv_proj: quant(get(&format!("{p}.attn_qkv.weight"))?)?,
+                    o_proj: quant(get(&format!("{p}.attn_output.weight"))?)?,
+                    heads: cfg.num_attention_heads,
+                    kv_heads: cfg.num_key_value_heads,
+                    head_dim: cfg.head_dim(),
+                },
+                mlp: Mlp {
+                    gate_up_proj: quant(get(&format!("{p}.ffn_up.weight"))?)?,
+                    down_proj: quant(get(&format!("{p}.ffn_down.weight"))?)?,
+                    inter: cfg.intermediate_size,
+                },
+                input_layernorm: norm(get(&format!("{p}.attn_norm.weight"))?)?,
+                post_attention_layernorm: norm(get(&format!("{p}.ffn_norm.weight"))?)?,
+            });
+        }
+        let output_norm = norm(get("output_norm.weight")?)?;
+        let embeddings = embd.dequantize(device)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Proj::Dense(Linear::new(embeddings.clone(), None))
+        } else {
+            quant(get("output.weight")?)?
+        };
+        let embed_tokens = Embedding::new(embeddings, hidden);
+        Model::assemble(
+            &cfg,
+            embed_tokens,
+            layers,
+            output_norm,
+            lm_head,
+            DType::F32,
+            device,
+            slots,
+            context,
+        )
     }
 
     /// Loads a Hugging Face model folder: `config.json` and its `*.safetensors` shards.

@@ -259,3 +259,107 @@ fn a_hugging_face_folder_loads_and_matches_transformers() {
     }
     close(&last.unwrap(), &want(300), "decoded to 300");
 }
+
+/// Writes the tiny model as a `phi3` GGUF file (llama.cpp's names), quantizing the projections
+/// to `dtype` where their rows allow it.
+fn write_gguf(path: &std::path::Path, dtype: candle_core::quantized::GgmlDType) {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/phi3-tiny");
+    let weights =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut put = |gguf: &str, hf: &str, quantize: bool| {
+        let t = &weights[hf];
+        let fits = t.dims().last().unwrap().is_multiple_of(dtype.block_size());
+        let q = if quantize && fits {
+            dtype
+        } else {
+            GgmlDType::F32
+        };
+        tensors.push((gguf.to_string(), QTensor::quantize(t, q).unwrap()));
+    };
+    put("token_embd.weight", "model.embed_tokens.weight", false);
+    put("output_norm.weight", "model.norm.weight", false);
+    put("output.weight", "lm_head.weight", true);
+    for i in 0..2 {
+        let (g, h) = (format!("blk.{i}"), format!("model.layers.{i}"));
+        put(
+            &format!("{g}.attn_norm.weight"),
+            &format!("{h}.input_layernorm.weight"),
+            false,
+        );
+        put(
+            &format!("{g}.ffn_norm.weight"),
+            &format!("{h}.post_attention_layernorm.weight"),
+            false,
+        );
+        put(
+            &format!("{g}.attn_qkv.weight"),
+            &format!("{h}.self_attn.qkv_proj.weight"),
+            true,
+        );
+        put(
+            &format!("{g}.attn_output.weight"),
+            &format!("{h}.self_attn.o_proj.weight"),
+            true,
+        );
+        put(
+            &format!("{g}.ffn_up.weight"),
+            &format!("{h}.mlp.gate_up_proj.weight"),
+            true,
+        );
+        put(
+            &format!("{g}.ffn_down.weight"),
+            &format!("{h}.mlp.down_proj.weight"),
+            true,
+        );
+    }
+    use gguf_file::Value;
+    let theta = cfg["rope_parameters"]["rope_theta"].as_f64().unwrap() as f32;
+    let metadata = [
+        ("general.architecture", Value::String("phi3".into())),
+        ("phi3.block_count", Value::U32(2)),
+        ("phi3.embedding_length", Value::U32(64)),
+        ("phi3.feed_forward_length", Value::U32(112)),
+        ("phi3.attention.head_count", Value::U32(8)),
+        ("phi3.attention.head_count_kv", Value::U32(2)),
+        ("phi3.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("phi3.rope.freq_base", Value::F32(theta)),
+        ("phi3.context_length", Value::U32(1024)),
+    ];
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &md, &ts).unwrap();
+}
+
+#[test]
+fn gguf_files_load_exactly_in_f32_and_closely_quantized() {
+    use candle_core::quantized::GgmlDType;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/phi3-tiny");
+    let dense = Model::load(&dir, DType::F32, &Device::Cpu, 1, 64).unwrap();
+    let tokens: Vec<u32> = (0..20u32).map(|i| (i * 37 + 14) % 96).collect();
+    let want = row(
+        &dense.forward(std::slice::from_ref(&tokens), &[0]).unwrap(),
+        0,
+    );
+    for (dtype, tolerance) in [(GgmlDType::F32, 1e-4f32), (GgmlDType::Q8_0, 3e-2)] {
+        let path = tmp.path().join(format!("tiny-{dtype:?}.gguf"));
+        write_gguf(&path, dtype);
+        let q = Model::from_gguf(&path, &Device::Cpu, 1, 64).unwrap();
+        assert_eq!(q.config().rope_theta, 10000.0);
+        let got = row(&q.forward(std::slice::from_ref(&tokens), &[0]).unwrap(), 0);
+        let scale = want.iter().fold(1f32, |m, x| m.max(x.abs()));
+        let diff = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= tolerance * scale,
+            "{dtype:?}: max difference {diff} (scale {scale})"
+        );
+    }
+}
