@@ -143,8 +143,6 @@ pub struct ItemInfo {
     pub id: String,
     /// Distinct non-boilerplate 7-grams of each part (full, question, answer).
     pub part_ngrams: [u32; 3],
-    /// The item's tokens as normalised text (question then answer), for reports.
-    pub tokens: u32,
 }
 
 /// Range into a postings array; `len == 0` marks a boilerplate 7-gram, kept only so that the
@@ -193,7 +191,6 @@ struct ItemGrams {
     exact: Option<u64>,
     exact_len: usize,
     exact_first: u64,
-    tokens: usize,
     uncheckable: Option<String>,
 }
 
@@ -252,7 +249,6 @@ fn grams(item: &Item, s: &Settings) -> ItemGrams {
         exact: None,
         exact_len: 0,
         exact_first: 0,
-        tokens: question.len() + answer.len(),
         uncheckable: None,
     };
     if full.is_empty() {
@@ -393,7 +389,6 @@ impl BenchIndex {
                 benchmark: b as u16,
                 id: item.id.clone(),
                 part_ngrams: [0; 3],
-                tokens: g.tokens as u32,
             });
             covered.push(g.uncheckable.is_some() || g.exact.is_some());
             if let Some(reason) = &g.uncheckable {
