@@ -7,7 +7,7 @@
 //!
 //! Requests from all clients share the engine's continuous batching.
 
-use crate::engine::{ChatRequest, Completion, EngineError, FinishReason, Message, Sampling};
+use crate::engine::{phi4_prompt, Completion, EngineError, FinishReason, Message, Sampling};
 use crate::local::LocalEngine;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -113,55 +113,43 @@ async fn models(State(app): State<Arc<App>>) -> Json<Value> {
     )
 }
 
-async fn chat(
-    State(app): State<Arc<App>>,
-    body: Result<Json<Body>, axum::extract::rejection::JsonRejection>,
-) -> Response {
+type BodyResult = Result<Json<Body>, axum::extract::rejection::JsonRejection>;
+
+async fn chat(State(app): State<Arc<App>>, body: BodyResult) -> Response {
+    answer(app, body, true).await
+}
+
+async fn completions(State(app): State<Arc<App>>, body: BodyResult) -> Response {
+    answer(app, body, false).await
+}
+
+/// Reads a request into a prompt (a chat rendered in Phi-4's chat format, a completion's prompt as
+/// it is) and answers it.
+async fn answer(app: Arc<App>, body: BodyResult, chat: bool) -> Response {
+    let kind = if chat { "chat" } else { "completions" };
     let Ok(Json(body)) = body else {
         return error(
             StatusCode::BAD_REQUEST,
-            "the body is not a valid chat request".into(),
+            format!("the body is not a valid {kind} request"),
         );
     };
-    let Some(messages) = body.messages.clone() else {
-        return error(StatusCode::BAD_REQUEST, "`messages` is required".into());
+    let prompt = match (chat, &body.messages, &body.prompt) {
+        (true, Some(messages), _) => phi4_prompt(messages),
+        (false, _, Some(prompt)) => prompt.clone(),
+        (true, None, _) => return error(StatusCode::BAD_REQUEST, "`messages` is required".into()),
+        (false, _, None) => return error(StatusCode::BAD_REQUEST, "`prompt` is required".into()),
     };
-    let request = ChatRequest {
-        messages,
-        sampling: body.sampling(),
-    };
-    respond(app, body.stream, true, move |app, tx| async move {
-        app.engine.complete_chat(&request, tx).await
-    })
-    .await
+    respond(app, body.stream, chat, prompt, body.sampling()).await
 }
 
-async fn completions(
-    State(app): State<Arc<App>>,
-    body: Result<Json<Body>, axum::extract::rejection::JsonRejection>,
+/// Completes `prompt` and answers with one JSON reply, or with a stream of chunks.
+async fn respond(
+    app: Arc<App>,
+    stream: bool,
+    chat: bool,
+    prompt: String,
+    sampling: Sampling,
 ) -> Response {
-    let Ok(Json(body)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the body is not a valid completions request".into(),
-        );
-    };
-    let Some(prompt) = body.prompt.clone() else {
-        return error(StatusCode::BAD_REQUEST, "`prompt` is required".into());
-    };
-    let sampling = body.sampling();
-    respond(app, body.stream, false, move |app, tx| async move {
-        app.engine.complete_text(&prompt, &sampling, tx).await
-    })
-    .await
-}
-
-/// Runs `run` and answers with one JSON reply, or with a stream of chunks.
-async fn respond<F, Fut>(app: Arc<App>, stream: bool, chat: bool, run: F) -> Response
-where
-    F: FnOnce(Arc<App>, Option<tokio::sync::mpsc::UnboundedSender<String>>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<Completion, EngineError>> + Send + 'static,
-{
     let id = format!("cmpl-{}", app.next_id.fetch_add(1, Ordering::Relaxed));
     let model = app.model.clone();
     let object = if chat {
@@ -170,7 +158,7 @@ where
         "text_completion"
     };
     if !stream {
-        return match run(app, None).await {
+        return match app.engine.complete_text(&prompt, &sampling, None).await {
             Ok(c) => {
                 let choice = if chat {
                     json!({"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": finish(&c.finish_reason),
@@ -193,7 +181,8 @@ where
     }
     // Streaming: deltas as they come, then the finish reason, then [DONE].
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let done = tokio::spawn(run(app, Some(tx)));
+    let done =
+        tokio::spawn(async move { app.engine.complete_text(&prompt, &sampling, Some(tx)).await });
     let chunk_object = if chat {
         "chat.completion.chunk"
     } else {
