@@ -63,11 +63,12 @@ impl Codec for Phi4Tokenizer {
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
-        // cl100k_base's ordinary tokens are 0..100256; everything above is special or unused.
+        // cl100k_base's ordinary tokens are 0..100256 (every one has bytes); everything above is
+        // special or unused. The bytes of a cut-off completion may end inside a character, and
+        // a model may emit any byte sequence: those become U+FFFD rather than an error.
         let plain: Vec<u32> = ids.iter().copied().filter(|id| *id < 100_256).collect();
-        self.bpe
-            .decode(plain)
-            .map_err(|e| EngineError::Config(format!("decoding: {e}")))
+        let bytes: Vec<u8> = self.bpe._decode_native_and_split(plain).flatten().collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     fn stop_ids(&self) -> Vec<u32> {
