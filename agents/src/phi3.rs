@@ -5,11 +5,12 @@
 //! the same code loads any Phi-3-architecture checkpoint. What differs from candle-transformers'
 //! `phi3.rs`:
 //!
-//! - RoPE tables are computed and applied in f32 whatever the weights' dtype (bf16 positions are
-//!   wrong past ~256);
+//! - RoPE angles are computed in f32 whatever the weights' dtype (bf16 positions are wrong past
+//!   ~256), then applied in the activations' dtype as transformers does;
 //! - every sequence of a batch has its own position, so prompts of different lengths batch together
 //!   (padded queries are masked);
-//! - the KV cache is preallocated (slots × KV heads × context × head size) and written in place;
+//! - the KV cache is preallocated (slots × KV heads × context × head size) and written in place,
+//!   every sequence at its own position, by one scatter per layer;
 //! - grouped-query attention folds each KV head's query heads into one matrix product instead of
 //!   copying K and V per query head.
 
@@ -205,7 +206,8 @@ fn dense(i: usize, o: usize, vb: VarBuilder) -> Result<Proj> {
     Ok(Proj::Dense(linear_no_bias(i, o, vb)?))
 }
 
-/// RoPE tables in f32: `cos`/`sin` of shape (max positions, head size / 2).
+/// RoPE tables: angles computed in f32 (bf16 angles are wrong past ~256 positions); `cos`/`sin`
+/// of shape (max positions, head size / 2).
 #[derive(Debug, Clone)]
 struct Rope {
     cos: Tensor,
@@ -231,15 +233,12 @@ impl Rope {
         })
     }
 
-    /// Rotates `x` (batch, heads, len, head size) at `positions` (batch, len), in f32.
-    fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let (b, l) = positions.dims2()?;
-        let flat = positions.flatten_all()?;
-        let cos = self.cos.index_select(&flat, 0)?.reshape((b, l, ()))?;
-        let sin = self.sin.index_select(&flat, 0)?.reshape((b, l, ()))?;
-        let dtype = x.dtype();
-        candle_nn::rotary_emb::rope(&x.to_dtype(DType::F32)?.contiguous()?, &cos, &sin)?
-            .to_dtype(dtype)
+    /// `cos` and `sin` at `positions` (b × l, row-major), shaped (b, l, head size / 2) in `dtype`:
+    /// as in transformers, the f32 tables are cast to the activations' dtype for the rotation.
+    fn at(&self, positions: &Tensor, b: usize, l: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let cos = self.cos.index_select(positions, 0)?.reshape((b, l, ()))?;
+        let sin = self.sin.index_select(positions, 0)?.reshape((b, l, ()))?;
+        Ok((cos.to_dtype(dtype)?, sin.to_dtype(dtype)?))
     }
 }
 
@@ -275,46 +274,45 @@ impl Attention {
         })
     }
 
-    /// `x` (b, l, hidden) for cache slots `0..b`, each starting at `starts[s]`; `mask` (b, 1, 1, l, t)
-    /// with t = max(starts) + l.
-    fn forward(&self, x: &Tensor, batch: &Batch, rope: &Rope, cache: &KvCache) -> Result<Tensor> {
+    /// `x` (b, l, hidden) for cache slots `batch.first..batch.first + b`.
+    fn forward(&self, x: &Tensor, batch: &Batch, cache: &KvCache) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let rep = h / kvh;
-        let qkv = self.qkv_proj.forward(x)?;
-        let q = qkv.narrow(D::Minus1, 0, h * hd)?;
-        let k = qkv.narrow(D::Minus1, h * hd, kvh * hd)?;
-        let v = qkv.narrow(D::Minus1, (h + kvh) * hd, kvh * hd)?;
-        let q = q.reshape((b, l, h, hd))?.transpose(1, 2)?;
-        let k = k.reshape((b, l, kvh, hd))?.transpose(1, 2)?;
-        let v = v.reshape((b, l, kvh, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = rope.apply(&q, &batch.positions)?;
-        let k = rope.apply(&k, &batch.positions)?;
-        // Write the new keys and values into each slot's place in the cache.
-        for (s, &start) in batch.starts.iter().enumerate() {
-            let ks = k.narrow(0, s, 1)?.contiguous()?;
-            let vs = v.narrow(0, s, 1)?.contiguous()?;
-            write_at(&cache.k, &ks, s, start)?;
-            write_at(&cache.v, &vs, s, start)?;
-        }
+        let qkv = self.qkv_proj.forward(x)?.reshape((b, l, h + 2 * kvh, hd))?;
+        // Queries and keys are rotated together, in one kernel.
+        let qk = qkv.narrow(2, 0, h + kvh)?.contiguous()?;
+        let qk = candle_nn::rotary_emb::rope_thd(&qk, &batch.cos, &batch.sin)?;
+        let k = qk.narrow(2, h, kvh)?.transpose(1, 2)?.contiguous()?;
+        let v = qkv.narrow(2, h + kvh, kvh)?.transpose(1, 2)?.contiguous()?;
+        // Every slot's new keys and values go to its own positions in one scatter each, in place.
+        let keys = cache.k.narrow(0, batch.first, b)?;
+        let values = cache.v.narrow(0, batch.first, b)?;
+        keys.scatter_set(&batch.write_at, &k, 2)?;
+        values.scatter_set(&batch.write_at, &v, 2)?;
         let t = batch.span;
         // Views of the cache, not copies: the products read it with its strides.
-        let keys = cache.k.narrow(0, 0, b)?.narrow(2, 0, t)?;
-        let values = cache.v.narrow(0, 0, b)?.narrow(2, 0, t)?;
-        // Each KV head serves `rep` query heads: fold them into the rows of one product.
-        let q = q
-            .reshape((b, kvh, rep, l, hd))?
-            .reshape((b, kvh, rep * l, hd))?
-            .contiguous()?;
+        let keys = keys.narrow(2, 0, t)?;
+        let values = values.narrow(2, 0, t)?;
+        // Each KV head serves `rep` query heads: fold them into the rows of one product. The
+        // scale is applied in the copy that makes the queries contiguous.
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&keys.transpose(2, 3)?)? * scale)?;
-        let scores = scores
-            .reshape((b, kvh, rep, l, t))?
-            .to_dtype(DType::F32)?
-            .broadcast_add(&batch.mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?
-            .to_dtype(values.dtype())?
-            .reshape((b, kvh, rep * l, t))?;
+        let q = (qk.narrow(2, 0, h)? * scale)?; // (b, l, h, hd), contiguous
+        let q = if l == 1 {
+            q.reshape((b, kvh, rep, hd))?
+        } else {
+            q.reshape((b, l, kvh, rep, hd))?
+                .permute((0, 2, 3, 1, 4))?
+                .contiguous()?
+                .reshape((b, kvh, rep * l, hd))?
+        };
+        let scores = q.matmul(&keys.transpose(2, 3)?)?;
+        let scores = match &batch.mask {
+            Some(mask) => scores.reshape((b, kvh, rep, l, t))?.broadcast_add(mask)?,
+            None => scores,
+        };
+        // Softmax accumulates in f32 whatever the dtype.
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, kvh, rep * l, t))?;
         let out = probs.matmul(&values)?; // (b, kvh, rep*l, hd)
         let out = out
             .reshape((b, h, l, hd))?
@@ -366,16 +364,20 @@ struct Layer {
     post_attention_layernorm: RmsNorm,
 }
 
-/// One forward step's bookkeeping: per-sequence positions, cache starts, and the mask.
+/// One forward step's bookkeeping, shared by every layer.
 pub struct Batch {
-    /// (b, l) u32 positions of the new tokens.
-    positions: Tensor,
-    /// Where each slot's new tokens go in its cache.
-    starts: Vec<usize>,
+    /// RoPE at each new token's position: (b, l, head size / 2), in the model's dtype.
+    cos: Tensor,
+    sin: Tensor,
+    /// The first cache slot of the batch (its sequences are in slots `first..first + b`).
+    first: usize,
+    /// Cache position of every new key and value: (b, KV heads, l, head size) u32, for a scatter.
+    write_at: Tensor,
     /// Cache positions attended to: max(starts) + l.
     span: usize,
-    /// (b, 1, 1, l, span) f32: 0 where attended, -inf elsewhere.
-    mask: Tensor,
+    /// (b, 1, 1, l, span) in the model's dtype: 0 where attended, -inf elsewhere; none when every
+    /// query attends to every position (one new token each, all sequences equally long).
+    mask: Option<Tensor>,
 }
 
 /// A Phi-3-architecture model with a KV cache of `slots` sequences.
@@ -626,11 +628,18 @@ impl Model {
     /// `s`, which already holds `starts[s]` positions. Returns the logits (b, vocab) after each
     /// slot's last new token, in f32.
     pub fn forward(&self, tokens: &[Vec<u32>], starts: &[usize]) -> Result<Tensor> {
+        self.forward_at(0, tokens, starts)
+    }
+
+    /// As [`Model::forward`], for the sequences in slots `first..first + b`.
+    pub fn forward_at(
+        &self,
+        first: usize,
+        tokens: &[Vec<u32>],
+        starts: &[usize],
+    ) -> Result<Tensor> {
         let b = tokens.len();
-        if b == 0
-            || b != starts.len()
-            || b > self.caches.first().map(|c| c.k.dims()[0]).unwrap_or(0)
-        {
+        if b == 0 || b != starts.len() || first + b > self.slots() {
             candle_core::bail!("forward needs 1..=slots sequences, each with a start")
         }
         let l = tokens.iter().map(Vec::len).max().unwrap_or(0);
@@ -649,7 +658,8 @@ impl Model {
         let mut mask = vec![f32::NEG_INFINITY; b * l * span];
         for (s, seq) in tokens.iter().enumerate() {
             for j in 0..l {
-                // Padding repeats the last token at the next positions; its outputs are unused.
+                // Padding repeats the last token at the next positions: its keys land in cache
+                // positions no query attends to before the sequence's own tokens overwrite them.
                 ids.push(seq[j.min(seq.len() - 1)]);
                 pos.push((starts[s] + j) as u32);
                 let row = &mut mask[(s * l + j) * span..(s * l + j + 1) * span];
@@ -658,18 +668,32 @@ impl Model {
                 }
             }
         }
+        let dtype = self.embed_tokens.embeddings().dtype();
+        let dev = &self.device;
+        let positions = Tensor::from_vec(pos, b * l, dev)?;
+        let (cos, sin) = self.rope.at(&positions, b, l, dtype)?;
+        let (kvh, hd) = (self.cfg.num_key_value_heads, self.cfg.head_dim());
         let batch = Batch {
-            positions: Tensor::from_vec(pos, (b, l), &self.device)?,
-            starts: starts.to_vec(),
+            cos,
+            sin,
+            first,
+            write_at: positions
+                .reshape((b, 1, l, 1))?
+                .broadcast_as((b, kvh, l, hd))?
+                .contiguous()?,
             span,
-            mask: Tensor::from_vec(mask, (b, 1, 1, l, span), &self.device)?,
+            mask: if l == 1 && starts.iter().all(|&s| s + 1 == span) {
+                None
+            } else {
+                Some(Tensor::from_vec(mask, (b, 1, 1, l, span), dev)?.to_dtype(dtype)?)
+            },
         };
-        let input = Tensor::from_vec(ids, (b, l), &self.device)?;
+        let input = Tensor::from_vec(ids, (b, l), dev)?;
         let mut x = self.embed_tokens.forward(&input)?;
         for (layer, cache) in self.layers.iter().zip(&self.caches) {
             let r = x.clone();
             let h = layer.input_layernorm.forward(&x)?;
-            let h = layer.attn.forward(&h, &batch, &self.rope, cache)?;
+            let h = layer.attn.forward(&h, &batch, cache)?;
             let x1 = (h + r)?;
             let h = layer
                 .post_attention_layernorm
@@ -678,13 +702,17 @@ impl Model {
             x = (h + x1)?;
         }
         // The last real token of each sequence.
-        let last: Vec<u32> = tokens
-            .iter()
-            .enumerate()
-            .map(|(s, t)| (s * l + t.len() - 1) as u32)
-            .collect();
-        let last = Tensor::from_vec(last, b, &self.device)?;
-        let h = x.reshape((b * l, ()))?.index_select(&last, 0)?;
+        let h = if l == 1 {
+            x.reshape((b, ()))?
+        } else {
+            let last: Vec<u32> = tokens
+                .iter()
+                .enumerate()
+                .map(|(s, t)| (s * l + t.len() - 1) as u32)
+                .collect();
+            let last = Tensor::from_vec(last, b, dev)?;
+            x.reshape((b * l, ()))?.index_select(&last, 0)?
+        };
         self.norm
             .forward(&h)?
             .apply(&self.lm_head)?

@@ -363,3 +363,36 @@ fn gguf_files_load_exactly_in_f32_and_closely_quantized() {
         );
     }
 }
+
+#[test]
+fn a_batch_in_later_slots_and_equal_lengths_match_the_reference() {
+    let (ours, mut theirs) = models(4);
+    let a = tokens(6, 7);
+    let b = tokens(6, 8);
+    // Slots 0 and 1 hold something else; the batch of interest lives in slots 2 and 3.
+    ours.forward(&[tokens(5, 9), tokens(3, 10)], &[0, 0])
+        .unwrap();
+    let first = ours
+        .forward_at(2, &[a.clone(), b.clone()], &[0, 0])
+        .unwrap();
+    // Equal lengths: the decode step runs without a mask.
+    let next = ours.forward_at(2, &[vec![11], vec![12]], &[6, 6]).unwrap();
+    for (i, (seq, t)) in [(&a, 11u32), (&b, 12)].into_iter().enumerate() {
+        theirs.clear_kv_cache();
+        close(
+            &row(&first, i),
+            &reference_logits(&mut theirs, seq, 0),
+            &format!("prompt in slot {}", 2 + i),
+        );
+        theirs.clear_kv_cache();
+        let mut full = seq.clone();
+        full.push(t);
+        close(
+            &row(&next, i),
+            &reference_logits(&mut theirs, &full, 0),
+            &format!("decode in slot {}", 2 + i),
+        );
+    }
+    // Past the slots there are: refused.
+    assert!(ours.forward_at(3, &[vec![1], vec![2]], &[0, 0]).is_err());
+}
