@@ -34,6 +34,10 @@ pub struct Sampling {
     pub max_tokens: u32,
     #[serde(default)]
     pub stop: Vec<String>,
+    /// Generate at least this many tokens: stop tokens and strings do not end the completion
+    /// before then (vLLM's `min_tokens`; benchmarks use it to fix the length).
+    #[serde(default)]
+    pub min_tokens: u32,
     /// Same seed, request, engine and weights: same output.
     #[serde(default)]
     pub seed: Option<u64>,
@@ -60,6 +64,7 @@ impl Default for Sampling {
             top_k: None,
             max_tokens: default_max_tokens(),
             stop: Vec::new(),
+            min_tokens: 0,
             seed: None,
             logprobs: false,
         }

@@ -13,7 +13,7 @@ use crate::engine::{
 };
 use crate::phi3::Model;
 use crate::tokenizer::Codec;
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use futures::future::BoxFuture;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ struct Job {
 /// A sequence being generated, in a cache slot.
 struct Active {
     job: Job,
-    /// Tokens to feed next (the prompt first, then each sampled token).
+    /// Tokens not yet fed to the model (the rest of the prompt, then each sampled token).
     pending: Vec<u32>,
     /// Positions already in the cache.
     len: usize,
@@ -40,9 +40,29 @@ struct Active {
     sent: String,
 }
 
+/// How much prompt the scheduler feeds at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Padded prompt tokens (sequences × longest chunk) prefilled in one forward pass; new
+    /// requests beyond it wait for the next pass.
+    pub prefill_tokens: usize,
+    /// Prompt tokens of one sequence fed per forward pass: longer prompts are fed in chunks
+    /// (this bounds the attention scores' memory).
+    pub prefill_chunk: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            prefill_tokens: 32_768,
+            prefill_chunk: 4_096,
+        }
+    }
+}
+
 /// A model on this machine as an engine.
 pub struct LocalEngine {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Vec<Job>>,
     codec: Arc<dyn Codec>,
     model_name: String,
 }
@@ -50,9 +70,23 @@ pub struct LocalEngine {
 impl LocalEngine {
     /// Starts the scheduler for `model` (its slots bound the batch) with `codec` as tokenizer.
     pub fn new(model: Model, codec: Arc<dyn Codec>, model_name: &str) -> LocalEngine {
-        let (tx, rx) = mpsc::channel::<Job>();
+        LocalEngine::with_limits(model, codec, model_name, Limits::default())
+    }
+
+    /// As [`LocalEngine::new`], with other prefill limits.
+    pub fn with_limits(
+        model: Model,
+        codec: Arc<dyn Codec>,
+        model_name: &str,
+        limits: Limits,
+    ) -> LocalEngine {
+        let (tx, rx) = mpsc::channel::<Vec<Job>>();
         let c = codec.clone();
-        std::thread::spawn(move || schedule(model, c, rx));
+        let limits = Limits {
+            prefill_tokens: limits.prefill_tokens.max(1),
+            prefill_chunk: limits.prefill_chunk.max(1),
+        };
+        std::thread::spawn(move || schedule(model, c, rx, limits));
         LocalEngine {
             jobs: tx,
             codec,
@@ -66,82 +100,117 @@ fn fail(job: Job, e: EngineError) {
 }
 
 /// The scheduler loop: admit waiting jobs into free slots, run one forward pass, sample, retire.
-fn schedule(model: Model, codec: Arc<dyn Codec>, rx: mpsc::Receiver<Job>) {
+///
+/// Newly admitted sequences are prefilled in a pass of their own (sequences already decoding
+/// would otherwise be padded to the longest new prompt); every other pass decodes one token for
+/// every active sequence.
+fn schedule(model: Model, codec: Arc<dyn Codec>, rx: mpsc::Receiver<Vec<Job>>, limits: Limits) {
     let slots = model.slots();
-    let stop_ids = codec.stop_ids();
+    let stop_ids: Vec<u32> = codec
+        .stop_ids()
+        .into_iter()
+        .filter(|&t| (t as usize) < model.config().vocab_size)
+        .collect();
     let mut active: Vec<Active> = Vec::new();
+    // Sequences in `active[fresh..]` are being prefilled.
+    let mut fresh = 0;
     let mut waiting: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
     loop {
         // Block only when there is nothing to do.
         if active.is_empty() && waiting.is_empty() {
             match rx.recv() {
-                Ok(job) => waiting.push_back(job),
+                Ok(jobs) => waiting.extend(jobs),
                 Err(_) => return, // the engine was dropped
             }
         }
-        while let Ok(job) = rx.try_recv() {
-            waiting.push_back(job);
+        while let Ok(jobs) = rx.try_recv() {
+            waiting.extend(jobs);
         }
-        while active.len() < slots {
-            let Some(job) = waiting.pop_front() else {
-                break;
-            };
-            if job.prompt.is_empty() || job.prompt.len() >= model.context() {
+        if fresh == active.len() {
+            let mut longest = 0;
+            while active.len() < slots {
+                let Some(job) = waiting.front() else {
+                    break;
+                };
                 let n = job.prompt.len();
-                let ctx = model.context();
-                fail(
+                if n == 0 || n >= model.context() {
+                    let ctx = model.context();
+                    if let Some(job) = waiting.pop_front() {
+                        fail(
+                            job,
+                            EngineError::Config(format!(
+                                "prompt of {n} tokens does not fit the context of {ctx}"
+                            )),
+                        );
+                    }
+                    continue;
+                }
+                let admitted = active.len() - fresh;
+                if admitted > 0
+                    && longest.max(n).min(limits.prefill_chunk) * (admitted + 1)
+                        > limits.prefill_tokens
+                {
+                    break;
+                }
+                longest = longest.max(n);
+                let Some(job) = waiting.pop_front() else {
+                    break;
+                };
+                let seed = job.sampling.seed.unwrap_or(0);
+                active.push(Active {
+                    pending: job.prompt.clone(),
+                    len: 0,
+                    generated: Vec::new(),
+                    logprobs: Vec::new(),
+                    rng: fastrand::Rng::with_seed(seed),
+                    sent: String::new(),
                     job,
-                    EngineError::Config(format!(
-                        "prompt of {n} tokens does not fit the context of {ctx}"
-                    )),
-                );
-                continue;
+                });
             }
-            let seed = job.sampling.seed.unwrap_or(0);
-            active.push(Active {
-                pending: job.prompt.clone(),
-                len: 0,
-                generated: Vec::new(),
-                logprobs: Vec::new(),
-                rng: fastrand::Rng::with_seed(seed),
-                sent: String::new(),
-                job,
-            });
         }
         if active.is_empty() {
             continue;
         }
-        let tokens: Vec<Vec<u32>> = active.iter().map(|a| a.pending.clone()).collect();
-        let starts: Vec<usize> = active.iter().map(|a| a.len).collect();
-        let logits = match model.forward(&tokens, &starts) {
-            Ok(l) => l,
+        let first = if fresh < active.len() { fresh } else { 0 };
+        let tokens: Vec<Vec<u32>> = active[first..]
+            .iter()
+            .map(|a| a.pending[..a.pending.len().min(limits.prefill_chunk)].to_vec())
+            .collect();
+        let starts: Vec<usize> = active[first..].iter().map(|a| a.len).collect();
+        let picks = model
+            .forward_at(first, &tokens, &starts)
+            .and_then(|logits| {
+                choose(
+                    &logits,
+                    &mut active[first..],
+                    &stop_ids,
+                    limits.prefill_chunk,
+                )
+            });
+        let picks = match picks {
+            Ok(p) => p,
             Err(e) => {
                 for a in active.drain(..) {
                     fail(a.job, EngineError::Config(format!("model: {e}")));
                 }
+                fresh = 0;
                 continue;
             }
         };
         let mut finished = Vec::new();
-        for (s, a) in active.iter_mut().enumerate() {
-            a.len += a.pending.len();
-            let row = match logits.get(s) {
-                Ok(r) => r,
-                Err(e) => {
-                    finished.push((s, Err(EngineError::Config(format!("model: {e}")))));
-                    continue;
-                }
-            };
-            let (token, logprob) = match sample(&row, &a.job.sampling, &mut a.rng) {
-                Ok(t) => t,
-                Err(e) => {
-                    finished.push((s, Err(EngineError::Config(format!("sampling: {e}")))));
-                    continue;
-                }
-            };
+        for (r, (token, logprob)) in picks.into_iter().enumerate() {
+            let s = first + r;
+            let a = &mut active[s];
+            let fed = tokens[r].len();
+            a.len += fed;
+            a.pending.drain(..fed);
+            if !a.pending.is_empty() {
+                continue; // more of the prompt to feed
+            }
             let sp = &a.job.sampling;
+            let may_stop = a.generated.len() >= sp.min_tokens as usize;
             let mut reason = None;
-            if stop_ids.contains(&token) {
+            if stop_ids.contains(&token) && may_stop {
                 reason = Some(FinishReason::Stop);
             } else {
                 a.generated.push(token);
@@ -153,7 +222,7 @@ fn schedule(model: Model, codec: Arc<dyn Codec>, rx: mpsc::Receiver<Job>) {
                 }
                 if a.generated.len() >= sp.max_tokens as usize || a.len + 1 >= model.context() {
                     reason = Some(FinishReason::Length);
-                } else if !sp.stop.is_empty() {
+                } else if !sp.stop.is_empty() && a.generated.len() >= sp.min_tokens as usize {
                     let text = codec.decode(&a.generated).unwrap_or_default();
                     if sp.stop.iter().any(|st| text.ends_with(st.as_str())) {
                         reason = Some(FinishReason::Stop);
@@ -176,8 +245,11 @@ fn schedule(model: Model, codec: Arc<dyn Codec>, rx: mpsc::Receiver<Job>) {
                 None => a.pending = vec![token],
             }
         }
-        // Retire from the back, so slot numbers of the rest stay valid while compacting.
-        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
+        // Retire from the back, so slot numbers of the rest stay valid while compacting. Only
+        // sequences of this pass finish, and the last active one is always among them when
+        // prefilling (prefill passes cover the tail), so moved caches stay in their group.
+        finished
+            .sort_by_key(|f: &(usize, Result<FinishReason, EngineError>)| std::cmp::Reverse(f.0));
         for (s, outcome) in finished {
             let last = active.len() - 1;
             if s != last {
@@ -189,90 +261,167 @@ fn schedule(model: Model, codec: Arc<dyn Codec>, rx: mpsc::Receiver<Job>) {
                 }
             }
             let a = active.swap_remove(s);
-            let result = outcome.and_then(|reason| {
-                let mut text = codec.decode(&a.generated)?;
-                if reason == FinishReason::Stop {
-                    if let Some(st) = a
-                        .job
-                        .sampling
-                        .stop
-                        .iter()
-                        .find(|st| text.ends_with(st.as_str()))
-                    {
-                        text.truncate(text.len() - st.len());
-                    }
-                }
-                Ok(Completion {
-                    text,
-                    finish_reason: reason,
-                    prompt_tokens: a.job.prompt.len() as u32,
-                    completion_tokens: a.generated.len() as u32,
-                    logprobs: a.job.sampling.logprobs.then_some(a.logprobs),
-                })
-            });
-            if let (Some(tx), Ok(c)) = (&a.job.stream, &result) {
-                if c.text.len() > a.sent.len() && c.text.starts_with(a.sent.as_str()) {
-                    let _ = tx.send(c.text[a.sent.len()..].to_string());
-                }
-            }
-            let _ = a.job.reply.send(result);
+            finish(a, outcome, codec.as_ref());
         }
+        if active[first.min(active.len())..]
+            .iter()
+            .all(|a| a.pending.len() == 1 && a.len > 0)
+        {
+            fresh = active.len();
+        }
+        fresh = fresh.min(active.len());
     }
 }
 
-/// Picks the next token from one row of logits: greedy at temperature 0, else top-k, then top-p
-/// (nucleus), then a draw from `rng`. Returns the token and its log-probability.
-pub fn sample(
-    logits: &Tensor,
-    s: &Sampling,
-    rng: &mut fastrand::Rng,
-) -> candle_core::Result<(u32, f32)> {
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?.to_vec1::<f32>()?;
-    if s.temperature <= 0.0 {
-        let (best, lp) = logp
-            .iter()
-            .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |m, (i, &v)| {
-                if v > m.1 {
-                    (i, v)
-                } else {
-                    m
-                }
-            });
-        return Ok((best as u32, lp));
-    }
-    let mut order: Vec<usize> = (0..logp.len()).collect();
-    order.sort_by(|&a, &b| logp[b].total_cmp(&logp[a]));
-    if let Some(k) = s.top_k {
-        order.truncate((k as usize).max(1));
-    }
-    // Probabilities at the temperature, over the kept tokens.
-    let max = logp[order[0]];
-    let mut weights: Vec<f64> = order
-        .iter()
-        .map(|&i| (((logp[i] - max) / s.temperature) as f64).exp())
-        .collect();
-    let total: f64 = weights.iter().sum();
-    let mut cum = 0.0;
-    let mut keep = weights.len();
-    for (k, w) in weights.iter().enumerate() {
-        cum += w / total;
-        if cum >= s.top_p as f64 {
-            keep = k + 1;
-            break;
+/// Sends a finished sequence its completion.
+fn finish(a: Active, outcome: Result<FinishReason, EngineError>, codec: &dyn Codec) {
+    let result = outcome.and_then(|reason| {
+        let mut text = codec.decode(&a.generated)?;
+        if reason == FinishReason::Stop {
+            if let Some(st) = a
+                .job
+                .sampling
+                .stop
+                .iter()
+                .find(|st| text.ends_with(st.as_str()))
+            {
+                text.truncate(text.len() - st.len());
+            }
+        }
+        Ok(Completion {
+            text,
+            finish_reason: reason,
+            prompt_tokens: a.job.prompt.len() as u32,
+            completion_tokens: a.generated.len() as u32,
+            logprobs: a.job.sampling.logprobs.then_some(a.logprobs),
+        })
+    });
+    if let (Some(tx), Ok(c)) = (&a.job.stream, &result) {
+        if c.text.len() > a.sent.len() && c.text.starts_with(a.sent.as_str()) {
+            let _ = tx.send(c.text[a.sent.len()..].to_string());
         }
     }
-    weights.truncate(keep);
-    let total: f64 = weights.iter().sum();
+    let _ = a.job.reply.send(result);
+}
+
+/// Picks the next token of every sequence from its row of `logits` (rows, vocab). Greedy rows are
+/// decided on the device (only the token and its log-probability come back); sampled rows are
+/// copied back and drawn on the host. Below `min_tokens`, stop tokens are excluded.
+fn choose(
+    logits: &Tensor,
+    group: &mut [Active],
+    stop_ids: &[u32],
+    chunk: usize,
+) -> candle_core::Result<Vec<(u32, f32)>> {
+    let (n, vocab) = logits.dims2()?;
+    let dev = logits.device();
+    let banned: Vec<bool> = group
+        .iter()
+        .map(|a| (a.generated.len() as u32) < a.job.sampling.min_tokens)
+        .collect();
+    let mut logits = logits.clone();
+    if !stop_ids.is_empty() && banned.iter().any(|&b| b) {
+        let k = stop_ids.len();
+        let ids: Vec<u32> = (0..n).flat_map(|_| stop_ids.iter().copied()).collect();
+        let vals: Vec<f32> = banned
+            .iter()
+            .flat_map(|&b| std::iter::repeat_n(if b { f32::NEG_INFINITY } else { 0.0 }, k))
+            .collect();
+        let bias = Tensor::zeros((n, vocab), DType::F32, dev)?;
+        bias.scatter_set(
+            &Tensor::from_vec(ids, (n, k), dev)?,
+            &Tensor::from_vec(vals, (n, k), dev)?,
+            1,
+        )?;
+        logits = (logits + bias)?;
+    }
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let mut out = vec![(0u32, 0f32); n];
+    // Rows still being prefilled get no token this pass: they take the cheap greedy path and
+    // leave their random state alone.
+    let (greedy, sampled): (Vec<usize>, Vec<usize>) = (0..n)
+        .partition(|&i| group[i].job.sampling.temperature <= 0.0 || group[i].pending.len() > chunk);
+    if !greedy.is_empty() {
+        let best = logp.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let lp = logp.max(D::Minus1)?.to_vec1::<f32>()?;
+        for &i in &greedy {
+            out[i] = (best[i], lp[i]);
+        }
+    }
+    if !sampled.is_empty() {
+        let idx: Vec<u32> = sampled.iter().map(|&i| i as u32).collect();
+        let rows = logp
+            .index_select(&Tensor::from_vec(idx, sampled.len(), dev)?, 0)?
+            .to_vec2::<f32>()?;
+        for (row, &i) in rows.iter().zip(&sampled) {
+            let a = &mut group[i];
+            out[i] = draw(row, &a.job.sampling, &mut a.rng);
+        }
+    }
+    Ok(out)
+}
+
+/// Draws a token from log-probabilities `logp`: top-k, then top-p (nucleus), then a draw at the
+/// temperature from `rng`. Only the head of the distribution is sorted (a vocabulary of 100k
+/// tokens is not), so this is linear in the vocabulary. Returns the token and its log-probability.
+pub fn draw(logp: &[f32], s: &Sampling, rng: &mut fastrand::Rng) -> (u32, f32) {
+    let n = logp.len();
+    if n == 0 {
+        return (0, f32::NEG_INFINITY);
+    }
+    // Highest first; ties by token id, so the order does not depend on the algorithm.
+    let rank = |a: &usize, b: &usize| logp[*b].total_cmp(&logp[*a]).then(a.cmp(b));
+    let mut idx: Vec<usize> = (0..n).collect();
+    if let Some(k) = s.top_k {
+        let k = (k as usize).clamp(1, n);
+        if k < n {
+            idx.select_nth_unstable_by(k - 1, rank);
+            idx.truncate(k);
+        }
+    }
+    let max = idx
+        .iter()
+        .map(|&i| logp[i])
+        .fold(f32::NEG_INFINITY, f32::max);
+    let t = s.temperature.max(1e-6);
+    let weight = |i: usize| (((logp[i] - max) / t) as f64).exp();
+    let total: f64 = idx.iter().map(|&i| weight(i)).sum();
+    let mut keep = idx.len();
+    if s.top_p < 1.0 {
+        // Grow a sorted head until it holds `top_p` of the mass.
+        let target = s.top_p as f64 * total;
+        let mut m = idx.len().min(64);
+        'grow: loop {
+            if m < idx.len() {
+                idx.select_nth_unstable_by(m - 1, rank);
+            }
+            idx[..m].sort_by(rank);
+            let mut cum = 0.0;
+            for (k, &i) in idx[..m].iter().enumerate() {
+                cum += weight(i);
+                if cum >= target {
+                    keep = k + 1;
+                    break 'grow;
+                }
+            }
+            if m == idx.len() {
+                break;
+            }
+            m = (m * 8).min(idx.len());
+        }
+    }
+    let kept = &idx[..keep];
+    let total: f64 = kept.iter().map(|&i| weight(i)).sum();
     let mut x = rng.f64() * total;
-    for (k, w) in weights.iter().enumerate() {
-        if x < *w {
-            return Ok((order[k] as u32, logp[order[k]]));
+    for &i in kept {
+        let w = weight(i);
+        if x < w {
+            return (i as u32, logp[i]);
         }
         x -= w;
     }
-    let i = order[keep - 1];
-    Ok((i as u32, logp[i]))
+    let i = kept[keep - 1];
+    (i as u32, logp[i])
 }
 
 impl LocalEngine {
@@ -286,15 +435,53 @@ impl LocalEngine {
         let prompt = self.codec.encode(prompt)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(Job {
+            .send(vec![Job {
                 prompt,
                 sampling: sampling.clone(),
                 reply: tx,
                 stream,
-            })
+            }])
             .map_err(|_| EngineError::Config("the local engine has stopped".into()))?;
         rx.await
             .map_err(|_| EngineError::Config("the local engine stopped before answering".into()))?
+    }
+
+    /// Completes prompts given as token ids, all admitted together (a batch arrives whole at the
+    /// scheduler, so it is prefilled in as few passes as the budget allows).
+    pub async fn complete_tokens(
+        &self,
+        prompts: Vec<Vec<u32>>,
+        sampling: &Sampling,
+    ) -> Vec<Result<Completion, EngineError>> {
+        let mut replies = Vec::with_capacity(prompts.len());
+        let jobs: Vec<Job> = prompts
+            .into_iter()
+            .map(|prompt| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                replies.push(rx);
+                Job {
+                    prompt,
+                    sampling: sampling.clone(),
+                    reply: tx,
+                    stream: None,
+                }
+            })
+            .collect();
+        if self.jobs.send(jobs).is_err() {
+            return replies
+                .iter()
+                .map(|_| Err(EngineError::Config("the local engine has stopped".into())))
+                .collect();
+        }
+        let mut out = Vec::with_capacity(replies.len());
+        for rx in replies {
+            out.push(rx.await.unwrap_or_else(|_| {
+                Err(EngineError::Config(
+                    "the local engine stopped before answering".into(),
+                ))
+            }));
+        }
+        out
     }
 
     /// Completes a chat, optionally streaming text deltas to `stream`.
@@ -327,4 +514,76 @@ impl Engine for LocalEngine {
 /// The device to run on: CUDA when built with it and present, else the CPU.
 pub fn default_device() -> Device {
     Device::cuda_if_available(0).unwrap_or(Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logp(probs: &[f64]) -> Vec<f32> {
+        probs.iter().map(|p| p.ln() as f32).collect()
+    }
+
+    #[test]
+    fn draws_keep_to_top_k_and_the_nucleus_in_proportion() {
+        // 200 tokens: four likely ones, then a long tail.
+        let mut probs = vec![0.4, 0.3, 0.2, 0.05];
+        probs.extend(std::iter::repeat_n(0.05 / 196.0, 196));
+        let lp = logp(&probs);
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut count = |s: &Sampling, n: usize| {
+            let mut seen = vec![0usize; lp.len()];
+            for _ in 0..n {
+                seen[draw(&lp, s, &mut rng).0 as usize] += 1;
+            }
+            seen
+        };
+        let base = Sampling {
+            temperature: 1.0,
+            ..Sampling::default()
+        };
+        // top_p 0.5: the nucleus is {0, 1} (0.4 < 0.5 <= 0.7), drawn 4:3.
+        let seen = count(
+            &Sampling {
+                top_p: 0.5,
+                ..base.clone()
+            },
+            7000,
+        );
+        assert_eq!(seen[0] + seen[1], 7000);
+        assert!((seen[0] as f64 / 4000.0 - 1.0).abs() < 0.06, "{seen:?}");
+        // top_k 3: only the first three, in proportion 4:3:2.
+        let seen = count(
+            &Sampling {
+                top_k: Some(3),
+                ..base.clone()
+            },
+            9000,
+        );
+        assert_eq!(seen[0] + seen[1] + seen[2], 9000);
+        assert!((seen[2] as f64 / 2000.0 - 1.0).abs() < 0.1, "{seen:?}");
+        // No limits: the tail gets its 5% (a nucleus reaching past the sorted head grows it).
+        let seen = count(&base, 20_000);
+        let tail: usize = seen[4..].iter().sum();
+        assert!((tail as f64 / 1000.0 - 1.0).abs() < 0.15, "{tail}");
+        let seen = count(
+            &Sampling {
+                top_p: 0.999,
+                ..base.clone()
+            },
+            20_000,
+        );
+        let tail: usize = seen[4..].iter().sum();
+        assert!(tail > 700, "{tail}");
+        // The log-probability returned is the token's own.
+        let (t, l) = draw(
+            &lp,
+            &Sampling {
+                top_k: Some(1),
+                ..base
+            },
+            &mut rng,
+        );
+        assert_eq!((t, l), (0, lp[0]));
+    }
 }

@@ -250,6 +250,9 @@ impl OpenAiEngine {
         if let Some(k) = s.top_k {
             body["top_k"] = json!(k);
         }
+        if s.min_tokens > 0 {
+            body["min_tokens"] = json!(s.min_tokens);
+        }
         body
     }
 

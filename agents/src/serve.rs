@@ -42,6 +42,8 @@ struct Body {
     #[serde(default)]
     max_tokens: Option<u32>,
     #[serde(default)]
+    min_tokens: Option<u32>,
+    #[serde(default)]
     stop: Option<Value>,
     #[serde(default)]
     seed: Option<u64>,
@@ -68,6 +70,7 @@ impl Body {
             top_k: self.top_k,
             max_tokens: self.max_tokens.unwrap_or(d.max_tokens),
             stop,
+            min_tokens: self.min_tokens.unwrap_or(0),
             seed: self.seed,
             logprobs: matches!(
                 self.logprobs,

@@ -137,3 +137,47 @@ fn seeded_sampling_is_reproducible_and_limits_hold() {
         "{err}"
     );
 }
+
+#[test]
+fn prompts_fed_in_chunks_and_small_prefill_passes_change_nothing() {
+    // Prompts of 20-60 tokens fed 7 at a time, at most 16 padded tokens per prefill pass, with
+    // greedy and seeded sampling: the same completions as one pass per batch.
+    let requests: Vec<ChatRequest> = (0..6)
+        .map(|k| request(k * 3, if k % 2 == 0 { 0.0 } else { 0.8 }, 12, k as u64))
+        .collect();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/phi3-tiny");
+    let model = Model::load(&dir, DType::F32, &Device::Cpu, 4, 512).unwrap();
+    let limits = agents::local::Limits {
+        prefill_tokens: 16,
+        prefill_chunk: 7,
+    };
+    let chunked = LocalEngine::with_limits(model, Arc::new(Bytes), "phi3-tiny", limits);
+    let runtime = rt();
+    let got = runtime.block_on(chunked.complete_batch(&requests));
+    let want = runtime.block_on(engine(4).complete_batch(&requests));
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.as_ref().unwrap(), w.as_ref().unwrap(), "request {k}");
+    }
+}
+
+#[test]
+fn min_tokens_hold_off_stops_and_token_prompts_batch() {
+    let e = engine(4);
+    let runtime = rt();
+    let sampling = Sampling {
+        temperature: 1.0,
+        max_tokens: 40,
+        min_tokens: 40,
+        seed: Some(3),
+        ..Default::default()
+    };
+    let prompts: Vec<Vec<u32>> = (0..6).map(|k| vec![93, 3 + k, 94]).collect();
+    let done = runtime.block_on(e.complete_tokens(prompts, &sampling));
+    assert_eq!(done.len(), 6);
+    for c in done {
+        let c = c.unwrap();
+        assert_eq!(c.completion_tokens, 40);
+        assert_eq!(c.finish_reason, FinishReason::Length);
+        assert_eq!(c.prompt_tokens, 3);
+    }
+}
