@@ -89,11 +89,66 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         context: usize,
     },
+    /// Measures the local engine: prefill and decode tokens/s per batch size, on a model folder
+    /// or on random weights of Phi-4's shape made on the device; one JSON line per batch size
+    /// (the fields of ../shared/gpu/hf_bench.py, for side-by-side runs).
+    BenchEngine(BenchArgs),
     /// Prints the normalised form of a text (argument or standard input), as matching sees it.
     Normalize {
         /// The text; read from standard input when absent.
         text: Option<String>,
     },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// A Hugging Face model folder of the Phi-3/Phi-4 architecture (default: random weights).
+    #[arg(long, conflicts_with_all = ["shape", "layers"])]
+    model_dir: Option<PathBuf>,
+    /// The shape of the random weights: Phi-4's, or a tiny one for CPU smoke runs.
+    #[arg(long, value_enum, default_value = "phi4")]
+    shape: ShapeArg,
+    /// Random weights: this many layers instead of the shape's.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    batch: Vec<usize>,
+    /// Prompt tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    prompt_len: usize,
+    /// New tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    gen_len: usize,
+    /// Where to run: the GPU when there is one (auto), or this one.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Weights' dtype (auto: bf16 on a GPU, f32 on the CPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    dtype: DTypeArg,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DTypeArg {
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ShapeArg {
+    Phi4,
+    Tiny,
 }
 
 #[derive(Args)]
@@ -311,6 +366,7 @@ fn run(cli: Cli) -> Result<()> {
                 .block_on(agents::serve::serve(engine, &name, listen))
                 .with_context(|| format!("serving on {listen}"))
         }
+        Command::BenchEngine(a) => bench_engine(a),
         Command::Normalize { text } => {
             let text = match text {
                 Some(t) => t,
@@ -498,6 +554,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         top_k: a.top_k,
         max_tokens: a.max_tokens,
         stop: a.stop.clone(),
+        min_tokens: 0,
         seed: a.seed,
         logprobs: false,
     };
@@ -545,6 +602,77 @@ fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// `phiforge bench-engine`: builds the engine, then prints a JSON line per batch size.
+fn bench_engine(a: BenchArgs) -> Result<()> {
+    if a.batch.is_empty() || a.batch.contains(&0) || a.prompt_len == 0 || a.gen_len == 0 {
+        anyhow::bail!("--batch sizes, --prompt-len and --gen-len must be at least 1");
+    }
+    let device = match a.device {
+        DeviceArg::Auto => agents::local::default_device(),
+        DeviceArg::Cpu => candle_core::Device::Cpu,
+        DeviceArg::Cuda => candle_core::Device::new_cuda(0)
+            .context("--device cuda (is this binary built with `--features cuda`?)")?,
+    };
+    let dtype = match a.dtype {
+        DTypeArg::Auto => model_dtype(&device),
+        DTypeArg::F32 => candle_core::DType::F32,
+        DTypeArg::Bf16 => candle_core::DType::BF16,
+        DTypeArg::F16 => candle_core::DType::F16,
+    };
+    let slots = a.batch.iter().copied().max().unwrap_or(1);
+    let context = a.prompt_len + a.gen_len + 1;
+    let started = std::time::Instant::now();
+    let (model, codec): (_, Box<dyn agents::tokenizer::Codec>) = match &a.model_dir {
+        Some(dir) => (
+            agents::phi3::Model::load(dir, dtype, &device, slots, context)
+                .with_context(|| format!("loading the model in {}", dir.display()))?,
+            agents::tokenizer::for_model(dir)?,
+        ),
+        None => {
+            let mut cfg = match a.shape {
+                ShapeArg::Phi4 => agents::phi3::Config::phi4(),
+                ShapeArg::Tiny => agents::bench::tiny_config(),
+            };
+            if let Some(n) = a.layers {
+                cfg.num_hidden_layers = n;
+            }
+            let model = agents::bench::random_model(&cfg, dtype, &device, slots, context, a.seed)
+                .context("making random weights")?;
+            (model, Box::new(agents::tokenizer::Phi4Tokenizer::new()?))
+        }
+    };
+    let cfg = model.config().clone();
+    let dev_name = if device.is_cpu() { "cpu" } else { "cuda" };
+    eprintln!(
+        "{} layers, hidden {}, {dtype:?} on {dev_name}, ready in {:.1}s",
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        started.elapsed().as_secs_f64()
+    );
+    let engine = agents::local::LocalEngine::new(model, codec.into(), "bench");
+    let plan = agents::bench::Plan {
+        batches: a.batch.clone(),
+        prompt_len: a.prompt_len,
+        gen_len: a.gen_len,
+        seed: a.seed,
+    };
+    agents::bench::run(&engine, &cfg, dev_name, dtype, &plan, |r| {
+        if let Ok(line) = serde_json::to_string(r) {
+            println!("{line}");
+        }
+    })?;
+    Ok(())
+}
+
+/// bf16 on a GPU, f32 on the CPU.
+fn model_dtype(device: &candle_core::Device) -> candle_core::DType {
+    if device.is_cpu() {
+        candle_core::DType::F32
+    } else {
+        candle_core::DType::BF16
+    }
+}
+
 /// The local engine on a model folder (bf16 on a GPU, f32 on the CPU), and the model's name.
 fn local_engine(
     dir: &Path,
@@ -552,11 +680,7 @@ fn local_engine(
     context: usize,
 ) -> Result<(agents::local::LocalEngine, String)> {
     let device = agents::local::default_device();
-    let dtype = if device.is_cpu() {
-        candle_core::DType::F32
-    } else {
-        candle_core::DType::BF16
-    };
+    let dtype = model_dtype(&device);
     // A .gguf file (quantized, for CPU use) or a Hugging Face folder; the tokenizer.json beside a
     // GGUF file, or in the folder, else Phi-4's own.
     let gguf = dir.extension().is_some_and(|e| e == "gguf");

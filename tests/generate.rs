@@ -157,3 +157,40 @@ fn the_local_engine_generates_from_a_model_folder() {
     dir.ok(&args);
     assert_eq!(std::fs::read(dir.path("o.jsonl")).unwrap(), first);
 }
+
+#[test]
+fn bench_engine_prints_a_record_per_batch_size() {
+    let dir = Dir::new();
+    let out = dir.ok(&[
+        "bench-engine",
+        "--device",
+        "cpu",
+        "--shape",
+        "tiny",
+        "--layers",
+        "2",
+        "--batch",
+        "1,3",
+        "--prompt-len",
+        "12",
+        "--gen-len",
+        "5",
+    ]);
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{out}");
+    for (r, b) in records.iter().zip([1, 3]) {
+        assert_eq!(r["engine"], "phiforge");
+        assert_eq!(r["batch"], b);
+        assert_eq!(r["prompt_len"], 12);
+        assert_eq!(r["decode_steps"], 4);
+        assert_eq!(r["device"], "cpu");
+        for k in ["prefill_tok_s", "decode_tok_s", "ms_per_step"] {
+            assert!(r[k].as_f64().unwrap() > 0.0, "{k} in {r}");
+        }
+    }
+    let err = dir.fails(&["bench-engine", "--device", "cpu", "--batch", "0"]);
+    assert!(err.contains("--batch"), "{err}");
+}

@@ -5,10 +5,16 @@
 //!   format;
 //! - [`openai`]: any OpenAI-compatible server (vLLM, SGLang, llama.cpp) with endpoints spread,
 //!   concurrency and rate limits, bounded retries and a secret-safe API key;
+//! - [`phi3`]: the Phi-3 architecture (Phi-4's) on candle, written for batched serving: per-sequence
+//!   positions, an in-place KV cache, grouped-query attention without copies; safetensors or GGUF;
+//! - [`local`]: that model as an engine, with a continuous-batching scheduler (CPU, or CUDA with the
+//!   `cuda` feature); [`tokenizer`]: `tokenizer.json`, or Phi-4's own offline;
+//! - [`serve`]: the local engine behind an OpenAI-compatible HTTP API (`phiforge serve`);
+//! - [`generate`]: one-off generation (`phiforge generate`); [`bench`]: engine throughput, measured
+//!   like transformers' peer script;
 //! - `testing` (feature `test-server`): a fault-injecting server on loopback for tests.
 //!
-//! The local candle engine on Phi-4's architecture, `phiforge serve` and the three generation flows
-//! come next.
+//! The three generation flows come next.
 //!
 //! ```no_run
 //! use agents::engine::{ChatRequest, Engine, Message, Sampling};
@@ -21,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod engine;
 pub mod generate;
 pub mod local;

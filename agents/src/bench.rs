@@ -1,0 +1,223 @@
+//! Throughput of the local engine, measured the way `../shared/gpu/hf_bench.py` measures
+//! transformers, so the two print comparable JSON lines side by side.
+//!
+//! For each batch size B: B random prompts of P tokens go through the engine together, once with
+//! one new token (prefill and the first token) and once with G new tokens (`min_tokens` = G, so
+//! stop tokens cannot end them early); decode time is the difference, over G − 1 steps. The
+//! weights can be random ([`random_model`], made directly on the device, so the full Phi-4 shape
+//! needs no checkpoint) or a real model.
+
+use crate::engine::{Completion, EngineError, Sampling};
+use crate::local::LocalEngine;
+use crate::phi3::{Config, Model};
+use candle_core::{DType, Device, Result, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Weights drawn from N(0, 0.02²) on the device (norm weights are ones), like transformers'
+/// `_init_weights` for this architecture. A GPU draws them itself (seeded through the device); on
+/// the CPU, whose generator cannot be seeded, they come from `rng`.
+struct RandomWeights {
+    rng: std::sync::Mutex<fastrand::Rng>,
+}
+
+impl SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        if name.ends_with("norm.weight") {
+            Tensor::ones(s, dtype, dev)
+        } else if dev.is_cpu() {
+            let mut rng = self
+                .rng
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("random weights: poisoned lock".into()))?;
+            // Box–Muller: two uniforms make one normal draw.
+            let values: Vec<f32> = (0..s.elem_count())
+                .map(|_| {
+                    let (u, v) = (1.0 - rng.f32(), rng.f32());
+                    0.02 * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+                })
+                .collect();
+            Tensor::from_vec(values, s, dev)?.to_dtype(dtype)
+        } else {
+            Tensor::randn(0f32, 0.02, s, dev)?.to_dtype(dtype)
+        }
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> Result<Tensor> {
+        candle_core::bail!("random weights need a shape for `{name}`")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// A model of shape `cfg` with random weights made on `device` (seeded), and a cache of `slots`
+/// sequences × `context` positions.
+pub fn random_model(
+    cfg: &Config,
+    dtype: DType,
+    device: &Device,
+    slots: usize,
+    context: usize,
+    seed: u64,
+) -> Result<Model> {
+    if !device.is_cpu() {
+        device.set_seed(seed)?;
+    }
+    let weights = RandomWeights {
+        rng: std::sync::Mutex::new(fastrand::Rng::with_seed(seed)),
+    };
+    let vb = VarBuilder::from_backend(Box::new(weights), dtype, device.clone());
+    Model::new(cfg, vb, slots, context)
+}
+
+/// The tiny shape of `hf_bench.py --tiny`: Phi-4's head size (128) and GQA ratio (4), small
+/// otherwise; for CPU smoke runs.
+pub fn tiny_config() -> Config {
+    Config {
+        vocab_size: 1024,
+        hidden_size: 512,
+        intermediate_size: 1792,
+        num_attention_heads: 4,
+        num_key_value_heads: 1,
+        max_position_embeddings: 4096,
+        bos_token_id: Some(1),
+        eos_token_id: Some(2),
+        ..Config::phi4()
+    }
+}
+
+/// One batch size's figures; the field names are `hf_bench.py`'s.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub engine: String,
+    pub batch: usize,
+    pub prompt_len: usize,
+    pub gen_len: usize,
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: Option<f64>,
+    pub ms_per_step: Option<f64>,
+    pub prefill_ms: f64,
+    pub decode_s: f64,
+    pub generate_s: f64,
+    pub generate1_s: f64,
+    pub e2e_tok_s: f64,
+    pub decode_steps: usize,
+    pub layers: usize,
+    pub device: String,
+    pub dtype: String,
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub batches: Vec<usize>,
+    pub prompt_len: usize,
+    pub gen_len: usize,
+    pub seed: u64,
+}
+
+/// Random prompts of `len` tokens below `vocab` (deterministic in `seed`).
+fn prompts(b: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..b)
+        .map(|_| (0..len).map(|_| rng.u32(0..vocab as u32)).collect())
+        .collect()
+}
+
+fn greedy(tokens: u32) -> Sampling {
+    Sampling {
+        temperature: 0.0,
+        max_tokens: tokens,
+        min_tokens: tokens,
+        ..Sampling::default()
+    }
+}
+
+/// Sends the batch and waits for every completion; fails on the first error or short completion.
+async fn generate(
+    engine: &LocalEngine,
+    batch: Vec<Vec<u32>>,
+    tokens: u32,
+) -> std::result::Result<Vec<Completion>, EngineError> {
+    let done = engine.complete_tokens(batch, &greedy(tokens)).await;
+    let done: Vec<Completion> = done.into_iter().collect::<std::result::Result<_, _>>()?;
+    if let Some(c) = done.iter().find(|c| c.completion_tokens != tokens) {
+        return Err(EngineError::Config(format!(
+            "a completion has {} tokens, {tokens} were asked for",
+            c.completion_tokens
+        )));
+    }
+    Ok(done)
+}
+
+/// Runs `plan` on `engine` (whose model has `cfg`'s shape), calling `each` with every batch
+/// size's record as it is measured. A short warm-up runs first (kernels load, caches fill).
+pub fn run(
+    engine: &LocalEngine,
+    cfg: &Config,
+    device: &str,
+    dtype: DType,
+    plan: &Plan,
+    mut each: impl FnMut(&Record),
+) -> std::result::Result<Vec<Record>, EngineError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| EngineError::Config(format!("async runtime: {e}")))?;
+    let (p, g) = (plan.prompt_len, plan.gen_len.max(1));
+    let vocab = cfg.vocab_size;
+    let mut out = Vec::new();
+    rt.block_on(async {
+        let first = plan.batches.first().copied().unwrap_or(1);
+        generate(engine, prompts(first, p.min(32), vocab, 12_345), 2).await?;
+        for &b in &plan.batches {
+            let batch = prompts(b, p, vocab, plan.seed + b as u64);
+            let t = Instant::now();
+            generate(engine, batch.clone(), 1).await?;
+            let gen1 = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            generate(engine, batch, g as u32).await?;
+            let gen = t.elapsed().as_secs_f64();
+            let steps = g - 1;
+            let decode = (gen - gen1).max(1e-9);
+            let r = Record {
+                engine: "phiforge".into(),
+                batch: b,
+                prompt_len: p,
+                gen_len: g,
+                prefill_tok_s: round((b * p) as f64 / gen1, 2),
+                decode_tok_s: (steps > 0).then(|| round((b * steps) as f64 / decode, 2)),
+                ms_per_step: (steps > 0).then(|| round(decode * 1000.0 / steps as f64, 3)),
+                prefill_ms: round(gen1 * 1000.0, 3),
+                decode_s: round(decode, 4),
+                generate_s: round(gen, 4),
+                generate1_s: round(gen1, 4),
+                e2e_tok_s: round((b * g) as f64 / gen, 2),
+                decode_steps: steps,
+                layers: cfg.num_hidden_layers,
+                device: device.into(),
+                dtype: format!("{dtype:?}").to_lowercase(),
+            };
+            each(&r);
+            out.push(r);
+        }
+        Ok::<(), EngineError>(())
+    })?;
+    Ok(out)
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The local engine at Phi-4's full shape (random bf16 weights made on the GPU) beside transformers'
+# Phi3ForCausalLM (../shared/gpu/hf_bench.py), in one call on one GPU machine: same batch sizes,
+# prompt and generation lengths. Each prints one JSON line per batch size.
+#
+# Build here (docs/performance.md), then on the GPU machine, from the repository root:
+#   bash benches/engine_gpu.sh            # figures go to $OUT (or out/engine-gpu)
+# Environment: BATCH (1,8,32,64,128), PROMPT_LEN (256), GEN_LEN (256), PHIFORGE (.gpu/phiforge),
+# HF_BENCH (.gpu/hf_bench.py), PYTHON (/opt/torch/.venv/bin/python3).
+set -u
+OUT=${OUT:-out/engine-gpu}
+BIN=${PHIFORGE:-.gpu/phiforge}
+HF=${HF_BENCH:-.gpu/hf_bench.py}
+PY=${PYTHON:-/opt/torch/.venv/bin/python3}
+BATCH=${BATCH:-1,8,32,64,128}
+P=${PROMPT_LEN:-256}
+G=${GEN_LEN:-256}
+mkdir -p "$OUT"
+# The CUDA libraries of the machine's torch install (cuBLAS, cuRAND), as ../shared/gpu says.
+if [ -d /opt/torch/.venv ]; then
+  LD_LIBRARY_PATH=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/*/lib | paste -sd:):/usr/local/nvidia/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  export LD_LIBRARY_PATH
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem \
+  --format=csv > "$OUT/gpu.csv" 2>&1
+cat "$OUT/gpu.csv"
+
+step() { # name, timeout, command...
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name"
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.jsonl" 2> "$OUT/$name.err"
+  echo "rc=$? in $((SECONDS - t0))s"
+  cat "$OUT/$name.jsonl"
+  tail -n 4 "$OUT/$name.err"
+}
+
+# A tiny model first: a broken build fails here in seconds, not after the big one loads.
+step smoke 90 "$BIN" bench-engine --device cuda --shape tiny --layers 2 --batch 1,4 \
+  --prompt-len 16 --gen-len 8
+step phiforge "${PHIFORGE_TIMEOUT:-240}" "$BIN" bench-engine --device cuda --batch "$BATCH" \
+  --prompt-len "$P" --gen-len "$G"
+step transformers "${HF_TIMEOUT:-220}" "$PY" "$HF" --batch "$BATCH" --prompt-len "$P" --gen-len "$G"
