@@ -42,3 +42,9 @@ step smoke 90 "$BIN" bench-engine --device cuda --shape tiny --layers 2 --batch 
 step phiforge "${PHIFORGE_TIMEOUT:-240}" "$BIN" bench-engine --device cuda --batch "$BATCH" \
   --prompt-len "$P" --gen-len "$G"
 step transformers "${HF_TIMEOUT:-220}" "$PY" "$HF" --batch "$BATCH" --prompt-len "$P" --gen-len "$G"
+# Where the time goes (every phase synchronized, so slower than the figures above): last, so a
+# time limit cuts this and not the comparison.
+if [ -n "${PROFILE:-}" ]; then
+  step profile 90 "$BIN" bench-engine --device cuda --batch 1,8,128 --prompt-len "$P" --gen-len 64 \
+    --profile
+fi

@@ -128,6 +128,10 @@ struct BenchArgs {
     dtype: DTypeArg,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also time every phase of the decode passes (synchronizes the device after each phase,
+    /// so the throughput figures drop): where the time goes.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -622,7 +626,7 @@ fn bench_engine(a: BenchArgs) -> Result<()> {
     let slots = a.batch.iter().copied().max().unwrap_or(1);
     let context = a.prompt_len + a.gen_len + 1;
     let started = std::time::Instant::now();
-    let (model, codec): (_, Box<dyn agents::tokenizer::Codec>) = match &a.model_dir {
+    let (mut model, codec): (_, Box<dyn agents::tokenizer::Codec>) = match &a.model_dir {
         Some(dir) => (
             agents::phi3::Model::load(dir, dtype, &device, slots, context)
                 .with_context(|| format!("loading the model in {}", dir.display()))?,
@@ -642,6 +646,7 @@ fn bench_engine(a: BenchArgs) -> Result<()> {
         }
     };
     let cfg = model.config().clone();
+    let profile = a.profile.then(|| model.enable_profiling());
     let dev_name = if device.is_cpu() { "cpu" } else { "cuda" };
     eprintln!(
         "{} layers, hidden {}, {dtype:?} on {dev_name}, ready in {:.1}s",
@@ -655,6 +660,7 @@ fn bench_engine(a: BenchArgs) -> Result<()> {
         prompt_len: a.prompt_len,
         gen_len: a.gen_len,
         seed: a.seed,
+        profile,
     };
     agents::bench::run(&engine, &cfg, dev_name, dtype, &plan, |r| {
         if let Ok(line) = serde_json::to_string(r) {

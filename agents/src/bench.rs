@@ -116,6 +116,10 @@ pub struct Record {
     pub layers: usize,
     pub device: String,
     pub dtype: String,
+    /// With [`Plan::profile`]: milliseconds per decode pass by phase (the device synchronized
+    /// after every phase, so the figures above are slower than without).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_ms_per_pass: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 /// What to measure.
@@ -125,6 +129,8 @@ pub struct Plan {
     pub prompt_len: usize,
     pub gen_len: usize,
     pub seed: u64,
+    /// The model's phase record ([`Model::enable_profiling`]), reported per batch size.
+    pub profile: Option<std::sync::Arc<crate::phi3::Profile>>,
 }
 
 /// Random prompts of `len` tokens below `vocab` (deterministic in `seed`).
@@ -186,9 +192,13 @@ pub fn run(
             let t = Instant::now();
             generate(engine, batch.clone(), 1).await?;
             let gen1 = t.elapsed().as_secs_f64();
+            if let Some(p) = &plan.profile {
+                p.take();
+            }
             let t = Instant::now();
             generate(engine, batch, g as u32).await?;
             let gen = t.elapsed().as_secs_f64();
+            let profile = plan.profile.as_ref().map(|p| per_pass(&p.take()));
             let steps = g - 1;
             let decode = (gen - gen1).max(1e-9);
             let r = Record {
@@ -208,6 +218,7 @@ pub fn run(
                 layers: cfg.num_hidden_layers,
                 device: device.into(),
                 dtype: format!("{dtype:?}").to_lowercase(),
+                profile_ms_per_pass: profile,
             };
             each(&r);
             out.push(r);
@@ -215,6 +226,23 @@ pub fn run(
         Ok::<(), EngineError>(())
     })?;
     Ok(out)
+}
+
+/// Milliseconds per pass of each phase (passes: how often the last phase ran).
+fn per_pass(phases: &[(&'static str, f64, u64)]) -> std::collections::BTreeMap<String, f64> {
+    let passes = phases
+        .iter()
+        .find(|p| p.0 == "lm_head")
+        .map(|p| p.2)
+        .unwrap_or(1)
+        .max(1) as f64;
+    let mut out: std::collections::BTreeMap<String, f64> = phases
+        .iter()
+        .map(|(name, s, _)| (name.to_string(), round(s * 1000.0 / passes, 4)))
+        .collect();
+    let total: f64 = phases.iter().map(|p| p.1).sum();
+    out.insert("total".into(), round(total * 1000.0 / passes, 4));
+    out
 }
 
 fn round(x: f64, digits: i32) -> f64 {

@@ -206,6 +206,21 @@ fn dense(i: usize, o: usize, vb: VarBuilder) -> Result<Proj> {
     Ok(Proj::Dense(linear_no_bias(i, o, vb)?))
 }
 
+/// Views of consecutive row blocks of a dense projection's weights (no copy): the projections
+/// a fused checkpoint tensor holds. `None` for quantized weights.
+fn split_rows(p: &Proj, sizes: &[usize]) -> Result<Option<Vec<Linear>>> {
+    let Proj::Dense(l) = p else {
+        return Ok(None);
+    };
+    let mut start = 0;
+    let mut out = Vec::with_capacity(sizes.len());
+    for &n in sizes {
+        out.push(Linear::new(l.weight().narrow(0, start, n)?, None));
+        start += n;
+    }
+    Ok(Some(out))
+}
+
 /// RoPE tables: angles computed in f32 (bf16 angles are wrong past ~256 positions); `cos`/`sin`
 /// of shape (max positions, head size / 2).
 #[derive(Debug, Clone)]
@@ -251,6 +266,10 @@ struct KvCache {
 
 struct Attention {
     qkv_proj: Proj,
+    /// The queries', keys' and values' rows of `qkv_proj`, used apart when several rows go
+    /// through: their outputs are then contiguous, where slices of the fused output are strided,
+    /// and every strided operation uploads its layout, which stalls the GPU's queue.
+    split: Option<Vec<Linear>>,
     o_proj: Proj,
     heads: usize,
     kv_heads: usize,
@@ -260,9 +279,11 @@ struct Attention {
 impl Attention {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let hd = cfg.head_dim();
-        let out = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * hd;
+        let (h, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let qkv_proj = dense(cfg.hidden_size, (h + 2 * kvh) * hd, vb.pp("qkv_proj"))?;
         Ok(Attention {
-            qkv_proj: dense(cfg.hidden_size, out, vb.pp("qkv_proj"))?,
+            split: split_rows(&qkv_proj, &[h * hd, kvh * hd, kvh * hd])?,
+            qkv_proj,
             o_proj: dense(
                 cfg.num_attention_heads * hd,
                 cfg.hidden_size,
@@ -275,21 +296,50 @@ impl Attention {
     }
 
     /// `x` (b, l, hidden) for cache slots `batch.first..batch.first + b`.
-    fn forward(&self, x: &Tensor, batch: &Batch, cache: &KvCache) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        batch: &Batch,
+        cache: &KvCache,
+        clock: &mut Clock,
+    ) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let rep = h / kvh;
-        let qkv = self.qkv_proj.forward(x)?.reshape((b, l, h + 2 * kvh, hd))?;
-        // Queries and keys are rotated together, in one kernel.
-        let qk = qkv.narrow(2, 0, h + kvh)?.contiguous()?;
-        let qk = candle_nn::rotary_emb::rope_thd(&qk, &batch.cos, &batch.sin)?;
-        let k = qk.narrow(2, h, kvh)?.transpose(1, 2)?.contiguous()?;
-        let v = qkv.narrow(2, h + kvh, kvh)?.transpose(1, 2)?.contiguous()?;
+        let (q, k, v) = match (&self.split, b * l > 1) {
+            (Some(split), true) => {
+                let q = split[0].forward(x)?.reshape((b, l, h, hd))?;
+                let k = split[1].forward(x)?.reshape((b, l, kvh, hd))?;
+                let v = split[2].forward(x)?.reshape((b, l, kvh, hd))?;
+                clock.mark("qkv_proj")?;
+                let q = candle_nn::rotary_emb::rope_thd(&q, &batch.cos, &batch.sin)?;
+                let k = candle_nn::rotary_emb::rope_thd(&k, &batch.cos, &batch.sin)?;
+                (q, k, v)
+            }
+            _ => {
+                // One row (its slices are contiguous), or quantized weights.
+                let qkv = self.qkv_proj.forward(x)?.reshape((b, l, h + 2 * kvh, hd))?;
+                clock.mark("qkv_proj")?;
+                // Queries and keys are rotated together, in one kernel.
+                let qk = qkv.narrow(2, 0, h + kvh)?.contiguous()?;
+                let qk = candle_nn::rotary_emb::rope_thd(&qk, &batch.cos, &batch.sin)?;
+                (
+                    qk.narrow(2, 0, h)?,
+                    qk.narrow(2, h, kvh)?,
+                    qkv.narrow(2, h + kvh, kvh)?,
+                )
+            }
+        };
+        clock.mark("rope")?;
+        // (b, kvh, l, hd): no copy when l is 1 and the slices are contiguous.
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
         // Every slot's new keys and values go to its own positions in one scatter each, in place.
         let keys = cache.k.narrow(0, batch.first, b)?;
         let values = cache.v.narrow(0, batch.first, b)?;
         keys.scatter_set(&batch.write_at, &k, 2)?;
         values.scatter_set(&batch.write_at, &v, 2)?;
+        clock.mark("kv_write")?;
         let t = batch.span;
         // Views of the cache, not copies: the products read it with its strides.
         let keys = keys.narrow(2, 0, t)?;
@@ -297,7 +347,7 @@ impl Attention {
         // Each KV head serves `rep` query heads: fold them into the rows of one product. The
         // scale is applied in the copy that makes the queries contiguous.
         let scale = 1.0 / (hd as f64).sqrt();
-        let q = (qk.narrow(2, 0, h)? * scale)?; // (b, l, h, hd), contiguous
+        let q = (q * scale)?; // (b, l, h, hd), contiguous
         let q = if l == 1 {
             q.reshape((b, kvh, rep, hd))?
         } else {
@@ -307,18 +357,23 @@ impl Attention {
                 .reshape((b, kvh, rep * l, hd))?
         };
         let scores = q.matmul(&keys.transpose(2, 3)?)?;
+        clock.mark("attn_qk")?;
         let scores = match &batch.mask {
             Some(mask) => scores.reshape((b, kvh, rep, l, t))?.broadcast_add(mask)?,
             None => scores,
         };
         // Softmax accumulates in f32 whatever the dtype.
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, kvh, rep * l, t))?;
+        clock.mark("attn_softmax")?;
         let out = probs.matmul(&values)?; // (b, kvh, rep*l, hd)
+        clock.mark("attn_pv")?;
         let out = out
             .reshape((b, h, l, hd))?
             .transpose(1, 2)?
             .reshape((b, l, h * hd))?;
-        self.o_proj.forward(&out)
+        let out = self.o_proj.forward(&out)?;
+        clock.mark("o_proj")?;
+        Ok(out)
     }
 }
 
@@ -330,30 +385,51 @@ fn write_at(cache: &Tensor, src: &Tensor, slot: usize, start: usize) -> Result<(
 
 struct Mlp {
     gate_up_proj: Proj,
+    /// The gate's and the up projection's rows of `gate_up_proj`, used apart when several rows
+    /// go through (see `Attention::split`).
+    split: Option<Vec<Linear>>,
     down_proj: Proj,
     inter: usize,
 }
 
 impl Mlp {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let gate_up_proj = dense(
+            cfg.hidden_size,
+            2 * cfg.intermediate_size,
+            vb.pp("gate_up_proj"),
+        )?;
         Ok(Mlp {
-            gate_up_proj: dense(
-                cfg.hidden_size,
-                2 * cfg.intermediate_size,
-                vb.pp("gate_up_proj"),
+            split: split_rows(
+                &gate_up_proj,
+                &[cfg.intermediate_size, cfg.intermediate_size],
             )?,
+            gate_up_proj,
             down_proj: dense(cfg.intermediate_size, cfg.hidden_size, vb.pp("down_proj"))?,
             inter: cfg.intermediate_size,
         })
     }
 }
 
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gu = self.gate_up_proj.forward(x)?;
-        let gate = gu.narrow(D::Minus1, 0, self.inter)?;
-        let up = gu.narrow(D::Minus1, self.inter, self.inter)?;
-        (up * candle_nn::ops::silu(&gate)?)?.apply(&self.down_proj)
+impl Mlp {
+    fn forward(&self, x: &Tensor, clock: &mut Clock) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        let (gate, up) = match (&self.split, b * l > 1) {
+            (Some(split), true) => (split[0].forward(x)?, split[1].forward(x)?),
+            _ => {
+                let gu = self.gate_up_proj.forward(x)?;
+                (
+                    gu.narrow(D::Minus1, 0, self.inter)?,
+                    gu.narrow(D::Minus1, self.inter, self.inter)?,
+                )
+            }
+        };
+        clock.mark("gate_up_proj")?;
+        let act = (up * candle_nn::ops::silu(&gate)?)?;
+        clock.mark("silu_mul")?;
+        let out = self.down_proj.forward(&act)?;
+        clock.mark("down_proj")?;
+        Ok(out)
     }
 }
 
@@ -362,6 +438,75 @@ struct Layer {
     mlp: Mlp,
     input_layernorm: RmsNorm,
     post_attention_layernorm: RmsNorm,
+}
+
+/// Where a forward pass spends its time, per phase (projections, attention, ...), for finding
+/// what to speed up. Measuring synchronizes the device after every phase, which slows the pass
+/// and removes the overlap of host and device: use it to compare phases, not for throughput.
+#[derive(Debug, Default)]
+pub struct Profile {
+    phases: std::sync::Mutex<Vec<(&'static str, f64, u64)>>,
+    /// When the last pass ended: the time until the next one is the scheduler's (sampling,
+    /// bookkeeping).
+    last_end: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Profile {
+    /// Adds `seconds` to phase `name`.
+    pub fn add(&self, name: &'static str, seconds: f64) {
+        if let Ok(mut p) = self.phases.lock() {
+            match p.iter_mut().find(|e| e.0 == name) {
+                Some(e) => {
+                    e.1 += seconds;
+                    e.2 += 1;
+                }
+                None => p.push((name, seconds, 1)),
+            }
+        }
+    }
+
+    fn pass_starts(&self, now: std::time::Instant) {
+        let last = self.last_end.lock().ok().and_then(|mut l| l.take());
+        if let Some(t) = last {
+            self.add("between_passes", (now - t).as_secs_f64());
+        }
+    }
+
+    /// `now`: the end of a timed pass; `None`: an untimed pass ran (the gap is not the scheduler's).
+    fn pass_ends(&self, now: Option<std::time::Instant>) {
+        if let Ok(mut l) = self.last_end.lock() {
+            *l = now;
+        }
+    }
+
+    /// The phases so far, in first-seen order: (name, seconds, times), and starts over.
+    pub fn take(&self) -> Vec<(&'static str, f64, u64)> {
+        if let Ok(mut l) = self.last_end.lock() {
+            *l = None;
+        }
+        self.phases
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
+    }
+}
+
+/// Marks the end of each phase of a pass when profiling (otherwise does nothing).
+struct Clock<'a> {
+    profile: Option<(&'a Profile, &'a Device)>,
+    last: std::time::Instant,
+}
+
+impl Clock<'_> {
+    fn mark(&mut self, name: &'static str) -> Result<()> {
+        if let Some((profile, device)) = self.profile {
+            device.synchronize()?;
+            let now = std::time::Instant::now();
+            profile.add(name, (now - self.last).as_secs_f64());
+            self.last = now;
+        }
+        Ok(())
+    }
 }
 
 /// One forward step's bookkeeping, shared by every layer.
@@ -390,6 +535,7 @@ pub struct Model {
     caches: Vec<KvCache>,
     cfg: Config,
     device: Device,
+    profile: Option<std::sync::Arc<Profile>>,
 }
 
 impl Model {
@@ -468,6 +614,7 @@ impl Model {
             caches,
             cfg: cfg.clone(),
             device: device.clone(),
+            profile: None,
         })
     }
 
@@ -529,6 +676,7 @@ impl Model {
             layers.push(Layer {
                 attn: Attention {
                     qkv_proj: quant(get(&format!("{p}.attn_qkv.weight"))?)?,
+                    split: None,
                     o_proj: quant(get(&format!("{p}.attn_output.weight"))?)?,
                     heads: cfg.num_attention_heads,
                     kv_heads: cfg.num_key_value_heads,
@@ -536,6 +684,7 @@ impl Model {
                 },
                 mlp: Mlp {
                     gate_up_proj: quant(get(&format!("{p}.ffn_up.weight"))?)?,
+                    split: None,
                     down_proj: quant(get(&format!("{p}.ffn_down.weight"))?)?,
                     inter: cfg.intermediate_size,
                 },
@@ -615,6 +764,22 @@ impl Model {
         Ok(())
     }
 
+    /// Starts timing every phase of every pass (see [`Profile`]); returns the shared record.
+    pub fn enable_profiling(&mut self) -> std::sync::Arc<Profile> {
+        self.profile
+            .get_or_insert_with(|| std::sync::Arc::new(Profile::default()))
+            .clone()
+    }
+
+    /// The phase record, when profiling.
+    pub fn profile(&self) -> Option<&Profile> {
+        self.profile.as_deref()
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -653,6 +818,17 @@ impl Model {
                 self.context()
             )
         }
+        // Decode passes only (one new token each): a prefill pass would swamp the averages.
+        let profile = self.profile.as_deref().filter(|_| l == 1);
+        let mut clock = Clock {
+            profile: profile.map(|p| (p, &self.device)),
+            last: std::time::Instant::now(),
+        };
+        if let Some(p) = profile {
+            self.device.synchronize()?;
+            clock.last = std::time::Instant::now();
+            p.pass_starts(clock.last);
+        }
         let mut ids = Vec::with_capacity(b * l);
         let mut pos = Vec::with_capacity(b * l);
         let mut mask = vec![f32::NEG_INFINITY; b * l * span];
@@ -690,16 +866,18 @@ impl Model {
         };
         let input = Tensor::from_vec(ids, (b, l), dev)?;
         let mut x = self.embed_tokens.forward(&input)?;
+        clock.mark("inputs_embed")?;
         for (layer, cache) in self.layers.iter().zip(&self.caches) {
             let r = x.clone();
             let h = layer.input_layernorm.forward(&x)?;
-            let h = layer.attn.forward(&h, &batch, cache)?;
+            clock.mark("norms_residuals")?;
+            let h = layer.attn.forward(&h, &batch, cache, &mut clock)?;
             let x1 = (h + r)?;
-            let h = layer
-                .post_attention_layernorm
-                .forward(&x1)?
-                .apply(&layer.mlp)?;
+            let h = layer.post_attention_layernorm.forward(&x1)?;
+            clock.mark("norms_residuals")?;
+            let h = layer.mlp.forward(&h, &mut clock)?;
             x = (h + x1)?;
+            clock.mark("norms_residuals")?;
         }
         // The last real token of each sequence.
         let h = if l == 1 {
@@ -713,9 +891,15 @@ impl Model {
             let last = Tensor::from_vec(last, b, dev)?;
             x.reshape((b * l, ()))?.index_select(&last, 0)?
         };
-        self.norm
+        let logits = self
+            .norm
             .forward(&h)?
             .apply(&self.lm_head)?
-            .to_dtype(DType::F32)
+            .to_dtype(DType::F32)?;
+        clock.mark("lm_head")?;
+        if let Some(p) = &self.profile {
+            p.pass_ends(profile.is_some().then_some(clock.last));
+        }
+        Ok(logits)
     }
 }
