@@ -199,8 +199,9 @@ pub fn run(
             generate(engine, batch, g as u32).await?;
             let gen = t.elapsed().as_secs_f64();
             let profile = plan.profile.as_ref().map(|p| per_pass(&p.take()));
-            let steps = g - 1;
-            let decode = (gen - gen1).max(1e-9);
+            // Decode time is a difference: too short a run can leave none to measure.
+            let steps = if gen > gen1 { g - 1 } else { 0 };
+            let decode = (gen - gen1).max(0.0);
             let r = Record {
                 engine: "phiforge".into(),
                 batch: b,

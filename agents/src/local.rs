@@ -13,7 +13,7 @@ use crate::engine::{
 };
 use crate::phi3::Model;
 use crate::tokenizer::Codec;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 use futures::future::BoxFuture;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -304,51 +304,59 @@ fn finish(a: Active, outcome: Result<FinishReason, EngineError>, codec: &dyn Cod
     let _ = a.job.reply.send(result);
 }
 
-/// Picks the next token of every sequence from its row of `logits` (rows, vocab). Greedy rows are
-/// decided on the device (only the token and its log-probability come back); sampled rows are
-/// copied back and drawn on the host. Below `min_tokens`, stop tokens are excluded.
+/// Picks the next token of every sequence from its row of `logits` (rows, vocab), which it may
+/// change in place. Greedy rows are decided on the device (only the token, and its
+/// log-probability when asked for, come back); sampled rows are copied back and drawn on the
+/// host. Below `min_tokens`, stop tokens are excluded. Rows still being prefilled (more than
+/// `chunk` tokens pending) get no token.
 fn choose(
     logits: &Tensor,
     group: &mut [Active],
     stop_ids: &[u32],
     chunk: usize,
 ) -> candle_core::Result<Vec<(u32, f32)>> {
-    let (n, vocab) = logits.dims2()?;
+    let n = logits.dims2()?.0;
     let dev = logits.device();
     let banned: Vec<bool> = group
         .iter()
         .map(|a| (a.generated.len() as u32) < a.job.sampling.min_tokens)
         .collect();
-    let mut logits = logits.clone();
     if !stop_ids.is_empty() && banned.iter().any(|&b| b) {
+        // Only the stop tokens' entries are touched: read them, add -inf where banned (0
+        // elsewhere), write them back.
         let k = stop_ids.len();
         let ids: Vec<u32> = (0..n).flat_map(|_| stop_ids.iter().copied()).collect();
-        let vals: Vec<f32> = banned
+        let ids = Tensor::from_vec(ids, (n, k), dev)?;
+        let bias: Vec<f32> = banned
             .iter()
             .flat_map(|&b| std::iter::repeat_n(if b { f32::NEG_INFINITY } else { 0.0 }, k))
             .collect();
-        let bias = Tensor::zeros((n, vocab), DType::F32, dev)?;
-        bias.scatter_set(
-            &Tensor::from_vec(ids, (n, k), dev)?,
-            &Tensor::from_vec(vals, (n, k), dev)?,
-            1,
-        )?;
-        logits = (logits + bias)?;
+        let bias = Tensor::from_vec(bias, (n, k), dev)?;
+        let masked = (logits.gather(&ids, 1)? + bias)?;
+        logits.scatter_set(&ids, &masked, 1)?;
     }
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let mut out = vec![(0u32, 0f32); n];
-    // Rows still being prefilled get no token this pass: they take the cheap greedy path and
-    // leave their random state alone.
+    // Rows still being prefilled take the cheap greedy path and leave their random state alone.
     let (greedy, sampled): (Vec<usize>, Vec<usize>) = (0..n)
         .partition(|&i| group[i].job.sampling.temperature <= 0.0 || group[i].pending.len() > chunk);
+    let wants_logprobs = greedy.iter().any(|&i| group[i].job.sampling.logprobs);
+    let logp = if !sampled.is_empty() || wants_logprobs {
+        Some(candle_nn::ops::log_softmax(logits, D::Minus1)?)
+    } else {
+        None
+    };
     if !greedy.is_empty() {
-        let best = logp.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        let lp = logp.max(D::Minus1)?.to_vec1::<f32>()?;
+        let best = logits.argmax_keepdim(D::Minus1)?;
+        let lp = match (&logp, wants_logprobs) {
+            (Some(logp), true) => Some(logp.gather(&best, 1)?.flatten_all()?.to_vec1::<f32>()?),
+            _ => None,
+        };
+        let best = best.flatten_all()?.to_vec1::<u32>()?;
         for &i in &greedy {
-            out[i] = (best[i], lp[i]);
+            out[i] = (best[i], lp.as_ref().map_or(0.0, |lp| lp[i]));
         }
     }
-    if !sampled.is_empty() {
+    if let (false, Some(logp)) = (sampled.is_empty(), &logp) {
         let idx: Vec<u32> = sampled.iter().map(|&i| i as u32).collect();
         let rows = logp
             .index_select(&Tensor::from_vec(idx, sampled.len(), dev)?, 0)?

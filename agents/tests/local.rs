@@ -160,24 +160,75 @@ fn prompts_fed_in_chunks_and_small_prefill_passes_change_nothing() {
     }
 }
 
+/// `Bytes`, with another stop token.
+struct StopAt(u32);
+
+impl Codec for StopAt {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        Bytes.encode(text)
+    }
+    fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+        Bytes.decode(ids)
+    }
+    fn stop_ids(&self) -> Vec<u32> {
+        vec![self.0]
+    }
+}
+
 #[test]
 fn min_tokens_hold_off_stops_and_token_prompts_batch() {
-    let e = engine(4);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/phi3-tiny");
+    let model = Model::load(&dir, DType::F32, &Device::Cpu, 4, 512).unwrap();
+    // The stop token is the one greedy decoding picks first for these prompts.
+    let prompts: Vec<Vec<u32>> = (0..6).map(|k| vec![93, 3 + k, 94]).collect();
+    let first = model
+        .forward(&prompts[..1], &[0])
+        .unwrap()
+        .argmax(candle_core::D::Minus1)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap()[0];
+    let stop_text = Bytes.decode(&[first]).unwrap();
+    let e = LocalEngine::new(model, Arc::new(StopAt(first)), "phi3-tiny");
     let runtime = rt();
-    let sampling = Sampling {
-        temperature: 1.0,
+    let greedy = Sampling {
+        temperature: 0.0,
         max_tokens: 40,
         min_tokens: 40,
-        seed: Some(3),
         ..Default::default()
     };
-    let prompts: Vec<Vec<u32>> = (0..6).map(|k| vec![93, 3 + k, 94]).collect();
-    let done = runtime.block_on(e.complete_tokens(prompts, &sampling));
-    assert_eq!(done.len(), 6);
-    for c in done {
-        let c = c.unwrap();
-        assert_eq!(c.completion_tokens, 40);
-        assert_eq!(c.finish_reason, FinishReason::Length);
-        assert_eq!(c.prompt_tokens, 3);
+    let sampled = Sampling {
+        temperature: 1.0,
+        seed: Some(3),
+        ..greedy.clone()
+    };
+    // Without min_tokens, the first prompt stops at once.
+    let free = Sampling {
+        min_tokens: 0,
+        ..greedy.clone()
+    };
+    let c = runtime
+        .block_on(e.complete_tokens(prompts[..1].to_vec(), &free))
+        .remove(0)
+        .unwrap();
+    assert_eq!(
+        (c.finish_reason, c.completion_tokens),
+        (FinishReason::Stop, 0)
+    );
+    for s in [&greedy, &sampled] {
+        let done = runtime.block_on(e.complete_tokens(prompts.clone(), s));
+        assert_eq!(done.len(), 6);
+        for c in done {
+            let c = c.unwrap();
+            assert_eq!(c.completion_tokens, 40);
+            assert_eq!(c.finish_reason, FinishReason::Length);
+            assert_eq!(c.prompt_tokens, 3);
+            // The stop token was masked, not generated.
+            assert!(
+                stop_text.is_empty() || !c.text.contains(&stop_text),
+                "{stop_text:?} in {:?}",
+                c.text
+            );
+        }
     }
 }
