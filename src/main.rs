@@ -74,7 +74,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Serves the local engine on an OpenAI-compatible HTTP API (chat and completions, streaming).
     Serve {
-        /// A Hugging Face model folder of the Phi-3/Phi-4 architecture, or a `phi3` .gguf file.
+        /// A Hugging Face model folder of the Phi-3/Phi-4 architecture, a repository id in the
+        /// local Hugging Face cache (`microsoft/phi-4[@revision]`), or a `phi3` .gguf file.
         #[arg(long)]
         model_dir: PathBuf,
         /// The model name clients use (default: the folder's name).
@@ -102,7 +103,8 @@ enum Command {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// A Hugging Face model folder of the Phi-3/Phi-4 architecture (default: random weights).
+    /// A Hugging Face model folder of the Phi-3/Phi-4 architecture, or a repository id in the
+    /// local Hugging Face cache (default: random weights).
     #[arg(long, conflicts_with_all = ["shape", "layers"])]
     model_dir: Option<PathBuf>,
     /// The shape of the random weights: Phi-4's, or a tiny one for CPU smoke runs.
@@ -168,8 +170,9 @@ struct GenerateArgs {
     #[arg(long, required_unless_present = "model_dir")]
     model: Option<String>,
     /// Run the local engine on a Hugging Face model folder of the Phi-3/Phi-4 architecture
-    /// (config.json, *.safetensors, tokenizer.json or else Phi-4's tokenizer), or on a `phi3`
-    /// .gguf file (quantized, for CPU use).
+    /// (config.json, *.safetensors, tokenizer.json or else Phi-4's tokenizer), a repository id in
+    /// the local Hugging Face cache (`microsoft/phi-4[@revision]`), or a `phi3` .gguf file
+    /// (quantized, for CPU use).
     #[arg(long)]
     model_dir: Option<PathBuf>,
     /// Local engine: context positions per sequence.
@@ -627,11 +630,14 @@ fn bench_engine(a: BenchArgs) -> Result<()> {
     let context = a.prompt_len + a.gen_len + 1;
     let started = std::time::Instant::now();
     let (mut model, codec): (_, Box<dyn agents::tokenizer::Codec>) = match &a.model_dir {
-        Some(dir) => (
-            agents::phi3::Model::load(dir, dtype, &device, slots, context)
-                .with_context(|| format!("loading the model in {}", dir.display()))?,
-            agents::tokenizer::for_model(dir)?,
-        ),
+        Some(spec) => {
+            let dir = model_path(spec)?.0;
+            (
+                agents::phi3::Model::load(&dir, dtype, &device, slots, context)
+                    .with_context(|| format!("loading the model in {}", dir.display()))?,
+                agents::tokenizer::for_model(&dir)?,
+            )
+        }
         None => {
             let mut cfg = match a.shape {
                 ShapeArg::Phi4 => agents::phi3::Config::phi4(),
@@ -681,10 +687,12 @@ fn model_dtype(device: &candle_core::Device) -> candle_core::DType {
 
 /// The local engine on a model folder (bf16 on a GPU, f32 on the CPU), and the model's name.
 fn local_engine(
-    dir: &Path,
+    spec: &Path,
     slots: usize,
     context: usize,
 ) -> Result<(agents::local::LocalEngine, String)> {
+    let (dir, name) = model_path(spec)?;
+    let dir = dir.as_path();
     let device = agents::local::default_device();
     let dtype = model_dtype(&device);
     // A .gguf file (quantized, for CPU use) or a Hugging Face folder; the tokenizer.json beside a
@@ -701,12 +709,23 @@ fn local_engine(
     } else {
         dir
     })?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "local".into());
     Ok((
         agents::local::LocalEngine::new(model, codec.into(), &name),
         name,
     ))
+}
+
+/// `--model-dir`: a folder or .gguf file, or a repository id (`owner/name[@revision]`) in the
+/// local Hugging Face cache; and the model's name (the file's or folder's, or the id).
+fn model_path(spec: &Path) -> Result<(PathBuf, String)> {
+    let text = spec.to_string_lossy();
+    let path = agents::hub::resolve(&text)?;
+    let name = if spec.exists() {
+        spec.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "local".into())
+    } else {
+        text.split('@').next().unwrap_or(&text).to_string()
+    };
+    Ok((path, name))
 }

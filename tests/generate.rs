@@ -194,3 +194,43 @@ fn bench_engine_prints_a_record_per_batch_size() {
     let err = dir.fails(&["bench-engine", "--device", "cpu", "--batch", "0"]);
     assert!(err.contains("--batch"), "{err}");
 }
+
+#[test]
+fn the_local_engine_finds_a_model_in_the_hugging_face_cache() {
+    let dir = Dir::new();
+    // The cache layout huggingface_hub leaves: refs/main names the snapshot.
+    let repo = dir.path("hub/models--tiny--phi3");
+    let snapshot = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    for f in std::fs::read_dir(root().join("agents/tests/data/phi3-tiny")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, snapshot.join(f.file_name().unwrap())).unwrap();
+    }
+    let run = |model: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_phiforge"))
+            .args(["generate", "--model-dir", model, "--prompt", "Say hi"])
+            .args(["--max-tokens", "4", "--temperature", "0"])
+            .env("HF_HUB_CACHE", dir.path("hub"))
+            .output()
+            .unwrap()
+    };
+    let out = run("tiny/phi3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(
+        line["engine"],
+        json!({"kind": "local", "model": "tiny/phi3"})
+    );
+    // A repository that is not there says where it looked and how to get it.
+    let out = run("tiny/phi9");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("huggingface-cli download tiny/phi9"), "{err}");
+}

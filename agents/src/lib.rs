@@ -8,7 +8,8 @@
 //! - [`phi3`]: the Phi-3 architecture (Phi-4's) on candle, written for batched serving: per-sequence
 //!   positions, an in-place KV cache, grouped-query attention without copies; safetensors or GGUF;
 //! - [`local`]: that model as an engine, with a continuous-batching scheduler (CPU, or CUDA with the
-//!   `cuda` feature); [`tokenizer`]: `tokenizer.json`, or Phi-4's own offline;
+//!   `cuda` feature); [`tokenizer`]: `tokenizer.json`, or Phi-4's own offline; [`hub`]: models
+//!   in the local Hugging Face cache by repository id;
 //! - [`serve`]: the local engine behind an OpenAI-compatible HTTP API (`phiforge serve`);
 //! - [`generate`]: one-off generation (`phiforge generate`); [`bench`]: engine throughput, measured
 //!   like transformers' peer script;
@@ -30,6 +31,7 @@
 pub mod bench;
 pub mod engine;
 pub mod generate;
+pub mod hub;
 pub mod local;
 pub mod openai;
 pub mod phi3;
