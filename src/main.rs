@@ -668,11 +668,21 @@ fn bench_engine(a: BenchArgs) -> Result<()> {
         seed: a.seed,
         profile,
     };
+    let bar = ProgressBar::new(plan.batches.len() as u64).with_style(
+        ProgressStyle::with_template("{elapsed_precise} batch sizes {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("(measuring batch {})", plan.batches[0]));
     agents::bench::run(&engine, &cfg, dev_name, dtype, &plan, |r| {
         if let Ok(line) = serde_json::to_string(r) {
-            println!("{line}");
+            bar.suspend(|| println!("{line}"));
+        }
+        bar.inc(1);
+        if let Some(next) = plan.batches.get(bar.position() as usize) {
+            bar.set_message(format!("(measuring batch {next})"));
         }
     })?;
+    bar.finish_and_clear();
     Ok(())
 }
 
