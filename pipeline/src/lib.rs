@@ -13,10 +13,12 @@
 //! ```no_run
 //! use pipeline::build::{build, BuildOptions, NoProgress};
 //! use pipeline::executor::Executor;
-//! let recipe = pipeline::recipe::Recipe::load("examples/recipe.yaml".as_ref()).unwrap();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let recipe = pipeline::recipe::Recipe::load("examples/recipe.yaml".as_ref())?;
 //! let opts = BuildOptions { executor: Executor::Local, force: vec![], dry_run: false, progress: &NoProgress };
-//! let report = build(&recipe, "examples/recipe.yaml".as_ref(), &opts).unwrap();
+//! let report = build(&recipe, "examples/recipe.yaml".as_ref(), &opts)?;
 //! println!("did work: {}", report.did_work);
+//! # Ok(()) }
 //! ```
 
 pub mod build;
