@@ -409,9 +409,7 @@ impl Mlp {
             inter: cfg.intermediate_size,
         })
     }
-}
 
-impl Mlp {
     fn forward(&self, x: &Tensor, clock: &mut Clock) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let (gate, up) = match (&self.split, b * l > 1) {
@@ -453,7 +451,7 @@ pub struct Profile {
 
 impl Profile {
     /// Adds `seconds` to phase `name`.
-    pub fn add(&self, name: &'static str, seconds: f64) {
+    fn add(&self, name: &'static str, seconds: f64) {
         if let Ok(mut p) = self.phases.lock() {
             match p.iter_mut().find(|e| e.0 == name) {
                 Some(e) => {
@@ -771,15 +769,6 @@ impl Model {
             .clone()
     }
 
-    /// The phase record, when profiling.
-    pub fn profile(&self) -> Option<&Profile> {
-        self.profile.as_deref()
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -829,18 +818,23 @@ impl Model {
             clock.last = std::time::Instant::now();
             p.pass_starts(clock.last);
         }
+        // No mask when every query attends to every position (one new token each, all
+        // sequences equally long): the usual decode step.
+        let masked = !(l == 1 && starts.iter().all(|&s| s + 1 == span));
         let mut ids = Vec::with_capacity(b * l);
         let mut pos = Vec::with_capacity(b * l);
-        let mut mask = vec![f32::NEG_INFINITY; b * l * span];
+        let mut mask = vec![f32::NEG_INFINITY; if masked { b * l * span } else { 0 }];
         for (s, seq) in tokens.iter().enumerate() {
             for j in 0..l {
                 // Padding repeats the last token at the next positions: its keys land in cache
                 // positions no query attends to before the sequence's own tokens overwrite them.
                 ids.push(seq[j.min(seq.len() - 1)]);
                 pos.push((starts[s] + j) as u32);
-                let row = &mut mask[(s * l + j) * span..(s * l + j + 1) * span];
-                for m in row.iter_mut().take(starts[s] + j + 1) {
-                    *m = 0.0;
+                if masked {
+                    let row = &mut mask[(s * l + j) * span..(s * l + j + 1) * span];
+                    for m in row.iter_mut().take(starts[s] + j + 1) {
+                        *m = 0.0;
+                    }
                 }
             }
         }
@@ -858,10 +852,10 @@ impl Model {
                 .broadcast_as((b, kvh, l, hd))?
                 .contiguous()?,
             span,
-            mask: if l == 1 && starts.iter().all(|&s| s + 1 == span) {
-                None
-            } else {
+            mask: if masked {
                 Some(Tensor::from_vec(mask, (b, 1, 1, l, span), dev)?.to_dtype(dtype)?)
+            } else {
+                None
             },
         };
         let input = Tensor::from_vec(ids, (b, l), dev)?;
