@@ -103,8 +103,8 @@ enum Command {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// A Hugging Face model folder of the Phi-3/Phi-4 architecture, or a repository id in the
-    /// local Hugging Face cache (default: random weights).
+    /// A Hugging Face model folder of the Phi-3/Phi-4 architecture, a repository id in the local
+    /// Hugging Face cache, or a `phi3` .gguf file (default: random weights).
     #[arg(long, conflicts_with_all = ["shape", "layers"])]
     model_dir: Option<PathBuf>,
     /// The shape of the random weights: Phi-4's, or a tiny one for CPU smoke runs.
@@ -631,12 +631,8 @@ fn bench_engine(a: BenchArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let (mut model, codec): (_, Box<dyn agents::tokenizer::Codec>) = match &a.model_dir {
         Some(spec) => {
-            let dir = model_path(spec)?.0;
-            (
-                agents::phi3::Model::load(&dir, dtype, &device, slots, context)
-                    .with_context(|| format!("loading the model in {}", dir.display()))?,
-                agents::tokenizer::for_model(&dir)?,
-            )
+            let (model, codec, _) = load_model(spec, &device, dtype, slots, context)?;
+            (model, codec)
         }
         None => {
             let mut cfg = match a.shape {
@@ -701,17 +697,36 @@ fn local_engine(
     slots: usize,
     context: usize,
 ) -> Result<(agents::local::LocalEngine, String)> {
+    let device = agents::local::default_device();
+    let (model, codec, name) = load_model(spec, &device, model_dtype(&device), slots, context)?;
+    Ok((
+        agents::local::LocalEngine::new(model, codec.into(), &name),
+        name,
+    ))
+}
+
+/// The model `--model-dir` names (see [`model_path`]) with a cache of `slots` × `context`, its
+/// tokenizer, and its name.
+fn load_model(
+    spec: &Path,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+    slots: usize,
+    context: usize,
+) -> Result<(
+    agents::phi3::Model,
+    Box<dyn agents::tokenizer::Codec>,
+    String,
+)> {
     let (dir, name) = model_path(spec)?;
     let dir = dir.as_path();
-    let device = agents::local::default_device();
-    let dtype = model_dtype(&device);
     // A .gguf file (quantized, for CPU use) or a Hugging Face folder; the tokenizer.json beside a
     // GGUF file, or in the folder, else Phi-4's own.
     let gguf = dir.extension().is_some_and(|e| e == "gguf");
     let model = if gguf {
-        agents::phi3::Model::from_gguf(dir, &device, slots.max(1), context)
+        agents::phi3::Model::from_gguf(dir, device, slots.max(1), context)
     } else {
-        agents::phi3::Model::load(dir, dtype, &device, slots.max(1), context)
+        agents::phi3::Model::load(dir, dtype, device, slots.max(1), context)
     }
     .with_context(|| format!("loading the model in {}", dir.display()))?;
     let codec = agents::tokenizer::for_model(if gguf {
@@ -719,10 +734,7 @@ fn local_engine(
     } else {
         dir
     })?;
-    Ok((
-        agents::local::LocalEngine::new(model, codec.into(), &name),
-        name,
-    ))
+    Ok((model, codec, name))
 }
 
 /// `--model-dir`: a folder or .gguf file, or a repository id (`owner/name[@revision]`) in the
