@@ -134,6 +134,15 @@ struct BenchArgs {
     /// so the throughput figures drop): where the time goes.
     #[arg(long)]
     profile: bool,
+    /// The decode step's fused kernels: `all` (the default on a GPU), `none` (candle's
+    /// operations, as for prompts), or some of norm,rope,attn,silu,gemv (candle's operations
+    /// for the others), to measure what each brings.
+    #[arg(long)]
+    kernels: Option<String>,
+    /// Before timing, check the fused kernels against candle's operations (each kernel on random
+    /// inputs, then a decode step of the model on both paths); stops if any is out of tolerance.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -648,10 +657,24 @@ fn bench_engine(a: BenchArgs) -> Result<()> {
         }
     };
     let cfg = model.config().clone();
+    if let Some(spec) = &a.kernels {
+        let k =
+            agents::kernels::Kernels::parse(spec).map_err(|e| anyhow::anyhow!("--kernels: {e}"))?;
+        model
+            .set_kernels(k.any().then_some(k))
+            .context("--kernels")?;
+    }
+    if a.check {
+        check_kernels(&mut model, &device, slots)?;
+    }
+    let kernels = model
+        .kernels()
+        .map_or("none".to_string(), |k| k.to_string());
     let profile = a.profile.then(|| model.enable_profiling());
     let dev_name = if device.is_cpu() { "cpu" } else { "cuda" };
     eprintln!(
-        "{} layers, hidden {}, {dtype:?} on {dev_name}, ready in {:.1}s",
+        "{} layers, hidden {}, {dtype:?} on {dev_name}, fused decode kernels: {kernels}, ready \
+         in {:.1}s",
         cfg.num_hidden_layers,
         cfg.hidden_size,
         started.elapsed().as_secs_f64()
@@ -663,6 +686,7 @@ fn bench_engine(a: BenchArgs) -> Result<()> {
         gen_len: a.gen_len,
         seed: a.seed,
         profile,
+        kernels,
     };
     let bar = ProgressBar::new(plan.batches.len() as u64).with_style(
         ProgressStyle::with_template("{elapsed_precise} batch sizes {pos}/{len} {msg}")
@@ -679,6 +703,53 @@ fn bench_engine(a: BenchArgs) -> Result<()> {
         }
     })?;
     bar.finish_and_clear();
+    Ok(())
+}
+
+/// `bench-engine --check`: every kernel against its reference, then the model's decode step on
+/// both paths; one JSON line each on standard output.
+fn check_kernels(
+    model: &mut agents::phi3::Model,
+    device: &candle_core::Device,
+    slots: usize,
+) -> Result<()> {
+    let cfg = model.config().clone();
+    let heads = agents::kernels::Heads {
+        h: cfg.num_attention_heads,
+        kvh: cfg.num_key_value_heads,
+        hd: cfg.head_dim(),
+        ctx: model.context(),
+    };
+    let mut results = agents::kernels::check(
+        device,
+        heads,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        model.dtype(),
+    )
+    .context("checking the fused kernels")?;
+    // The model's kernels, or all of them when it is on the general path.
+    let kernels = model.kernels().unwrap_or(agents::kernels::Kernels::ALL);
+    if model.supports_kernels() {
+        for b in [1, slots.min(4)] {
+            results.push(
+                agents::bench::check_paths(model, kernels, b, 7)
+                    .context("checking the fused decode path")?,
+            );
+        }
+    }
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| format!("{} ({}): {:.2e}", r.op, r.dtype, r.max_rel_err))
+        .collect();
+    for r in &results {
+        println!("{}", serde_json::json!({ "check": r }));
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("fused kernels out of tolerance: {}", failed.join("; "));
+    }
+    eprintln!("{} kernel checks passed", results.len());
     Ok(())
 }
 

@@ -116,6 +116,8 @@ pub struct Record {
     pub layers: usize,
     pub device: String,
     pub dtype: String,
+    /// The decode step's fused kernels (`none`: candle's operations).
+    pub kernels: String,
     /// With [`Plan::profile`]: milliseconds per decode pass by phase (the device synchronized
     /// after every phase, so the figures above are slower than without).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,6 +133,8 @@ pub struct Plan {
     pub seed: u64,
     /// The model's phase record ([`Model::enable_profiling`]), reported per batch size.
     pub profile: Option<std::sync::Arc<crate::phi3::Profile>>,
+    /// The model's decode kernels, as reported in each record.
+    pub kernels: String,
 }
 
 /// Random prompts of `len` tokens below `vocab` (deterministic in `seed`).
@@ -219,6 +223,7 @@ pub fn run(
                 layers: cfg.num_hidden_layers,
                 device: device.into(),
                 dtype: format!("{dtype:?}").to_lowercase(),
+                kernels: plan.kernels.clone(),
                 profile_ms_per_pass: profile,
             };
             each(&r);
@@ -249,4 +254,52 @@ fn per_pass(phases: &[(&'static str, f64, u64)]) -> std::collections::BTreeMap<S
 fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
+}
+
+/// The fused decode path against the general one on `model` itself: `b` sequences of unequal
+/// lengths are prefilled, then one decode step runs on each path (the second overwrites the
+/// first's cache entries) and their logits are compared. The model is left on its own path.
+pub fn check_paths(
+    model: &mut Model,
+    kernels: crate::kernels::Kernels,
+    b: usize,
+    seed: u64,
+) -> Result<crate::kernels::CheckResult> {
+    let before = model.kernels();
+    let b = b.clamp(1, model.slots());
+    let vocab = model.config().vocab_size;
+    // Unequal lengths spread over the cache (the step's new token needs one more position).
+    let ctx = model.context().max(3);
+    let lens: Vec<usize> = (0..b).map(|i| 1 + (ctx - 3) * (i + 1) / b).collect();
+    let prompts: Vec<Vec<u32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| prompts(1, n, vocab, seed + i as u64).remove(0))
+        .collect();
+    let next: Vec<Vec<u32>> = prompts.iter().map(|p| vec![p[0]]).collect();
+    let result = (|| {
+        model.set_kernels(None)?;
+        model.forward(&prompts, &vec![0; b])?;
+        let want = model.forward(&next, &lens)?;
+        model.set_kernels(Some(kernels))?;
+        let got = model.forward(&next, &lens)?;
+        let diff = (&got - &want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        let err = (diff / scale.max(1e-12)) as f64;
+        let dtype = model.dtype();
+        let tolerance = if dtype == DType::F32 { 1e-3 } else { 5e-2 };
+        Ok(crate::kernels::CheckResult {
+            op: format!("model decode step, batch {b}, kernels {kernels}"),
+            dtype: format!("{dtype:?}").to_lowercase(),
+            max_rel_err: err,
+            tolerance,
+            ok: err <= tolerance,
+        })
+    })();
+    model.set_kernels(before)?;
+    result
 }

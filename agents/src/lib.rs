@@ -32,6 +32,7 @@ pub mod bench;
 pub mod engine;
 pub mod generate;
 pub mod hub;
+pub mod kernels;
 pub mod local;
 pub mod openai;
 pub mod phi3;

@@ -12,8 +12,11 @@
 //! - the KV cache is preallocated (slots × KV heads × context × head size) and written in place,
 //!   every sequence at its own position, by one scatter per layer;
 //! - grouped-query attention folds each KV head's query heads into one matrix product instead of
-//!   copying K and V per query head.
+//!   copying K and V per query head;
+//! - on a GPU the decode step (one new token per sequence) runs the fused kernels of
+//!   [`crate::kernels`]: five launches a layer where candle's operations take about seventeen.
 
+use crate::kernels::{self, Heads, Kernels, Step};
 use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear_no_bias, Embedding, Linear, RmsNorm, VarBuilder};
@@ -198,6 +201,16 @@ impl Module for Proj {
         match self {
             Proj::Dense(l) => l.forward(x),
             Proj::Quant(q) => q.forward(x),
+        }
+    }
+}
+
+impl Proj {
+    /// The dense weights (out × in), if not quantized.
+    fn weight(&self) -> Option<&Tensor> {
+        match self {
+            Proj::Dense(l) => Some(l.weight()),
+            Proj::Quant(_) => None,
         }
     }
 }
@@ -534,6 +547,8 @@ pub struct Model {
     cfg: Config,
     device: Device,
     profile: Option<std::sync::Arc<Profile>>,
+    /// The decode step's fused path and its kernels (see [`Model::set_kernels`]).
+    fused: Option<Kernels>,
 }
 
 impl Model {
@@ -613,7 +628,70 @@ impl Model {
             cfg: cfg.clone(),
             device: device.clone(),
             profile: None,
-        })
+            fused: None,
+        }
+        .with_default_kernels())
+    }
+
+    fn heads(&self) -> Heads {
+        Heads {
+            h: self.cfg.num_attention_heads,
+            kvh: self.cfg.num_key_value_heads,
+            hd: self.cfg.head_dim(),
+            ctx: self.context(),
+        }
+    }
+
+    /// Whether the fused decode path can run this model: dense weights, and a shape the kernels
+    /// serve.
+    pub fn supports_kernels(&self) -> bool {
+        let dense = self.lm_head.weight().is_some()
+            && self.layers.iter().all(|l| {
+                [
+                    &l.attn.qkv_proj,
+                    &l.attn.o_proj,
+                    &l.mlp.gate_up_proj,
+                    &l.mlp.down_proj,
+                ]
+                .iter()
+                .all(|p| p.weight().is_some())
+            });
+        dense
+            && kernels::supported(
+                self.heads(),
+                self.cfg.hidden_size,
+                self.cfg.intermediate_size,
+                self.embed_tokens.embeddings().dtype(),
+            )
+    }
+
+    /// On a GPU every fused kernel is on; on the CPU the decode step is the general one.
+    fn with_default_kernels(mut self) -> Model {
+        if self.device.is_cuda() && self.supports_kernels() {
+            self.fused = Some(Kernels::ALL);
+        }
+        self
+    }
+
+    /// Chooses the decode step: `None`, the general forward pass (candle's operations, as for
+    /// prompts); `Some(k)`, the fused path, with the kernels `k` names and candle operations in
+    /// place of the others (on the CPU there are no kernels: the fused path then runs candle
+    /// operations only, which is how the tests check it there). Fails for quantized weights or
+    /// a shape the kernels do not serve.
+    pub fn set_kernels(&mut self, kernels: Option<Kernels>) -> Result<()> {
+        if kernels.is_some() && !self.supports_kernels() {
+            candle_core::bail!(
+                "the fused decode path needs dense weights, a head size of 64, 96 or 128 and at \
+                 most 8 query heads per KV head"
+            )
+        }
+        self.fused = kernels;
+        Ok(())
+    }
+
+    /// The decode step's kernels (`None`: the general forward pass).
+    pub fn kernels(&self) -> Option<Kernels> {
+        self.fused
     }
 
     /// Loads a GGUF file of the `phi3` architecture (llama.cpp's tensor names), keeping quantized
@@ -769,6 +847,11 @@ impl Model {
             .clone()
     }
 
+    /// The weights' dtype (the activations' and the cache's too).
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.embeddings().dtype()
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -818,6 +901,96 @@ impl Model {
             clock.last = std::time::Instant::now();
             p.pass_starts(clock.last);
         }
+        let logits = match self.fused {
+            Some(k) if l == 1 => self.decode_fused(k, first, tokens, starts, &mut clock)?,
+            _ => self.forward_general(first, tokens, starts, l, span, &mut clock)?,
+        };
+        if let Some(p) = &self.profile {
+            p.pass_ends(profile.is_some().then_some(clock.last));
+        }
+        Ok(logits)
+    }
+
+    /// The decode step on the fused path: one new token per sequence; see [`crate::kernels`].
+    fn decode_fused(
+        &self,
+        k: Kernels,
+        first: usize,
+        tokens: &[Vec<u32>],
+        starts: &[usize],
+        clock: &mut Clock,
+    ) -> Result<Tensor> {
+        let dev = &self.device;
+        let pos: Vec<u32> = starts.iter().map(|&s| s as u32).collect();
+        let positions = Tensor::new(pos.as_slice(), dev)?;
+        let step = Step {
+            first,
+            positions: &positions,
+            pos: &pos,
+        };
+        let ids: Vec<u32> = tokens.iter().map(|t| t[0]).collect();
+        let mut x = self
+            .embed_tokens
+            .forward(&Tensor::new(ids.as_slice(), dev)?)?;
+        clock.mark("inputs_embed")?;
+        let heads = self.heads();
+        let scale = 1.0 / (heads.hd as f64).sqrt();
+        fn weight(p: &Proj) -> Result<&Tensor> {
+            p.weight()
+                .ok_or_else(|| candle_core::Error::Msg("fused decode: quantized weights".into()))
+        }
+        let Some(first_layer) = self.layers.first() else {
+            candle_core::bail!("a model without layers")
+        };
+        let norm0 = &first_layer.input_layernorm;
+        let mut h = candle_nn::ops::rms_norm(&x, norm0.weight(), norm0.eps() as f32)?;
+        clock.mark("norms_residuals")?;
+        for (i, (layer, cache)) in self.layers.iter().zip(&self.caches).enumerate() {
+            let (attn, mlp) = (&layer.attn, &layer.mlp);
+            let qkv = kernels::linear(k, &h, weight(&attn.qkv_proj)?)?;
+            clock.mark("qkv_proj")?;
+            let (kc, vc) = (&cache.k, &cache.v);
+            let (cos, sin) = (&self.rope.cos, &self.rope.sin);
+            let q = kernels::rope_cache(k, &qkv, &step, cos, sin, kc, vc, heads, scale)?;
+            clock.mark("rope")?;
+            let a = kernels::attention(k, &q, &step, kc, vc, heads)?;
+            clock.mark("attention")?;
+            let o = kernels::linear(k, &a, weight(&attn.o_proj)?)?;
+            clock.mark("o_proj")?;
+            let post = &layer.post_attention_layernorm;
+            let (x1, h1) = kernels::add_rms_norm(k, &x, &o, post.weight(), post.eps())?;
+            clock.mark("norms_residuals")?;
+            let gu = kernels::linear(k, &h1, weight(&mlp.gate_up_proj)?)?;
+            clock.mark("gate_up_proj")?;
+            let act = kernels::silu_mul(k, &gu)?;
+            clock.mark("silu_mul")?;
+            let d = kernels::linear(k, &act, weight(&mlp.down_proj)?)?;
+            clock.mark("down_proj")?;
+            // The next layer's input norm, or the final one.
+            let next = self
+                .layers
+                .get(i + 1)
+                .map_or(&self.norm, |l| &l.input_layernorm);
+            (x, h) = kernels::add_rms_norm(k, &x1, &d, next.weight(), next.eps())?;
+            clock.mark("norms_residuals")?;
+        }
+        let logits = kernels::linear(k, &h, weight(&self.lm_head)?)?.to_dtype(DType::F32)?;
+        clock.mark("lm_head")?;
+        Ok(logits)
+    }
+
+    /// The forward pass for any number of new tokens per sequence (prompts, and decode steps
+    /// off the fused path), with candle's operations.
+    fn forward_general(
+        &self,
+        first: usize,
+        tokens: &[Vec<u32>],
+        starts: &[usize],
+        l: usize,
+        span: usize,
+        clock: &mut Clock,
+    ) -> Result<Tensor> {
+        let b = tokens.len();
         // No mask when every query attends to every position (one new token each, all
         // sequences equally long): the usual decode step.
         let masked = !(l == 1 && starts.iter().all(|&s| s + 1 == span));
@@ -865,11 +1038,11 @@ impl Model {
             let r = x.clone();
             let h = layer.input_layernorm.forward(&x)?;
             clock.mark("norms_residuals")?;
-            let h = layer.attn.forward(&h, &batch, cache, &mut clock)?;
+            let h = layer.attn.forward(&h, &batch, cache, clock)?;
             let x1 = (h + r)?;
             let h = layer.post_attention_layernorm.forward(&x1)?;
             clock.mark("norms_residuals")?;
-            let h = layer.mlp.forward(&h, &mut clock)?;
+            let h = layer.mlp.forward(&h, clock)?;
             x = (h + x1)?;
             clock.mark("norms_residuals")?;
         }
@@ -891,9 +1064,6 @@ impl Model {
             .apply(&self.lm_head)?
             .to_dtype(DType::F32)?;
         clock.mark("lm_head")?;
-        if let Some(p) = &self.profile {
-            p.pass_ends(profile.is_some().then_some(clock.last));
-        }
         Ok(logits)
     }
 }

@@ -396,3 +396,80 @@ fn a_batch_in_later_slots_and_equal_lengths_match_the_reference() {
     // Past the slots there are: refused.
     assert!(ours.forward_at(3, &[vec![1], vec![2]], &[0, 0]).is_err());
 }
+
+/// The fused decode path (`kernels`), on the CPU made of candle operations only, against the
+/// general forward pass on the same weights: sequences of unequal lengths in later slots, then
+/// equal lengths (no mask), for several steps.
+#[test]
+fn the_fused_decode_path_matches_the_general_one() {
+    use agents::kernels::Kernels;
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    // Head size 64 (the kernels' smallest), two query heads per KV head.
+    let mut json = config();
+    json["hidden_size"] = 256.into();
+    json["num_attention_heads"] = 4.into();
+    let cfg: Config = serde_json::from_value(json).unwrap();
+    let make = || {
+        Model::new(
+            &cfg,
+            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+            5,
+            64,
+        )
+    };
+    let mut general = make().unwrap();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        if name.contains("norm") {
+            let t = var.as_tensor();
+            var.set(&Tensor::rand(0.5f32, 1.5, t.shape(), &dev).unwrap())
+                .unwrap();
+        }
+    }
+    general = {
+        drop(general);
+        make().unwrap()
+    };
+    let mut fused = make().unwrap();
+    // The CPU default is the general path; the fused one must be asked for.
+    assert_eq!(general.kernels(), None);
+    fused.set_kernels(Some(Kernels::NONE)).unwrap();
+    for (first, prompts) in [
+        (1, vec![tokens(5, 1), tokens(9, 2), tokens(2, 3)]),
+        (0, vec![tokens(4, 4), tokens(4, 5)]),
+    ] {
+        let starts = vec![0; prompts.len()];
+        let a = general.forward_at(first, &prompts, &starts).unwrap();
+        let b = fused.forward_at(first, &prompts, &starts).unwrap();
+        let mut lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        let mut next: Vec<u32> = (0..prompts.len())
+            .map(|i| {
+                row(&a, i)
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::MIN), |m, (j, &x)| if x > m.1 { (j, x) } else { m })
+                    .0 as u32
+            })
+            .collect();
+        for i in 0..prompts.len() {
+            close(&row(&b, i), &row(&a, i), "prompt");
+        }
+        for step in 0..6 {
+            let feed: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+            let a = general.forward_at(first, &feed, &lens).unwrap();
+            let b = fused.forward_at(first, &feed, &lens).unwrap();
+            for (i, len) in lens.iter_mut().enumerate() {
+                close(
+                    &row(&b, i),
+                    &row(&a, i),
+                    &format!("decode step {step}, sequence {i} at position {len}"),
+                );
+                *len += 1;
+                next[i] = (next[i] * 31 + step as u32 + 7) % 96;
+            }
+        }
+    }
+    // Quantized weights or head sizes the kernels do not serve keep the general path.
+    let mut small = models(1).0;
+    assert!(small.set_kernels(Some(Kernels::ALL)).is_err());
+}

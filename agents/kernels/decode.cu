@@ -1,0 +1,412 @@
+// Fused kernels for the local engine's decode step (one new token per sequence), where candle's
+// general kernels cost one launch per elementary operation: at batch 1 the weight products are
+// most of a step and some 700 small launches the rest (docs/performance.md).
+//
+// - add_rms_norm: residual add and the next RMSNorm in one pass over the row;
+// - rope_cache:   RoPE (f32 tables) on the fused q/k/v output; queries out (scaled), keys and
+//                 values written straight into the KV cache at each sequence's position;
+// - attn_decode:  attention of each sequence's one query per head over its cached positions
+//                 (grouped-query: one block reads a KV head once for all its query heads), split
+//                 over positions when the batch alone cannot fill the GPU (flash-decoding), with
+//                 attn_combine merging the splits;
+// - silu_mul:     SiLU(gate) * up on the fused gate/up output;
+// - gemv:         y = x Wᵀ for 1 to 4 rows, streaming the weights with 16-byte loads.
+//
+// Every kernel computes in f32 and rounds once to the storage type. Each has a reference made of
+// candle operations (agents/src/kernels.rs); `phiforge bench-engine --check` compares the two.
+
+#ifdef PHIFORGE_EMULATE
+#include "emulate.h"  // on the CPU, for the tests (agents/tests/kernels_emulated.rs)
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+#endif
+
+template <typename T> __device__ __forceinline__ float to_f(T x);
+template <> __device__ __forceinline__ float to_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float part[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = warp_sum(v);
+  __syncthreads();  // `part` may still be read by a previous call
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  v = lane < warps ? part[lane] : 0.0f;
+  return warp_sum(v);
+}
+
+// ---------------------------------------------------------------------------------------------
+// add_rms_norm: for each row, s = x + h (rounded to T, as the separate add would), xo = s,
+// y = s * rsqrt(mean(s²) + eps) * w. Grid: one block per row.
+template <typename T>
+__device__ void add_rms_norm(const T *x, const T *h, const T *w, T *xo, T *y, int d, float eps) {
+  const size_t row = blockIdx.x;
+  x += row * d;
+  h += row * d;
+  xo += row * d;
+  y += row * d;
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    const T s = from_f<T>(to_f(x[i]) + to_f(h[i]));
+    xo[i] = s;
+    const float f = to_f(s);
+    ss += f * f;
+  }
+  const float scale = rsqrtf(block_sum(ss) / d + eps);
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    y[i] = from_f<T>(scale * to_f(xo[i]) * to_f(w[i]));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// rope_cache: qkv is (n, (h + 2 kvh) hd): h query heads, then kvh key heads, then kvh value heads.
+// Row r is the new token of the sequence in cache slot first + r, at position pos[r]. Rotation as
+// transformers' rotate_half (first and second halves of each head), with the f32 tables
+// cos/sin (positions, hd / 2). Queries go to q (n, h, hd), times `scale`; keys and values to the
+// caches (slots, kvh, ctx, hd). Grid: one block per row.
+template <typename T>
+__device__ void rope_cache(const T *qkv, const uint32_t *pos, const float *cos, const float *sin,
+                           T *q, T *kc, T *vc, int h, int kvh, int hd, int ctx, int first,
+                           float scale) {
+  const size_t row = blockIdx.x;
+  const int half = hd / 2;
+  const size_t p = pos[row];
+  const size_t slot = first + row;
+  const T *src = qkv + row * (size_t)(h + 2 * kvh) * hd;
+  const float *c = cos + p * half;
+  const float *s = sin + p * half;
+  const int total = (h + 2 * kvh) * half;
+  for (int j = threadIdx.x; j < total; j += blockDim.x) {
+    const int head = j / half, i = j % half;
+    const T *xh = src + (size_t)head * hd;
+    if (head < h + kvh) {
+      const float x1 = to_f(xh[i]), x2 = to_f(xh[i + half]);
+      const float o1 = x1 * c[i] - x2 * s[i];
+      const float o2 = x2 * c[i] + x1 * s[i];
+      if (head < h) {
+        T *o = q + (row * h + head) * (size_t)hd;
+        o[i] = from_f<T>(o1 * scale);
+        o[i + half] = from_f<T>(o2 * scale);
+      } else {
+        T *o = kc + ((slot * kvh + (head - h)) * ctx + p) * hd;
+        o[i] = from_f<T>(o1);
+        o[i + half] = from_f<T>(o2);
+      }
+    } else {
+      T *o = vc + ((slot * kvh + (head - h - kvh)) * ctx + p) * hd;
+      o[i] = xh[i];
+      o[i + half] = xh[i + half];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// attn_decode: q (n, h, E·32) already scaled; row r attends to positions 0..pos[r] of cache slot
+// first + r. Grid (n, kvh, splits), ATT_WARPS warps per block; block (r, g, sp) takes the rep =
+// h / kvh query heads of KV head g over positions [sp·chunk, (sp + 1)·chunk). Each warp walks
+// its own groups of ATT_U positions with an online softmax (lane l holds elements l, l + 32,
+// ...), then the warps merge in shared memory. With one split the block writes out (n, h·hd) in T; otherwise it
+// writes its running max, sum and unnormalised output for attn_combine.
+#define ATT_WARPS 4
+#define ATT_U 4
+
+template <typename T, int E, int R>
+__device__ void attn_decode(const T *q, const T *kc, const T *vc, const uint32_t *pos, T *out,
+                            float *pm, float *pl, float *pacc, int h, int kvh, int ctx, int first,
+                            int chunk, int splits) {
+  constexpr int HD = E * 32;
+  const int row = blockIdx.x, g = blockIdx.y, sp = blockIdx.z;
+  const int rep = h / kvh;
+  const int len = (int)pos[row] + 1;
+  const int p0 = sp * chunk;
+  const int p1 = min(len, p0 + chunk);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  float qr[R][E], acc[R][E], m[R], l[R];
+#pragma unroll
+  for (int j = 0; j < R; j++) {
+    m[j] = -INFINITY;
+    l[j] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; e++) {
+      acc[j][e] = 0.0f;
+      qr[j][e] = j < rep ? to_f(q[((size_t)row * h + g * rep + j) * HD + e * 32 + lane]) : 0.0f;
+    }
+  }
+  const size_t base = (((size_t)first + row) * kvh + g) * (size_t)ctx * HD;
+  const T *kb = kc + base;
+  const T *vb = vc + base;
+  // Each warp takes ATT_U consecutive positions at a time, all their loads issued before any
+  // arithmetic, then folds them into its running softmax in one update.
+  for (int p = p0 + warp * ATT_U; p < p1; p += ATT_WARPS * ATT_U) {
+    float kv[ATT_U][E], vv[ATT_U][E];
+#pragma unroll
+    for (int u = 0; u < ATT_U; u++) {
+      const bool in = p + u < p1;
+#pragma unroll
+      for (int e = 0; e < E; e++) {
+        kv[u][e] = in ? to_f(kb[(size_t)(p + u) * HD + e * 32 + lane]) : 0.0f;
+        vv[u][e] = in ? to_f(vb[(size_t)(p + u) * HD + e * 32 + lane]) : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < R; j++) {
+      if (j < rep) {
+        float sc[ATT_U];
+        float mn = m[j];
+#pragma unroll
+        for (int u = 0; u < ATT_U; u++) {
+          float d = 0.0f;
+#pragma unroll
+          for (int e = 0; e < E; e++) d += qr[j][e] * kv[u][e];
+          sc[u] = p + u < p1 ? warp_sum(d) : -INFINITY;
+          mn = fmaxf(mn, sc[u]);
+        }
+        const float corr = expf(m[j] - mn);  // 0 while m is -inf; mn is finite here
+        l[j] *= corr;
+#pragma unroll
+        for (int e = 0; e < E; e++) acc[j][e] *= corr;
+#pragma unroll
+        for (int u = 0; u < ATT_U; u++) {
+          const float pe = expf(sc[u] - mn);  // 0 past the end
+          l[j] += pe;
+#pragma unroll
+          for (int e = 0; e < E; e++) acc[j][e] += pe * vv[u][e];
+        }
+        m[j] = mn;
+      }
+    }
+  }
+
+  __shared__ float sm_m[ATT_WARPS][R], sm_l[ATT_WARPS][R], sm_acc[ATT_WARPS][R][HD];
+#pragma unroll
+  for (int j = 0; j < R; j++) {
+    if (lane == 0) {
+      sm_m[warp][j] = m[j];
+      sm_l[warp][j] = l[j];
+    }
+#pragma unroll
+    for (int e = 0; e < E; e++) sm_acc[warp][j][e * 32 + lane] = acc[j][e];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < rep * HD; idx += blockDim.x) {
+    const int j = idx / HD, d = idx % HD;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm_m[w][j]);
+    float L = 0.0f, A = 0.0f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < ATT_WARPS; w++) {
+        const float f = expf(sm_m[w][j] - M);
+        L += sm_l[w][j] * f;
+        A += sm_acc[w][j][d] * f;
+      }
+    }
+    const size_t head = (size_t)row * h + g * rep + j;
+    if (splits == 1) {
+      out[head * HD + d] = from_f<T>(L > 0.0f ? A / L : 0.0f);
+    } else {
+      const size_t at = head * splits + sp;
+      pacc[at * HD + d] = A;
+      if (d == 0) {
+        pm[at] = M;
+        pl[at] = L;
+      }
+    }
+  }
+}
+
+// attn_combine: merges the splits of attn_decode. Grid (n, h); any block size.
+template <typename T>
+__device__ void attn_combine(const float *pm, const float *pl, const float *pacc, T *out, int h,
+                             int hd, int splits) {
+  const size_t head = (size_t)blockIdx.x * h + blockIdx.y;
+  const float *m = pm + head * splits;
+  const float *l = pl + head * splits;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; s++) M = fmaxf(M, m[s]);
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float L = 0.0f, A = 0.0f;
+    for (int s = 0; s < splits; s++) {
+      if (m[s] != -INFINITY) {
+        const float f = expf(m[s] - M);
+        L += l[s] * f;
+        A += pacc[(head * splits + s) * hd + d] * f;
+      }
+    }
+    out[head * hd + d] = from_f<T>(L > 0.0f ? A / L : 0.0f);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// silu_mul: gu (n, 2 inter), gate then up; out (n, inter) = silu(gate) * up.
+template <typename T>
+__device__ void silu_mul(const T *gu, T *out, int n, int inter) {
+  const size_t total = (size_t)n * inter;
+  for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+       idx += (size_t)gridDim.x * blockDim.x) {
+    const size_t r = idx / inter, c = idx % inter;
+    const float g = to_f(gu[r * 2 * inter + c]);
+    const float u = to_f(gu[r * 2 * inter + inter + c]);
+    out[idx] = from_f<T>(g / (1.0f + expf(-g)) * u);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// gemv: y (NB, n) = x (NB, k) · w (n, k)ᵀ. Each warp computes two output columns for all NB
+// rows; lanes stride over 16-byte chunks of the weight rows (read once, streamed past the caches)
+// and of x (read by every warp, cached). k·sizeof(T) must be a multiple of 16 and the pointers
+// 16-byte aligned (checked by the caller).
+__device__ __forceinline__ float dot16(uint4 a, uint4 b, float) {
+  const float *x = reinterpret_cast<const float *>(&a);
+  const float *y = reinterpret_cast<const float *>(&b);
+  return x[0] * y[0] + x[1] * y[1] + x[2] * y[2] + x[3] * y[3];
+}
+__device__ __forceinline__ float dot16(uint4 a, uint4 b, __nv_bfloat16) {
+  const __nv_bfloat162 *x = reinterpret_cast<const __nv_bfloat162 *>(&a);
+  const __nv_bfloat162 *y = reinterpret_cast<const __nv_bfloat162 *>(&b);
+  float s = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const float2 fx = __bfloat1622float2(x[i]);
+    const float2 fy = __bfloat1622float2(y[i]);
+    s += fx.x * fy.x + fx.y * fy.y;
+  }
+  return s;
+}
+__device__ __forceinline__ float dot16(uint4 a, uint4 b, __half) {
+  const __half2 *x = reinterpret_cast<const __half2 *>(&a);
+  const __half2 *y = reinterpret_cast<const __half2 *>(&b);
+  float s = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const float2 fx = __half22float2(x[i]);
+    const float2 fy = __half22float2(y[i]);
+    s += fx.x * fy.x + fx.y * fy.y;
+  }
+  return s;
+}
+
+template <typename T, int NB>
+__device__ void gemv(const T *x, const T *w, T *y, int k, int n) {
+  constexpr int V = 16 / sizeof(T);
+  const int lane = threadIdx.x % 32;
+  const int col = ((blockIdx.x * blockDim.x + threadIdx.x) / 32) * 2;
+  if (col >= n) return;
+  const bool two = col + 1 < n;
+  const int chunks = k / V;
+  const uint4 *w0 = reinterpret_cast<const uint4 *>(w + (size_t)col * k);
+  const uint4 *w1 = reinterpret_cast<const uint4 *>(w + (size_t)(two ? col + 1 : col) * k);
+  const uint4 *xv = reinterpret_cast<const uint4 *>(x);
+  float a0[NB], a1[NB];
+#pragma unroll
+  for (int b = 0; b < NB; b++) a0[b] = a1[b] = 0.0f;
+  // Four chunks of each weight row in flight per lane before any arithmetic.
+  int i = lane;
+  for (; i + 96 < chunks; i += 128) {
+    uint4 u0[4], u1[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      u0[u] = __ldcs(w0 + i + 32 * u);
+      u1[u] = __ldcs(w1 + i + 32 * u);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+#pragma unroll
+      for (int b = 0; b < NB; b++) {
+        const uint4 xb = __ldg(xv + (size_t)b * chunks + i + 32 * u);
+        a0[b] += dot16(u0[u], xb, T());
+        a1[b] += dot16(u1[u], xb, T());
+      }
+    }
+  }
+  for (; i < chunks; i += 32) {
+    const uint4 u0 = __ldcs(w0 + i);
+    const uint4 u1 = __ldcs(w1 + i);
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      const uint4 xb = __ldg(xv + (size_t)b * chunks + i);
+      a0[b] += dot16(u0, xb, T());
+      a1[b] += dot16(u1, xb, T());
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < NB; b++) {
+    const float s0 = warp_sum(a0[b]);
+    const float s1 = warp_sum(a1[b]);
+    if (lane == 0) {
+      y[(size_t)b * n + col] = from_f<T>(s0);
+      if (two) y[(size_t)b * n + col + 1] = from_f<T>(s1);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points, one per storage type (suffix f32, f16, bf16 as candle names its dtypes).
+#define DECODE_OPS(T, SFX)                                                                       \
+  extern "C" __global__ void add_rms_norm_##SFX(const T *x, const T *h, const T *w, T *xo, T *y, \
+                                                int d, float eps) {                              \
+    add_rms_norm<T>(x, h, w, xo, y, d, eps);                                                     \
+  }                                                                                              \
+  extern "C" __global__ void rope_cache_##SFX(const T *qkv, const uint32_t *pos,                 \
+                                              const float *cos, const float *sin, T *q, T *kc,   \
+                                              T *vc, int h, int kvh, int hd, int ctx, int first, \
+                                              float scale) {                                     \
+    rope_cache<T>(qkv, pos, cos, sin, q, kc, vc, h, kvh, hd, ctx, first, scale);                 \
+  }                                                                                              \
+  extern "C" __global__ void attn_combine_##SFX(const float *pm, const float *pl,                \
+                                                const float *pacc, T *out, int h, int hd,        \
+                                                int splits) {                                    \
+    attn_combine<T>(pm, pl, pacc, out, h, hd, splits);                                           \
+  }                                                                                              \
+  extern "C" __global__ void silu_mul_##SFX(const T *gu, T *out, int n, int inter) {             \
+    silu_mul<T>(gu, out, n, inter);                                                              \
+  }                                                                                              \
+  GEMV(T, SFX, 1)                                                                                \
+  GEMV(T, SFX, 2)                                                                                \
+  GEMV(T, SFX, 3)                                                                                \
+  GEMV(T, SFX, 4)                                                                                \
+  ATTN(T, SFX, 2, 4)                                                                             \
+  ATTN(T, SFX, 2, 8)                                                                             \
+  ATTN(T, SFX, 3, 4)                                                                             \
+  ATTN(T, SFX, 3, 8)                                                                             \
+  ATTN(T, SFX, 4, 4)                                                                             \
+  ATTN(T, SFX, 4, 8)
+
+#define GEMV(T, SFX, NB)                                                                         \
+  extern "C" __global__ void gemv##NB##_##SFX(const T *x, const T *w, T *y, int k, int n) {      \
+    gemv<T, NB>(x, w, y, k, n);                                                                  \
+  }
+
+// attn_decode_<E>_<R>: head size E·32, up to R query heads per KV head.
+#define ATTN(T, SFX, E, R)                                                                       \
+  extern "C" __global__ void attn_decode_##E##_##R##_##SFX(                                      \
+      const T *q, const T *kc, const T *vc, const uint32_t *pos, T *out, float *pm, float *pl,   \
+      float *pacc, int h, int kvh, int ctx, int first, int chunk, int splits) {                  \
+    attn_decode<T, E, R>(q, kc, vc, pos, out, pm, pl, pacc, h, kvh, ctx, first, chunk, splits);  \
+  }
+
+DECODE_OPS(float, f32)
+DECODE_OPS(__half, f16)
+DECODE_OPS(__nv_bfloat16, bf16)

@@ -1,0 +1,817 @@
+//! The decode step's fused operations (one new token per sequence), for the local engine on a GPU.
+//!
+//! candle runs every elementary operation as its own kernel. At batch 1 a Phi-4 step is about
+//! 11 ms of weight products and some 700 small launches (docs/performance.md), so the decode step
+//! on CUDA uses five operations of its own (`kernels/decode.cu`):
+//!
+//! | operation | replaces |
+//! | --- | --- |
+//! | [`add_rms_norm`] | residual add, then RMSNorm |
+//! | [`rope_cache`] | slicing q/k/v, RoPE on queries and keys, scaling, two cache scatters |
+//! | [`attention`] | q·Kᵀ, softmax, ·V over each sequence's cached positions |
+//! | [`silu_mul`] | slicing gate/up, SiLU, product |
+//! | [`linear`] | cuBLAS for 1 to 4 rows: a GEMV that streams the weights |
+//!
+//! Each has a fallback made of candle operations, used on the CPU and wherever [`Kernels`]
+//! leaves its kernel off. Run on f32 copies of the inputs, the fallbacks are also the reference
+//! the kernels are checked against ([`check`]; `phiforge bench-engine --check`).
+
+use candle_core::{DType, Result, Tensor, D};
+
+/// Which of the fused kernels the decode step uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Kernels {
+    pub norm: bool,
+    pub rope: bool,
+    pub attn: bool,
+    pub silu: bool,
+    pub gemv: bool,
+}
+
+impl Kernels {
+    pub const ALL: Kernels = Kernels {
+        norm: true,
+        rope: true,
+        attn: true,
+        silu: true,
+        gemv: true,
+    };
+    pub const NONE: Kernels = Kernels {
+        norm: false,
+        rope: false,
+        attn: false,
+        silu: false,
+        gemv: false,
+    };
+    const NAMES: [&'static str; 5] = ["norm", "rope", "attn", "silu", "gemv"];
+
+    fn flag(&mut self, name: &str) -> Option<&mut bool> {
+        match name {
+            "norm" => Some(&mut self.norm),
+            "rope" => Some(&mut self.rope),
+            "attn" => Some(&mut self.attn),
+            "silu" => Some(&mut self.silu),
+            "gemv" => Some(&mut self.gemv),
+            _ => None,
+        }
+    }
+
+    /// `all`, `none`, or a comma-separated list of `norm`, `rope`, `attn`, `silu`, `gemv`.
+    pub fn parse(spec: &str) -> std::result::Result<Kernels, String> {
+        match spec.trim() {
+            "all" => return Ok(Kernels::ALL),
+            "none" | "" => return Ok(Kernels::NONE),
+            _ => {}
+        }
+        let mut k = Kernels::NONE;
+        for name in spec.split(',').map(str::trim) {
+            *k.flag(name).ok_or_else(|| {
+                format!(
+                    "unknown kernel `{name}` (expected all, none or a list of {})",
+                    Kernels::NAMES.join(", ")
+                )
+            })? = true;
+        }
+        Ok(k)
+    }
+
+    pub fn any(&self) -> bool {
+        *self != Kernels::NONE
+    }
+}
+
+impl std::fmt::Display for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = [self.norm, self.rope, self.attn, self.silu, self.gemv];
+        match on.iter().filter(|&&b| b).count() {
+            0 => write!(f, "none"),
+            5 => write!(f, "all"),
+            _ => {
+                let names: Vec<&str> = Kernels::NAMES
+                    .iter()
+                    .zip(on)
+                    .filter(|(_, b)| *b)
+                    .map(|(n, _)| *n)
+                    .collect();
+                write!(f, "{}", names.join(","))
+            }
+        }
+    }
+}
+
+/// The attention's shape: query heads, KV heads, head size, cache positions per slot.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub h: usize,
+    pub kvh: usize,
+    pub hd: usize,
+    pub ctx: usize,
+}
+
+/// One decode step: the sequences in cache slots `first..first + b`, row `r`'s new token at
+/// position `pos[r]` (`positions`, u32 on the device, holds the same).
+pub struct Step<'a> {
+    pub first: usize,
+    pub positions: &'a Tensor,
+    pub pos: &'a [u32],
+}
+
+impl Step<'_> {
+    fn span(&self) -> usize {
+        self.pos.iter().max().map_or(0, |&p| p as usize + 1)
+    }
+}
+
+/// Whether the kernels can serve a model of this shape and dtype: head size 64, 96 or 128, at
+/// most 8 query heads per KV head, rows of a multiple of 16 bytes.
+pub fn supported(heads: Heads, hidden: usize, inter: usize, dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16 | DType::F32)
+        && matches!(heads.hd, 64 | 96 | 128)
+        && heads.kvh > 0
+        && heads.h.is_multiple_of(heads.kvh)
+        && heads.h / heads.kvh <= 8
+        && hidden.is_multiple_of(8)
+        && inter.is_multiple_of(8)
+        && (heads.h * heads.hd).is_multiple_of(8)
+}
+
+#[cfg(feature = "cuda")]
+fn on_gpu(t: &Tensor) -> bool {
+    t.device().is_cuda()
+}
+
+/// `x + h` (the new residual stream) and its RMSNorm with weight `w`; rows are the last dim.
+pub fn add_rms_norm(
+    k: Kernels,
+    x: &Tensor,
+    h: &Tensor,
+    w: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if k.norm && on_gpu(x) {
+        return cuda::add_rms_norm(x, h, w, eps);
+    }
+    let _ = k;
+    let s = (x + h)?;
+    let y = candle_nn::ops::rms_norm(&s, w, eps as f32)?;
+    Ok((s, y))
+}
+
+/// RoPE on the fused q/k/v output `qkv` (b, (h + 2 kvh) · hd) at each row's position, with the
+/// f32 tables `cos`/`sin` (positions, hd / 2). Keys and values go into the caches `kc`/`vc`
+/// (slots, kvh, ctx, hd) at the rows' slots and positions; returns the queries (b, h, hd) times
+/// `scale`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_cache(
+    k: Kernels,
+    qkv: &Tensor,
+    step: &Step,
+    cos: &Tensor,
+    sin: &Tensor,
+    kc: &Tensor,
+    vc: &Tensor,
+    heads: Heads,
+    scale: f64,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if k.rope && on_gpu(qkv) {
+        return cuda::rope_cache(qkv, step, cos, sin, kc, vc, heads, scale);
+    }
+    let _ = k;
+    let Heads { h, kvh, hd, .. } = heads;
+    let b = qkv.dim(0)?;
+    let dtype = qkv.dtype();
+    let qkv = qkv.reshape((b, 1, h + 2 * kvh, hd))?;
+    let cos = cos.index_select(step.positions, 0)?.reshape((b, 1, ()))?;
+    let sin = sin.index_select(step.positions, 0)?.reshape((b, 1, ()))?;
+    let qk = qkv.narrow(2, 0, h + kvh)?.contiguous()?;
+    let qk = candle_nn::rotary_emb::rope_thd(&qk, &cos.to_dtype(dtype)?, &sin.to_dtype(dtype)?)?;
+    let q = (qk.narrow(2, 0, h)? * scale)?.reshape((b, h, hd))?;
+    // (b, kvh, 1, hd) each, written at every row's own position in one scatter.
+    let key = qk.narrow(2, h, kvh)?.transpose(1, 2)?.contiguous()?;
+    let value = qkv.narrow(2, h + kvh, kvh)?.transpose(1, 2)?.contiguous()?;
+    let at = step
+        .positions
+        .reshape((b, 1, 1, 1))?
+        .broadcast_as((b, kvh, 1, hd))?
+        .contiguous()?;
+    kc.narrow(0, step.first, b)?.scatter_set(&at, &key, 2)?;
+    vc.narrow(0, step.first, b)?.scatter_set(&at, &value, 2)?;
+    Ok(q)
+}
+
+/// Attention of the queries `q` (b, h, hd), already scaled, over each row's cached positions
+/// `0..=pos[r]`; returns (b, h · hd).
+pub fn attention(
+    k: Kernels,
+    q: &Tensor,
+    step: &Step,
+    kc: &Tensor,
+    vc: &Tensor,
+    heads: Heads,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if k.attn && on_gpu(q) {
+        return cuda::attention(q, step, kc, vc, heads);
+    }
+    let _ = k;
+    let Heads { h, kvh, hd, .. } = heads;
+    let b = q.dim(0)?;
+    let span = step.span();
+    // Each KV head serves h / kvh query heads: they are the rows of one product.
+    let q = q.reshape((b, kvh, h / kvh, hd))?;
+    let keys = kc.narrow(0, step.first, b)?.narrow(2, 0, span)?;
+    let values = vc.narrow(0, step.first, b)?.narrow(2, 0, span)?;
+    let scores = q.matmul(&keys.transpose(2, 3)?)?;
+    let scores = if step.pos.iter().all(|&p| p as usize + 1 == span) {
+        scores
+    } else {
+        let mut mask = vec![f32::NEG_INFINITY; b * span];
+        for (r, &p) in step.pos.iter().enumerate() {
+            mask[r * span..r * span + p as usize + 1].fill(0.0);
+        }
+        let mask = Tensor::from_vec(mask, (b, 1, 1, span), q.device())?.to_dtype(q.dtype())?;
+        scores.broadcast_add(&mask)?
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    probs.matmul(&values)?.reshape((b, h * hd))
+}
+
+/// SiLU(gate) · up from the fused gate/up output `gu` (b, 2 · inter); returns (b, inter).
+pub fn silu_mul(k: Kernels, gu: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if k.silu && on_gpu(gu) {
+        return cuda::silu_mul(gu);
+    }
+    let _ = k;
+    let inter = gu.dim(D::Minus1)? / 2;
+    let gate = gu.narrow(D::Minus1, 0, inter)?;
+    let up = gu.narrow(D::Minus1, inter, inter)?;
+    up * candle_nn::ops::silu(&gate)?
+}
+
+/// `x` (b, k) times the weights `w` (n, k), transposed: (b, n).
+pub fn linear(k: Kernels, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if k.gemv && on_gpu(x) {
+        if let Some(y) = cuda::gemv(x, w)? {
+            return Ok(y);
+        }
+    }
+    let _ = k;
+    x.matmul(&w.t()?)
+}
+
+/// One comparison of a kernel against its reference.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckResult {
+    pub op: String,
+    pub dtype: String,
+    /// Largest |kernel − reference|, over the largest |reference|.
+    pub max_rel_err: f64,
+    pub tolerance: f64,
+    pub ok: bool,
+}
+
+/// Runs every kernel on random inputs of `heads`' shape (several batch sizes, unequal lengths,
+/// sequences in later slots, attention split or not) in f32 and `dtype`, against its fallback on
+/// f32 copies of the same inputs. On the CPU there is nothing to check.
+pub fn check(
+    device: &candle_core::Device,
+    heads: Heads,
+    hidden: usize,
+    inter: usize,
+    dtype: DType,
+) -> Result<Vec<CheckResult>> {
+    if !device.is_cuda() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for dt in [DType::F32, dtype] {
+        // f32 differs from the reference by summation order only; 16-bit types by one rounding.
+        let tol = if dt == DType::F32 { 2e-4 } else { 2e-2 };
+        let mut push = |op: String, got: &Tensor, want: &Tensor| -> Result<()> {
+            let err = rel_err(got, want)?;
+            out.push(CheckResult {
+                op,
+                dtype: format!("{dt:?}").to_lowercase(),
+                max_rel_err: err,
+                tolerance: tol,
+                ok: err <= tol,
+            });
+            Ok(())
+        };
+        let (on, off) = (Kernels::ALL, Kernels::NONE);
+        let rand = |shape: &[usize]| -> Result<Tensor> {
+            Tensor::randn(0f32, 1.0, shape, device)?.to_dtype(dt)
+        };
+        let f32s = |t: &Tensor| t.to_dtype(DType::F32);
+        for b in [1usize, 3, 4, 8] {
+            // Norm.
+            let (x, hh, w) = (rand(&[b, hidden])?, rand(&[b, hidden])?, rand(&[hidden])?);
+            let (s1, y1) = add_rms_norm(on, &x, &hh, &w, 1e-5)?;
+            let (s2, y2) = add_rms_norm(off, &f32s(&x)?, &f32s(&hh)?, &f32s(&w)?, 1e-5)?;
+            push(format!("add_rms_norm b{b} sum"), &s1, &s2)?;
+            push(format!("add_rms_norm b{b} norm"), &y1, &y2)?;
+            // SiLU · up.
+            let gu = rand(&[b, 2 * inter])?;
+            push(
+                format!("silu_mul b{b}"),
+                &silu_mul(on, &gu)?,
+                &silu_mul(off, &f32s(&gu)?)?,
+            )?;
+            // GEMV (1 to 4 rows; cuBLAS beyond).
+            let (x, w) = (rand(&[b, hidden])?, (rand(&[inter, hidden])? * 0.05)?);
+            push(
+                format!("linear b{b} {inter}x{hidden}"),
+                &linear(on, &x, &w)?,
+                &linear(off, &f32s(&x)?, &f32s(&w)?)?,
+            )?;
+            // RoPE and cache writes, then attention: rows in slots 2.., unequal lengths, short
+            // (one split) and long (several).
+            for long in [false, true] {
+                let slots = b + 2;
+                let ctx = if long { 2048 } else { 96 };
+                let pos: Vec<u32> = (0..b)
+                    .map(|r| ((ctx - 1) as u32).saturating_sub(7 * r as u32 + (b as u32 % 3)))
+                    .collect();
+                let positions = Tensor::new(pos.as_slice(), device)?;
+                let step = Step {
+                    first: 2,
+                    positions: &positions,
+                    pos: &pos,
+                };
+                let heads = Heads { ctx, ..heads };
+                let table = |f: fn(f32) -> f32| -> Result<Tensor> {
+                    let v: Vec<f32> = (0..ctx * heads.hd / 2)
+                        .map(|i| f(i as f32 * 0.001))
+                        .collect();
+                    Tensor::from_vec(v, (ctx, heads.hd / 2), device)
+                };
+                let (cos, sin) = (table(f32::cos)?, table(f32::sin)?);
+                let cache = [slots, heads.kvh, ctx, heads.hd];
+                let (kc, vc) = (rand(&cache)?, rand(&cache)?);
+                let (kc2, vc2) = (f32s(&kc)?, f32s(&vc)?);
+                let qkv = rand(&[b, (heads.h + 2 * heads.kvh) * heads.hd])?;
+                let scale = 1.0 / (heads.hd as f64).sqrt();
+                let q1 = rope_cache(on, &qkv, &step, &cos, &sin, &kc, &vc, heads, scale)?;
+                let q2 = rope_cache(
+                    off,
+                    &f32s(&qkv)?,
+                    &step,
+                    &cos,
+                    &sin,
+                    &kc2,
+                    &vc2,
+                    heads,
+                    scale,
+                )?;
+                let tag = if long { "long" } else { "short" };
+                push(format!("rope_cache b{b} {tag} q"), &q1, &q2)?;
+                push(format!("rope_cache b{b} {tag} keys"), &kc, &kc2)?;
+                push(format!("rope_cache b{b} {tag} values"), &vc, &vc2)?;
+                let a1 = attention(on, &q1, &step, &kc, &vc, heads)?;
+                let a2 = attention(off, &f32s(&q1)?, &step, &f32s(&kc)?, &f32s(&vc)?, heads)?;
+                push(format!("attention b{b} {tag}"), &a1, &a2)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn rel_err(got: &Tensor, want: &Tensor) -> Result<f64> {
+    let got = got.to_dtype(DType::F32)?.flatten_all()?;
+    let want = want.to_dtype(DType::F32)?.flatten_all()?;
+    let diff = (got - &want)?.abs()?.max(0)?.to_scalar::<f32>()? as f64;
+    let scale = want.abs()?.max(0)?.to_scalar::<f32>()? as f64;
+    Ok(diff / scale.max(1e-12))
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! Launches the kernels of `kernels/decode.cu` on candle's CUDA storage.
+
+    use super::{Heads, Step};
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        DevicePtr, LaunchConfig, PushKernelArg, SyncOnDrop,
+    };
+    use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice, WrapErr};
+    use candle_core::op::BackpropOp;
+    use candle_core::{bail, DType, Layout, Result, Shape, Storage, Tensor};
+
+    mod ptx {
+        include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
+    }
+
+    const MODULE: &str = "phiforge_decode";
+
+    fn suffix(dtype: DType) -> Result<&'static str> {
+        match dtype {
+            DType::F32 => Ok("f32"),
+            DType::F16 => Ok("f16"),
+            DType::BF16 => Ok("bf16"),
+            d => bail!("no fused decode kernel for {d:?}"),
+        }
+    }
+
+    fn storage(s: &Storage) -> Result<&CudaStorage> {
+        match s {
+            Storage::Cuda(c) => Ok(c),
+            _ => bail!("fused decode kernels need CUDA tensors"),
+        }
+    }
+
+    /// The device address of a tensor's first element (its storage must stay locked while the
+    /// kernel is queued: the guard records the read when dropped).
+    fn address<'a>(
+        s: &'a CudaStorage,
+        l: &Layout,
+        stream: &'a candle_core::cuda_backend::cudarc::driver::CudaStream,
+        contiguous: bool,
+    ) -> Result<(u64, SyncOnDrop<'a>)> {
+        if contiguous && !l.is_contiguous() {
+            bail!("fused decode kernels need contiguous tensors")
+        }
+        let (ptr, guard) = match &s.slice {
+            CudaStorageSlice::F32(x) => x.device_ptr(stream),
+            CudaStorageSlice::F16(x) => x.device_ptr(stream),
+            CudaStorageSlice::BF16(x) => x.device_ptr(stream),
+            CudaStorageSlice::U32(x) => x.device_ptr(stream),
+            _ => bail!("fused decode kernels: unsupported dtype {:?}", s.dtype()),
+        };
+        Ok((
+            ptr + (l.start_offset() * s.dtype().size_in_bytes()) as u64,
+            guard,
+        ))
+    }
+
+    /// A new, uninitialised tensor of `shape` (every element is written by the kernel).
+    fn alloc(dev: &CudaDevice, dtype: DType, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        let n = shape.elem_count();
+        // SAFETY: the caller's kernel writes every element before anything reads it.
+        let slice = unsafe {
+            match dtype {
+                DType::F32 => CudaStorageSlice::F32(dev.alloc::<f32>(n)?),
+                DType::F16 => CudaStorageSlice::F16(dev.alloc::<half::f16>(n)?),
+                DType::BF16 => CudaStorageSlice::BF16(dev.alloc::<half::bf16>(n)?),
+                d => bail!("fused decode kernels: unsupported dtype {d:?}"),
+            }
+        };
+        let s = CudaStorage {
+            slice,
+            device: dev.clone(),
+        };
+        Ok(Tensor::from_storage(
+            Storage::Cuda(s),
+            shape,
+            BackpropOp::none(),
+            false,
+        ))
+    }
+
+    fn device(t: &Tensor) -> Result<CudaDevice> {
+        match t.device() {
+            candle_core::Device::Cuda(d) => Ok(d.clone()),
+            _ => bail!("fused decode kernels need CUDA tensors"),
+        }
+    }
+
+    fn same_dtype(ts: &[&Tensor]) -> Result<DType> {
+        let d = ts[0].dtype();
+        if ts.iter().any(|t| t.dtype() != d) {
+            bail!("fused decode kernels: mixed dtypes")
+        }
+        Ok(d)
+    }
+
+    fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    pub fn add_rms_norm(x: &Tensor, h: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+        let dtype = same_dtype(&[x, h, w])?;
+        let d = x.dim(candle_core::D::Minus1)?;
+        if h.dims() != x.dims() || w.dims() != [d] {
+            bail!(
+                "add_rms_norm: shapes {:?}, {:?}, {:?}",
+                x.dims(),
+                h.dims(),
+                w.dims()
+            )
+        }
+        let rows = x.elem_count() / d;
+        let dev = device(x)?;
+        let (xo, y) = (
+            alloc(&dev, dtype, x.shape())?,
+            alloc(&dev, dtype, x.shape())?,
+        );
+        let stream = dev.cuda_stream();
+        {
+            let (sx, lx) = x.storage_and_layout();
+            let (sh, lh) = h.storage_and_layout();
+            let (sw, lw) = w.storage_and_layout();
+            let (so, lo) = xo.storage_and_layout();
+            let (sy, ly) = y.storage_and_layout();
+            let px = address(storage(&sx)?, lx, &stream, true)?;
+            let ph = address(storage(&sh)?, lh, &stream, true)?;
+            let pw = address(storage(&sw)?, lw, &stream, true)?;
+            let po = address(storage(&so)?, lo, &stream, true)?;
+            let py = address(storage(&sy)?, ly, &stream, true)?;
+            let f = dev.get_or_load_custom_func(
+                &format!("add_rms_norm_{}", suffix(dtype)?),
+                MODULE,
+                ptx::DECODE,
+            )?;
+            let (d32, eps) = (d as i32, eps as f32);
+            let mut b = f.builder();
+            b.arg(&px.0).arg(&ph.0).arg(&pw.0).arg(&po.0).arg(&py.0);
+            b.arg(&d32).arg(&eps);
+            let threads = if d >= 4096 { 512 } else { 256 };
+            // SAFETY: the pointers are live, contiguous and sized for `rows` × `d`.
+            unsafe { b.launch(cfg((rows as u32, 1, 1), threads)) }.w()?;
+        }
+        Ok((xo, y))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_cache(
+        qkv: &Tensor,
+        step: &Step,
+        cos: &Tensor,
+        sin: &Tensor,
+        kc: &Tensor,
+        vc: &Tensor,
+        heads: Heads,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let dtype = same_dtype(&[qkv, kc, vc])?;
+        let Heads { h, kvh, hd, ctx } = heads;
+        let b = qkv.dim(0)?;
+        let cache = [kc.dim(0)?, kvh, ctx, hd];
+        if qkv.dims() != [b, (h + 2 * kvh) * hd]
+            || kc.dims() != cache
+            || vc.dims() != cache
+            || step.first + b > cache[0]
+            || step.pos.len() != b
+            || step.pos.iter().any(|&p| p as usize >= ctx)
+            || cos.dtype() != DType::F32
+            || cos.dims() != sin.dims()
+            || cos.dim(1)? != hd / 2
+            || step.pos.iter().any(|&p| p as usize >= cos.dims()[0])
+        {
+            bail!("rope_cache: inconsistent shapes or positions")
+        }
+        let dev = device(qkv)?;
+        let q = alloc(&dev, dtype, (b, h, hd))?;
+        let stream = dev.cuda_stream();
+        {
+            let (s1, l1) = qkv.storage_and_layout();
+            let (s2, l2) = step.positions.storage_and_layout();
+            let (s3, l3) = cos.storage_and_layout();
+            let (s4, l4) = sin.storage_and_layout();
+            let (s5, l5) = q.storage_and_layout();
+            let (s6, l6) = kc.storage_and_layout();
+            let (s7, l7) = vc.storage_and_layout();
+            let p1 = address(storage(&s1)?, l1, &stream, true)?;
+            let p2 = address(storage(&s2)?, l2, &stream, true)?;
+            let p3 = address(storage(&s3)?, l3, &stream, true)?;
+            let p4 = address(storage(&s4)?, l4, &stream, true)?;
+            let p5 = address(storage(&s5)?, l5, &stream, true)?;
+            let p6 = address(storage(&s6)?, l6, &stream, true)?;
+            let p7 = address(storage(&s7)?, l7, &stream, true)?;
+            let f = dev.get_or_load_custom_func(
+                &format!("rope_cache_{}", suffix(dtype)?),
+                MODULE,
+                ptx::DECODE,
+            )?;
+            let ints = [
+                h as i32,
+                kvh as i32,
+                hd as i32,
+                ctx as i32,
+                step.first as i32,
+            ];
+            let scale = scale as f32;
+            let mut bld = f.builder();
+            bld.arg(&p1.0)
+                .arg(&p2.0)
+                .arg(&p3.0)
+                .arg(&p4.0)
+                .arg(&p5.0)
+                .arg(&p6.0)
+                .arg(&p7.0);
+            for i in &ints {
+                bld.arg(i);
+            }
+            bld.arg(&scale);
+            // SAFETY: shapes checked above; every position is inside the cache.
+            unsafe { bld.launch(cfg((b as u32, 1, 1), 256)) }.w()?;
+        }
+        Ok(q)
+    }
+
+    /// Blocks that keep the GPU busy: splits of the positions are added until the batch's
+    /// (sequence, KV head) blocks reach about two per multiprocessor.
+    fn splits(dev: &CudaDevice, blocks: usize, span: usize) -> usize {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
+        let sms = dev
+            .cuda_stream()
+            .context()
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_or(132, |n| n.max(1) as usize);
+        (2 * sms)
+            .div_ceil(blocks.max(1))
+            .min(span.div_ceil(32))
+            .max(1)
+    }
+
+    pub fn attention(
+        q: &Tensor,
+        step: &Step,
+        kc: &Tensor,
+        vc: &Tensor,
+        heads: Heads,
+    ) -> Result<Tensor> {
+        let dtype = same_dtype(&[q, kc, vc])?;
+        let Heads { h, kvh, hd, ctx } = heads;
+        let b = q.dim(0)?;
+        let rep = h / kvh;
+        let cache = [kc.dim(0)?, kvh, ctx, hd];
+        if q.dims() != [b, h, hd]
+            || kc.dims() != cache
+            || vc.dims() != cache
+            || step.first + b > cache[0]
+            || step.pos.len() != b
+            || step.pos.iter().any(|&p| p as usize >= ctx)
+            || rep > 8
+            || !matches!(hd, 64 | 96 | 128)
+        {
+            bail!("attention: inconsistent shapes or positions")
+        }
+        let span = step.span();
+        let dev = device(q)?;
+        let splits = splits(&dev, b * kvh, span);
+        let chunk = span.div_ceil(splits);
+        let out = alloc(&dev, dtype, (b, h * hd))?;
+        // Partial results of the splits (unused, and not allocated, with one).
+        let parts = if splits > 1 {
+            let n = b * h * splits;
+            Some((
+                alloc(&dev, DType::F32, n)?,
+                alloc(&dev, DType::F32, n)?,
+                alloc(&dev, DType::F32, n * hd)?,
+            ))
+        } else {
+            None
+        };
+        let stream = dev.cuda_stream();
+        {
+            let (s1, l1) = q.storage_and_layout();
+            let (s2, l2) = kc.storage_and_layout();
+            let (s3, l3) = vc.storage_and_layout();
+            let (s4, l4) = step.positions.storage_and_layout();
+            let (s5, l5) = out.storage_and_layout();
+            let p1 = address(storage(&s1)?, l1, &stream, true)?;
+            let p2 = address(storage(&s2)?, l2, &stream, true)?;
+            let p3 = address(storage(&s3)?, l3, &stream, true)?;
+            let p4 = address(storage(&s4)?, l4, &stream, true)?;
+            let p5 = address(storage(&s5)?, l5, &stream, true)?;
+            let locks = parts.as_ref().map(|(m, l, a)| {
+                [
+                    m.storage_and_layout(),
+                    l.storage_and_layout(),
+                    a.storage_and_layout(),
+                ]
+            });
+            let mut part_ptrs = [0u64; 3];
+            let mut guards = Vec::new();
+            if let Some(locks) = &locks {
+                for (i, (s, l)) in locks.iter().enumerate() {
+                    let (p, g) = address(storage(s)?, l, &stream, true)?;
+                    part_ptrs[i] = p;
+                    guards.push(g);
+                }
+            }
+            let r = if rep <= 4 { 4 } else { 8 };
+            let name = format!("attn_decode_{}_{r}_{}", hd / 32, suffix(dtype)?);
+            let f = dev.get_or_load_custom_func(&name, MODULE, ptx::DECODE)?;
+            let ints = [
+                h as i32,
+                kvh as i32,
+                ctx as i32,
+                step.first as i32,
+                chunk as i32,
+                splits as i32,
+            ];
+            let mut bld = f.builder();
+            bld.arg(&p1.0).arg(&p2.0).arg(&p3.0).arg(&p4.0).arg(&p5.0);
+            for p in &part_ptrs {
+                bld.arg(p);
+            }
+            for i in &ints {
+                bld.arg(i);
+            }
+            // SAFETY: shapes checked above; 4 warps per block, as ATT_WARPS.
+            unsafe { bld.launch(cfg((b as u32, kvh as u32, splits as u32), 128)) }.w()?;
+            if splits > 1 {
+                let f = dev.get_or_load_custom_func(
+                    &format!("attn_combine_{}", suffix(dtype)?),
+                    MODULE,
+                    ptx::DECODE,
+                )?;
+                let ints = [h as i32, hd as i32, splits as i32];
+                let mut bld = f.builder();
+                for p in &part_ptrs {
+                    bld.arg(p);
+                }
+                bld.arg(&p5.0);
+                for i in &ints {
+                    bld.arg(i);
+                }
+                // SAFETY: the partial results are (b, h, splits[, hd]) as written above.
+                unsafe { bld.launch(cfg((b as u32, h as u32, 1), hd as u32)) }.w()?;
+            }
+            drop(guards);
+        }
+        Ok(out)
+    }
+
+    pub fn silu_mul(gu: &Tensor) -> Result<Tensor> {
+        let dtype = gu.dtype();
+        let (b, two) = gu.dims2()?;
+        let inter = two / 2;
+        let dev = device(gu)?;
+        let out = alloc(&dev, dtype, (b, inter))?;
+        let stream = dev.cuda_stream();
+        {
+            let (s1, l1) = gu.storage_and_layout();
+            let (s2, l2) = out.storage_and_layout();
+            let p1 = address(storage(&s1)?, l1, &stream, true)?;
+            let p2 = address(storage(&s2)?, l2, &stream, true)?;
+            let f = dev.get_or_load_custom_func(
+                &format!("silu_mul_{}", suffix(dtype)?),
+                MODULE,
+                ptx::DECODE,
+            )?;
+            let (n, i) = (b as i32, inter as i32);
+            let mut bld = f.builder();
+            bld.arg(&p1.0).arg(&p2.0).arg(&n).arg(&i);
+            let blocks = (b * inter).div_ceil(256).min(65_535) as u32;
+            // SAFETY: `out` holds b × inter elements, `gu` b × 2·inter.
+            unsafe { bld.launch(cfg((blocks, 1, 1), 256)) }.w()?;
+        }
+        Ok(out)
+    }
+
+    /// `None` where the GEMV does not apply (more than 4 rows, unaligned or strided operands):
+    /// the caller uses cuBLAS.
+    pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+        let (b, k) = x.dims2()?;
+        let (n, k2) = w.dims2()?;
+        let dtype = x.dtype();
+        if b == 0
+            || b > 4
+            || k != k2
+            || w.dtype() != dtype
+            || !x.is_contiguous()
+            || !w.is_contiguous()
+            || (k * dtype.size_in_bytes()) % 16 != 0
+        {
+            return Ok(None);
+        }
+        let dev = device(x)?;
+        let stream = dev.cuda_stream();
+        let (s1, l1) = x.storage_and_layout();
+        let (s2, l2) = w.storage_and_layout();
+        let p1 = address(storage(&s1)?, l1, &stream, true)?;
+        let p2 = address(storage(&s2)?, l2, &stream, true)?;
+        if p1.0 % 16 != 0 || p2.0 % 16 != 0 {
+            return Ok(None);
+        }
+        let y = alloc(&dev, dtype, (b, n))?;
+        {
+            let (s3, l3) = y.storage_and_layout();
+            let p3 = address(storage(&s3)?, l3, &stream, true)?;
+            let f = dev.get_or_load_custom_func(
+                &format!("gemv{b}_{}", suffix(dtype)?),
+                MODULE,
+                ptx::DECODE,
+            )?;
+            let (k32, n32) = (k as i32, n as i32);
+            let mut bld = f.builder();
+            bld.arg(&p1.0).arg(&p2.0).arg(&p3.0).arg(&k32).arg(&n32);
+            // 8 warps a block, two output columns a warp.
+            let blocks = n.div_ceil(16) as u32;
+            // SAFETY: x is b × k, w is n × k, y is b × n, all contiguous and 16-byte aligned.
+            unsafe { bld.launch(cfg((blocks, 1, 1), 256)) }.w()?;
+        }
+        Ok(Some(y))
+    }
+}
