@@ -114,7 +114,7 @@ template <typename T> void check_silu(int rows, int inter, std::mt19937 &rng) {
 template <typename T> void check_gemv(int rows, int k, int n, std::mt19937 &rng) {
   auto x = random<T>(size_t(rows) * k, rng), w = random<T>(size_t(n) * k, rng, 0.05f);
   std::vector<T> y(size_t(rows) * n);
-  emu_launch({unsigned((n + 15) / 16)}, 256, Kernels<T>::gemv[rows - 1], x.data(), w.data(),
+  emu_launch({unsigned((n + 7) / 8)}, 128, Kernels<T>::gemv[rows - 1], x.data(), w.data(),
              y.data(), k, n);
   std::vector<double> want(y.size());
   for (int b = 0; b < rows; b++)

@@ -807,10 +807,11 @@ mod cuda {
             let (k32, n32) = (k as i32, n as i32);
             let mut bld = f.builder();
             bld.arg(&p1.0).arg(&p2.0).arg(&p3.0).arg(&k32).arg(&n32);
-            // 8 warps a block, two output columns a warp.
-            let blocks = n.div_ceil(16) as u32;
+            // Two output columns a warp, 4 warps a block: small blocks spread evenly over the
+            // multiprocessors (the last wave of a weight-streaming kernel is its waste).
+            let blocks = n.div_ceil(8) as u32;
             // SAFETY: x is b × k, w is n × k, y is b × n, all contiguous and 16-byte aligned.
-            unsafe { bld.launch(cfg((blocks, 1, 1), 256)) }.w()?;
+            unsafe { bld.launch(cfg((blocks, 1, 1), 128)) }.w()?;
         }
         Ok(Some(y))
     }

@@ -7,6 +7,8 @@
 //!   concurrency and rate limits, bounded retries and a secret-safe API key;
 //! - [`phi3`]: the Phi-3 architecture (Phi-4's) on candle, written for batched serving: per-sequence
 //!   positions, an in-place KV cache, grouped-query attention without copies; safetensors or GGUF;
+//! - [`kernels`]: the decode step's fused CUDA kernels (`kernels/decode.cu`), with the candle
+//!   operations they replace as fallbacks and reference;
 //! - [`local`]: that model as an engine, with a continuous-batching scheduler (CPU, or CUDA with the
 //!   `cuda` feature); [`tokenizer`]: `tokenizer.json`, or Phi-4's own offline; [`hub`]: models
 //!   in the local Hugging Face cache by repository id;
