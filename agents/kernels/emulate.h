@@ -1,18 +1,17 @@
-// Runs CUDA kernels on the CPU, one std::thread per CUDA thread, for the kernel tests that need no
-// GPU (agents/tests/kernels_emulated.rs). It covers what decode.cu uses and nothing more: thread
-// and block indices, __syncthreads, __shfl_xor_sync, __shared__ memory (blocks run one after
+// Runs CUDA kernels on the CPU, for the kernel tests that need no GPU
+// (agents/tests/kernels_emulated.rs). It covers what decode.cu uses and nothing more: thread and
+// block indices, __syncthreads, __shfl_xor_sync, __shared__ memory (blocks run one after
 // another), cached/streaming loads, and the f16/bf16 types and conversions (round to nearest
 // even, as the hardware). Timing, memory ordering between blocks and occupancy are not emulated:
 // this checks what a kernel computes, not how fast.
 #pragma once
 
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <thread>
+#include <ucontext.h>
 #include <vector>
 
 #define __device__
@@ -24,7 +23,7 @@
 struct Dim3 {
   unsigned x = 1, y = 1, z = 1;
 };
-inline thread_local Dim3 threadIdx, blockIdx;
+inline Dim3 threadIdx, blockIdx;
 inline Dim3 blockDim, gridDim;
 
 using std::min;
@@ -74,24 +73,43 @@ inline float __half2float(__half h) { return float(h.v); }
 inline __half __float2half(float f) { return {_Float16(f)}; }
 inline float2 __half22float2(__half2 v) { return {float(v.x.v), float(v.y.v)}; }
 
-// Barriers of the running block and of each of its warps.
-struct EmuBlock {
-  std::unique_ptr<std::barrier<>> block;
-  std::vector<std::unique_ptr<std::barrier<>>> warps;
-  std::vector<float> lanes;  // one slot per thread, for shuffles
+// Every CUDA thread of a block is a coroutine (ucontext) with a stack of its own; the scheduler
+// resumes each once per pass, and a thread runs until its next synchronisation point. A warp
+// shuffle is two such points (every lane writes, then every lane reads), and the lanes of a warp
+// reach the same points together, as on the GPU; __syncthreads holds a thread until every thread
+// of the block still running is held there too. No OS threads: fast, and the same every run.
+enum EmuState { EMU_READY, EMU_WARP, EMU_BLOCK, EMU_DONE };
+struct EmuThread {
+  ucontext_t ctx;
+  std::vector<char> stack;
+  EmuState state;
 };
-inline EmuBlock *emu_block = nullptr;
+inline ucontext_t emu_main;
+inline std::vector<EmuThread> emu_threads;
+inline std::vector<float> emu_lanes;  // one slot per thread, for shuffles
+inline unsigned emu_current = 0;
+inline std::function<void()> emu_body;
 
-inline void __syncthreads() { emu_block->block->arrive_and_wait(); }
+inline void emu_yield(EmuState state) {
+  EmuThread &t = emu_threads[emu_current];
+  t.state = state;
+  swapcontext(&t.ctx, &emu_main);
+}
+
+inline void __syncthreads() { emu_yield(EMU_BLOCK); }
 
 inline float __shfl_xor_sync(unsigned, float v, int mask) {
-  const unsigned t = threadIdx.x, warp = t / 32, lane = t % 32;
-  auto &bar = *emu_block->warps[warp];
-  emu_block->lanes[t] = v;
-  bar.arrive_and_wait();
-  const float r = emu_block->lanes[warp * 32 + (lane ^ unsigned(mask))];
-  bar.arrive_and_wait();
+  const unsigned t = threadIdx.x;
+  emu_lanes[t] = v;
+  emu_yield(EMU_WARP);  // every lane has written
+  const float r = emu_lanes[(t & ~31u) | ((t & 31u) ^ unsigned(mask))];
+  emu_yield(EMU_WARP);  // every lane has read
   return r;
+}
+
+inline void emu_entry() {
+  emu_body();
+  emu_threads[emu_current].state = EMU_DONE;  // then back to emu_main through uc_link
 }
 
 // Runs `kernel(args...)` over `grid` blocks of `threads` threads (a multiple of 32).
@@ -99,28 +117,38 @@ template <typename... P, typename... A>
 void emu_launch(Dim3 grid, unsigned threads, void (*kernel)(P...), A... args) {
   gridDim = grid;
   blockDim = Dim3{threads, 1, 1};
+  emu_body = [&] { kernel(P(args)...); };
+  emu_threads.resize(threads);
+  emu_lanes.assign(threads, 0.0f);
+  for (auto &t : emu_threads) t.stack.resize(64 * 1024);
   for (unsigned z = 0; z < grid.z; z++)
     for (unsigned y = 0; y < grid.y; y++)
       for (unsigned x = 0; x < grid.x; x++) {
-        EmuBlock b;
-        b.block = std::make_unique<std::barrier<>>(threads);
-        for (unsigned w = 0; w < threads / 32; w++)
-          b.warps.push_back(std::make_unique<std::barrier<>>(32));
-        b.lanes.assign(threads, 0.0f);
-        emu_block = &b;
-        std::vector<std::thread> pool;
-        pool.reserve(threads);
-        for (unsigned t = 0; t < threads; t++) {
-          pool.emplace_back([&, t] {
-            threadIdx = Dim3{t, 0, 0};
-            blockIdx = Dim3{x, y, z};
-            kernel(P(args)...);
-            // A thread that is done no longer holds back __syncthreads or its warp.
-            b.block->arrive_and_drop();
-            b.warps[t / 32]->arrive_and_drop();
-          });
+        blockIdx = Dim3{x, y, z};
+        for (auto &t : emu_threads) {
+          getcontext(&t.ctx);
+          t.ctx.uc_stack.ss_sp = t.stack.data();
+          t.ctx.uc_stack.ss_size = t.stack.size();
+          t.ctx.uc_link = &emu_main;
+          makecontext(&t.ctx, emu_entry, 0);
+          t.state = EMU_READY;
         }
-        for (auto &th : pool) th.join();
-        emu_block = nullptr;
+        for (;;) {
+          bool ran = false, live = false;
+          for (unsigned i = 0; i < threads; i++) {
+            EmuThread &t = emu_threads[i];
+            if (t.state == EMU_DONE) continue;
+            live = true;
+            if (t.state == EMU_BLOCK) continue;
+            ran = true;
+            emu_current = i;
+            threadIdx = Dim3{i, 0, 0};
+            swapcontext(&emu_main, &t.ctx);
+          }
+          if (!live) break;
+          if (!ran)  // every running thread waits at __syncthreads: release them
+            for (auto &t : emu_threads)
+              if (t.state == EMU_BLOCK) t.state = EMU_READY;
+        }
       }
 }

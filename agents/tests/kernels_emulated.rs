@@ -1,5 +1,5 @@
 //! The fused decode kernels (`kernels/decode.cu`), compiled for the CPU with `kernels/emulate.h`
-//! (one thread per CUDA thread, real barriers and warp shuffles) and checked against plain loops
+//! (each CUDA thread a coroutine, with barriers and warp shuffles) and checked against plain loops
 //! in double precision by `kernels/check_decode.cpp`: every kernel, in f32, bf16 and f16, at head
 //! sizes 64/96/128, 1 to 8 query heads per KV head, attention split or not, rows in later cache
 //! slots at unequal positions. No GPU needed; the GPU runs the same source (`bench-engine
@@ -18,7 +18,6 @@ fn the_decode_kernels_compute_what_the_reference_loops_do() {
         .args([
             "-std=c++20",
             "-O1",
-            "-pthread",
             "-fno-strict-aliasing",
             "-DPHIFORGE_EMULATE",
         ])
