@@ -703,6 +703,10 @@ fn bench_engine(a: BenchArgs) -> Result<()> {
         }
     })?;
     bar.finish_and_clear();
+    // How the products of a few rows were done (timed at their first use), for the record.
+    for line in agents::kernels::gemv_choices() {
+        println!("{}", serde_json::json!({ "gemv": line }));
+    }
     Ok(())
 }
 

@@ -55,8 +55,9 @@ template <typename T> struct Kernels;
     static constexpr auto rope = rope_cache_##SFX;                                        \
     static constexpr auto combine = attn_combine_##SFX;                                   \
     static constexpr auto silu = silu_mul_##SFX;                                          \
-    static constexpr decltype(gemv1_##SFX) *gemv[4] = {gemv1_##SFX, gemv2_##SFX,         \
-                                                       gemv3_##SFX, gemv4_##SFX};         \
+    static constexpr decltype(gemv1c1_##SFX) *gemv[2][4] = {                              \
+        {gemv1c1_##SFX, gemv2c1_##SFX, gemv3c1_##SFX, gemv4c1_##SFX},                     \
+        {gemv1c2_##SFX, gemv2c2_##SFX, gemv3c2_##SFX, gemv4c2_##SFX}};                    \
     static auto attn(int e, int r) {                                                      \
       decltype(attn_decode_4_4_##SFX) *f[3][2] = {                                        \
           {attn_decode_2_4_##SFX, attn_decode_2_8_##SFX},                                 \
@@ -111,11 +112,11 @@ template <typename T> void check_silu(int rows, int inter, std::mt19937 &rng) {
   compare("silu_mul rows " + std::to_string(rows) + " inter " + std::to_string(inter), out, want);
 }
 
-template <typename T> void check_gemv(int rows, int k, int n, std::mt19937 &rng) {
+template <typename T> void check_gemv(int rows, int cols, int k, int n, std::mt19937 &rng) {
   auto x = random<T>(size_t(rows) * k, rng), w = random<T>(size_t(n) * k, rng, 0.05f);
   std::vector<T> y(size_t(rows) * n);
-  emu_launch({unsigned((n + 7) / 8)}, 128, Kernels<T>::gemv[rows - 1], x.data(), w.data(),
-             y.data(), k, n);
+  emu_launch({unsigned((n + 4 * cols - 1) / (4 * cols))}, 128, Kernels<T>::gemv[cols - 1][rows - 1],
+             x.data(), w.data(), y.data(), k, n);
   std::vector<double> want(y.size());
   for (int b = 0; b < rows; b++)
     for (int j = 0; j < n; j++) {
@@ -123,7 +124,8 @@ template <typename T> void check_gemv(int rows, int k, int n, std::mt19937 &rng)
       for (int i = 0; i < k; i++) s += double(to_f(x[size_t(b) * k + i])) * to_f(w[size_t(j) * k + i]);
       want[size_t(b) * n + j] = s;
     }
-  compare("gemv rows " + std::to_string(rows) + " " + std::to_string(n) + "x" + std::to_string(k),
+  compare("gemv rows " + std::to_string(rows) + " " + std::to_string(n) + "x" + std::to_string(k) +
+              ", " + std::to_string(cols) + " column(s) a warp",
           y, want);
 }
 
@@ -221,8 +223,10 @@ template <typename T> void check_all(std::mt19937 &rng) {
   check_norm<T>(1, 512, rng);
   check_norm<T>(3, 5120, rng);
   check_silu<T>(2, 1792, rng);
-  for (int rows = 1; rows <= 4; rows++) check_gemv<T>(rows, 640, 50, rng);
-  check_gemv<T>(1, 264, 7, rng);  // fewer chunks per lane than one unrolled round
+  for (int cols = 1; cols <= 2; cols++) {
+    for (int rows = 1; rows <= 4; rows++) check_gemv<T>(rows, cols, 2056, 21, rng);
+    check_gemv<T>(1, cols, 264, 7, rng);  // fewer chunks per lane than one round
+  }
   // Head sizes 64, 96, 128; 1, 2, 4 and 8 query heads per KV head; one split and several.
   check_attention<T>(1, 4, 1, 128, 300, 1, rng);
   check_attention<T>(3, 8, 2, 128, 300, 5, rng);

@@ -10,7 +10,8 @@
 //                 over positions when the batch alone cannot fill the GPU (flash-decoding), with
 //                 attn_combine merging the splits;
 // - silu_mul:     SiLU(gate) * up on the fused gate/up output;
-// - gemv:         y = x Wᵀ for 1 to 4 rows, streaming the weights with 16-byte loads.
+// - gemv:         y = x Wᵀ for 1 to 4 rows, streaming the weights with 16-byte loads (two
+//                 shapes of work per warp; the engine times both against cuBLAS per shape).
 //
 // Every kernel computes in f32 and rounds once to the storage type. Each has a reference made of
 // candle operations (agents/src/kernels.rs); `phiforge bench-engine --check` compares the two.
@@ -274,9 +275,9 @@ __device__ void silu_mul(const T *gu, T *out, int n, int inter) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// gemv: y (NB, n) = x (NB, k) · w (n, k)ᵀ. Each warp computes two output columns for all NB
-// rows; lanes stride over 16-byte chunks of the weight rows (read once, streamed past the caches)
-// and of x (read by every warp, cached). k·sizeof(T) must be a multiple of 16 and the pointers
+// gemv: y (NB, n) = x (NB, k) · w (n, k)ᵀ. Each warp computes C output columns (1 or 2) for all
+// NB rows; lanes stride over 16-byte chunks of the weight rows (read once, streamed past the
+// caches), eight chunks in flight per lane, and of x (read by every warp, cached). k·sizeof(T) must be a multiple of 16 and the pointers
 // 16-byte aligned (checked by the caller).
 __device__ __forceinline__ float dot16(uint4 a, uint4 b, float) {
   const float *x = reinterpret_cast<const float *>(&a);
@@ -308,58 +309,51 @@ __device__ __forceinline__ float dot16(uint4 a, uint4 b, __half) {
   return s;
 }
 
-template <typename T, int NB>
+template <typename T, int NB, int C>
 __device__ void gemv(const T *x, const T *w, T *y, int k, int n) {
-  constexpr int V = 16 / sizeof(T);
+  constexpr int V = 16 / sizeof(T);  // elements per 16-byte chunk
+  constexpr int U = 8 / C;           // chunks of each weight row in flight per lane
   const int lane = threadIdx.x % 32;
-  const int col = ((blockIdx.x * blockDim.x + threadIdx.x) / 32) * 2;
+  const int col = ((blockIdx.x * blockDim.x + threadIdx.x) / 32) * C;
   if (col >= n) return;
-  const bool two = col + 1 < n;
   const int chunks = k / V;
-  const uint4 *w0 = reinterpret_cast<const uint4 *>(w + (size_t)col * k);
-  const uint4 *w1 = reinterpret_cast<const uint4 *>(w + (size_t)(two ? col + 1 : col) * k);
+  const uint4 *wr[C];
+#pragma unroll
+  for (int c = 0; c < C; c++) wr[c] = reinterpret_cast<const uint4 *>(w + (size_t)min(col + c, n - 1) * k);
   const uint4 *xv = reinterpret_cast<const uint4 *>(x);
-  float a0[NB], a1[NB];
+  float a[C][NB];
 #pragma unroll
-  for (int b = 0; b < NB; b++) a0[b] = a1[b] = 0.0f;
-  // Four chunks of each weight row in flight per lane before any arithmetic.
-  int i = lane;
-  for (; i + 96 < chunks; i += 128) {
-    uint4 u0[4], u1[4];
+  for (int c = 0; c < C; c++)
 #pragma unroll
-    for (int u = 0; u < 4; u++) {
-      u0[u] = __ldcs(w0 + i + 32 * u);
-      u1[u] = __ldcs(w1 + i + 32 * u);
-    }
+    for (int b = 0; b < NB; b++) a[c][b] = 0.0f;
+  // All of a round's weight loads are issued before any arithmetic; the last round's are
+  // predicated, so it keeps as many in flight.
+  for (int i = lane; i < chunks; i += 32 * U) {
+    uint4 u[C][U];
 #pragma unroll
-    for (int u = 0; u < 4; u++) {
+    for (int c = 0; c < C; c++)
 #pragma unroll
-      for (int b = 0; b < NB; b++) {
-        const uint4 xb = __ldg(xv + (size_t)b * chunks + i + 32 * u);
-        a0[b] += dot16(u0[u], xb, T());
-        a1[b] += dot16(u1[u], xb, T());
+      for (int j = 0; j < U; j++)
+        u[c][j] = i + 32 * j < chunks ? __ldcs(wr[c] + i + 32 * j) : uint4{0, 0, 0, 0};
+#pragma unroll
+    for (int j = 0; j < U; j++) {
+      if (i + 32 * j < chunks) {
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+          const uint4 xb = __ldg(xv + (size_t)b * chunks + i + 32 * j);
+#pragma unroll
+          for (int c = 0; c < C; c++) a[c][b] += dot16(u[c][j], xb, T());
+        }
       }
     }
   }
-  for (; i < chunks; i += 32) {
-    const uint4 u0 = __ldcs(w0 + i);
-    const uint4 u1 = __ldcs(w1 + i);
+#pragma unroll
+  for (int c = 0; c < C; c++)
 #pragma unroll
     for (int b = 0; b < NB; b++) {
-      const uint4 xb = __ldg(xv + (size_t)b * chunks + i);
-      a0[b] += dot16(u0, xb, T());
-      a1[b] += dot16(u1, xb, T());
+      const float s = warp_sum(a[c][b]);
+      if (lane == 0 && col + c < n) y[(size_t)b * n + col + c] = from_f<T>(s);
     }
-  }
-#pragma unroll
-  for (int b = 0; b < NB; b++) {
-    const float s0 = warp_sum(a0[b]);
-    const float s1 = warp_sum(a1[b]);
-    if (lane == 0) {
-      y[(size_t)b * n + col] = from_f<T>(s0);
-      if (two) y[(size_t)b * n + col + 1] = from_f<T>(s1);
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -394,9 +388,13 @@ __device__ void gemv(const T *x, const T *w, T *y, int k, int n) {
   ATTN(T, SFX, 4, 4)                                                                             \
   ATTN(T, SFX, 4, 8)
 
+// gemv<NB>c<C>: NB rows, C output columns a warp.
 #define GEMV(T, SFX, NB)                                                                         \
-  extern "C" __global__ void gemv##NB##_##SFX(const T *x, const T *w, T *y, int k, int n) {      \
-    gemv<T, NB>(x, w, y, k, n);                                                                  \
+  extern "C" __global__ void gemv##NB##c1_##SFX(const T *x, const T *w, T *y, int k, int n) {    \
+    gemv<T, NB, 1>(x, w, y, k, n);                                                               \
+  }                                                                                              \
+  extern "C" __global__ void gemv##NB##c2_##SFX(const T *x, const T *w, T *y, int k, int n) {    \
+    gemv<T, NB, 2>(x, w, y, k, n);                                                               \
   }
 
 // attn_decode_<E>_<R>: head size E·32, up to R query heads per KV head.

@@ -263,6 +263,15 @@ pub fn linear(k: Kernels, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.matmul(&w.t()?)
 }
 
+/// How each product of a few rows was done so far (our GEMV with one or two output columns a
+/// warp, or cuBLAS), with the times that decided it; empty without CUDA.
+pub fn gemv_choices() -> Vec<String> {
+    #[cfg(feature = "cuda")]
+    return cuda::gemv_choices();
+    #[cfg(not(feature = "cuda"))]
+    Vec::new()
+}
+
 /// One comparison of a kernel against its reference.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CheckResult {
@@ -321,12 +330,19 @@ pub fn check(
                 &silu_mul(on, &gu)?,
                 &silu_mul(off, &f32s(&gu)?)?,
             )?;
-            // GEMV (1 to 4 rows; cuBLAS beyond).
+            // Products: both GEMV shapes of work (1 to 4 rows), then whatever `linear` chose.
             let (x, w) = (rand(&[b, hidden])?, (rand(&[inter, hidden])? * 0.05)?);
+            let want = linear(off, &f32s(&x)?, &f32s(&w)?)?;
+            #[cfg(feature = "cuda")]
+            for how in [cuda::Gemv::Warp1, cuda::Gemv::Warp2] {
+                if let Some(got) = cuda::launch_gemv(&x, &w, how)? {
+                    push(format!("gemv {how:?} b{b} {inter}x{hidden}"), &got, &want)?;
+                }
+            }
             push(
                 format!("linear b{b} {inter}x{hidden}"),
                 &linear(on, &x, &w)?,
-                &linear(off, &f32s(&x)?, &f32s(&w)?)?,
+                &want,
             )?;
             // RoPE and cache writes, then attention: rows in slots 2.., unequal lengths, short
             // (one split) and long (several).
@@ -770,8 +786,48 @@ mod cuda {
         Ok(out)
     }
 
-    /// `None` where the GEMV does not apply (more than 4 rows, unaligned or strided operands):
-    /// the caller uses cuBLAS.
+    /// How a product of a few rows is done: our GEMV with one or two output columns a warp, or
+    /// cuBLAS.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Gemv {
+        Warp1,
+        Warp2,
+        Cublas,
+    }
+
+    type GemvKey = (usize, usize, usize, DType);
+    type Choices = std::sync::Mutex<std::collections::HashMap<GemvKey, (Gemv, [f64; 3])>>;
+
+    /// The choice made for each (rows, n, k, dtype) seen, and the times that made it (µs).
+    fn choices() -> &'static Choices {
+        static CHOICES: std::sync::OnceLock<Choices> = std::sync::OnceLock::new();
+        CHOICES.get_or_init(Default::default)
+    }
+
+    /// Every choice so far, one line each: shape, the three times, the winner.
+    pub fn gemv_choices() -> Vec<String> {
+        let map = match choices().lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let mut lines: Vec<String> = map
+            .iter()
+            .map(|((b, n, k, d), (c, t))| {
+                format!(
+                    "{b}x{k} · {n}x{k}ᵀ {d:?}: one column a warp {:.1} µs, two {:.1} µs, \
+                     cuBLAS {:.1} µs -> {c:?}",
+                    t[0], t[1], t[2]
+                )
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    /// `x` (b, k) · `w` (n, k)ᵀ with our GEMV, or `None` where cuBLAS does it: more than 4
+    /// rows, unaligned or strided operands, or cuBLAS timed faster for this shape. The first
+    /// product of each shape times the three ways (a few runs each, the device synchronized) and
+    /// keeps the fastest.
     pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         let (b, k) = x.dims2()?;
         let (n, k2) = w.dims2()?;
@@ -782,10 +838,72 @@ mod cuda {
             || w.dtype() != dtype
             || !x.is_contiguous()
             || !w.is_contiguous()
-            || (k * dtype.size_in_bytes()) % 16 != 0
+            || !(k * dtype.size_in_bytes()).is_multiple_of(16)
         {
             return Ok(None);
         }
+        let key = (b, n, k, dtype);
+        let known = match choices().lock() {
+            Ok(m) => m.get(&key).map(|c| c.0),
+            Err(p) => p.into_inner().get(&key).map(|c| c.0),
+        };
+        let choice = match known {
+            Some(c) => c,
+            None => {
+                let mut times = [0f64; 3];
+                for (i, c) in [Gemv::Warp1, Gemv::Warp2, Gemv::Cublas]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let run = || -> Result<()> {
+                        match c {
+                            Gemv::Cublas => x.matmul(&w.t()?).map(drop),
+                            _ => launch_gemv(x, w, c).map(drop),
+                        }
+                    };
+                    run()?;
+                    x.device().synchronize()?;
+                    let reps = 5;
+                    let t = std::time::Instant::now();
+                    for _ in 0..reps {
+                        run()?;
+                    }
+                    x.device().synchronize()?;
+                    times[i] = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+                }
+                let best = [Gemv::Warp1, Gemv::Warp2, Gemv::Cublas]
+                    .into_iter()
+                    .zip(times)
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .map_or(Gemv::Cublas, |(c, _)| c);
+                tracing::debug!(
+                    "GEMV {b}x{k} · {n}x{k}ᵀ: {:.1} / {:.1} / {:.1} µs -> {best:?}",
+                    times[0],
+                    times[1],
+                    times[2]
+                );
+                match choices().lock() {
+                    Ok(mut m) => m.insert(key, (best, times)),
+                    Err(p) => p.into_inner().insert(key, (best, times)),
+                };
+                best
+            }
+        };
+        match choice {
+            Gemv::Cublas => Ok(None),
+            c => launch_gemv(x, w, c),
+        }
+    }
+
+    /// Our GEMV, `None` for operands not 16-byte aligned (at most 4 rows).
+    pub fn launch_gemv(x: &Tensor, w: &Tensor, how: Gemv) -> Result<Option<Tensor>> {
+        let (b, k) = x.dims2()?;
+        let n = w.dim(0)?;
+        let dtype = x.dtype();
+        if !(1..=4).contains(&b) || how == Gemv::Cublas {
+            return Ok(None);
+        }
+        let cols = if how == Gemv::Warp1 { 1 } else { 2 };
         let dev = device(x)?;
         let stream = dev.cuda_stream();
         let (s1, l1) = x.storage_and_layout();
@@ -800,16 +918,16 @@ mod cuda {
             let (s3, l3) = y.storage_and_layout();
             let p3 = address(storage(&s3)?, l3, &stream, true)?;
             let f = dev.get_or_load_custom_func(
-                &format!("gemv{b}_{}", suffix(dtype)?),
+                &format!("gemv{b}c{cols}_{}", suffix(dtype)?),
                 MODULE,
                 ptx::DECODE,
             )?;
             let (k32, n32) = (k as i32, n as i32);
             let mut bld = f.builder();
             bld.arg(&p1.0).arg(&p2.0).arg(&p3.0).arg(&k32).arg(&n32);
-            // Two output columns a warp, 4 warps a block: small blocks spread evenly over the
-            // multiprocessors (the last wave of a weight-streaming kernel is its waste).
-            let blocks = n.div_ceil(8) as u32;
+            // 4 warps a block: small blocks spread evenly over the multiprocessors (the last
+            // wave of a weight-streaming kernel is its waste).
+            let blocks = n.div_ceil(4 * cols) as u32;
             // SAFETY: x is b × k, w is n × k, y is b × n, all contiguous and 16-byte aligned.
             unsafe { bld.launch(cfg((blocks, 1, 1), 128)) }.w()?;
         }
