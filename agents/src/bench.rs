@@ -291,7 +291,10 @@ pub fn check_paths(
         let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
         let err = (diff / scale.max(1e-12)) as f64;
         let dtype = model.dtype();
-        let tolerance = if dtype == DType::F32 { 1e-3 } else { 5e-2 };
+        // f32: the two paths differ by summation order only. 16-bit: each path rounds in its own
+        // places (RoPE, softmax, SiLU) through every layer, a few per cent of the largest logit
+        // after 40 layers; a wrong index or position is off by the whole logit.
+        let tolerance = if dtype == DType::F32 { 1e-3 } else { 0.15 };
         Ok(crate::kernels::CheckResult {
             op: format!("model decode step, batch {b}, kernels {kernels}"),
             dtype: format!("{dtype:?}").to_lowercase(),
