@@ -70,13 +70,19 @@ KERNELS(float, f32)
 KERNELS(__half, f16)
 KERNELS(__nv_bfloat16, bf16)
 
+// As agents/src/kernels.rs launches it: enough threads for NORM_MAX elements each, 32 to 1024.
+unsigned norm_threads(int d) {
+  const int t = (d + NORM_MAX - 1) / NORM_MAX;
+  return unsigned(std::min(1024, std::max(32, (t + 31) / 32 * 32)));
+}
+
 template <typename T> void check_norm(int rows, int d, std::mt19937 &rng) {
   auto x = random<T>(size_t(rows) * d, rng), h = random<T>(size_t(rows) * d, rng);
   auto w = random<T>(d, rng);
   std::vector<T> xo(x.size()), y(x.size());
   const float eps = 1e-5f;
-  emu_launch({unsigned(rows)}, d >= 4096 ? 512 : 256, Kernels<T>::norm, x.data(), h.data(),
-             w.data(), xo.data(), y.data(), d, eps);
+  emu_launch({unsigned(rows)}, norm_threads(d), Kernels<T>::norm, x.data(), h.data(), w.data(),
+             xo.data(), y.data(), d, eps);
   std::vector<double> want_s(x.size()), want_y(x.size());
   for (int r = 0; r < rows; r++) {
     double ss = 0.0;
@@ -151,7 +157,7 @@ void check_attention(int rows, int h, int kvh, int hd, int ctx, int splits, std:
   std::vector<T> q(size_t(rows) * h * hd);
   const float scale = 1.0f / std::sqrt(float(hd));
   auto want_k = as_double(kc), want_v = as_double(vc);
-  emu_launch({unsigned(rows)}, 256, Kernels<T>::rope, qkv.data(), pos.data(), cos.data(),
+  emu_launch({unsigned(rows), 3}, 128, Kernels<T>::rope, qkv.data(), pos.data(), cos.data(),
              sin.data(), q.data(), kc.data(), vc.data(), h, kvh, hd, ctx, first, scale);
   std::vector<double> want_q(q.size());
   for (int r = 0; r < rows; r++) {
@@ -222,6 +228,8 @@ void check_attention(int rows, int h, int kvh, int hd, int ctx, int splits, std:
 template <typename T> void check_all(std::mt19937 &rng) {
   check_norm<T>(1, 512, rng);
   check_norm<T>(3, 5120, rng);
+  check_norm<T>(2, 100, rng);     // a partial warp of elements
+  check_norm<T>(1, 9000, rng);    // past 1024 threads × NORM_MAX: the second loop
   check_silu<T>(2, 1792, rng);
   for (int cols = 1; cols <= 2; cols++) {
     for (int rows = 1; rows <= 4; rows++) check_gemv<T>(rows, cols, 2056, 21, rng);

@@ -58,23 +58,49 @@ __device__ __forceinline__ float block_sum(float v) {
 
 // ---------------------------------------------------------------------------------------------
 // add_rms_norm: for each row, s = x + h (rounded to T, as the separate add would), xo = s,
-// y = s * rsqrt(mean(s²) + eps) * w. Grid: one block per row.
+// y = s * rsqrt(mean(s²) + eps) * w. Grid: one block per row. Each thread keeps its NORM_MAX
+// elements in registers and issues all its loads at once (a row of 5120 is one round trip, not
+// ten); rows longer than blockDim·NORM_MAX take a second, slower loop.
+#define NORM_MAX 8
 template <typename T>
-__device__ void add_rms_norm(const T *x, const T *h, const T *w, T *xo, T *y, int d, float eps) {
+__device__ void add_rms_norm(const T *__restrict__ x, const T *__restrict__ h,
+                             const T *__restrict__ w, T *__restrict__ xo, T *__restrict__ y, int d,
+                             float eps) {
   const size_t row = blockIdx.x;
   x += row * d;
   h += row * d;
   xo += row * d;
   y += row * d;
+  const int stride = blockDim.x, fast = min(d, stride * NORM_MAX);
+  float xs[NORM_MAX], hs[NORM_MAX], sum[NORM_MAX];
+#pragma unroll
+  for (int k = 0; k < NORM_MAX; k++) {
+    const int i = threadIdx.x + k * stride;
+    xs[k] = i < fast ? to_f(x[i]) : 0.0f;
+    hs[k] = i < fast ? to_f(h[i]) : 0.0f;
+  }
   float ss = 0.0f;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    const T s = from_f<T>(to_f(x[i]) + to_f(h[i]));
-    xo[i] = s;
-    const float f = to_f(s);
-    ss += f * f;
+#pragma unroll
+  for (int k = 0; k < NORM_MAX; k++) {
+    const int i = threadIdx.x + k * stride;
+    sum[k] = to_f(from_f<T>(xs[k] + hs[k]));
+    if (i < fast) {
+      xo[i] = from_f<T>(sum[k]);
+      ss += sum[k] * sum[k];
+    }
+  }
+  for (int i = fast + threadIdx.x; i < d; i += stride) {
+    const T v = from_f<T>(to_f(x[i]) + to_f(h[i]));
+    xo[i] = v;
+    ss += to_f(v) * to_f(v);
   }
   const float scale = rsqrtf(block_sum(ss) / d + eps);
-  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+#pragma unroll
+  for (int k = 0; k < NORM_MAX; k++) {
+    const int i = threadIdx.x + k * stride;
+    if (i < fast) y[i] = from_f<T>(scale * sum[k] * to_f(w[i]));
+  }
+  for (int i = fast + threadIdx.x; i < d; i += stride) {
     y[i] = from_f<T>(scale * to_f(xo[i]) * to_f(w[i]));
   }
 }
@@ -84,11 +110,13 @@ __device__ void add_rms_norm(const T *x, const T *h, const T *w, T *xo, T *y, in
 // Row r is the new token of the sequence in cache slot first + r, at position pos[r]. Rotation as
 // transformers' rotate_half (first and second halves of each head), with the f32 tables
 // cos/sin (positions, hd / 2). Queries go to q (n, h, hd), times `scale`; keys and values to the
-// caches (slots, kvh, ctx, hd). Grid: one block per row.
+// caches (slots, kvh, ctx, hd). Grid (n, blocks): each thread one pair of elements (for a
+// decode step's few rows, a loop over the row would be a chain of memory round trips).
 template <typename T>
-__device__ void rope_cache(const T *qkv, const uint32_t *pos, const float *cos, const float *sin,
-                           T *q, T *kc, T *vc, int h, int kvh, int hd, int ctx, int first,
-                           float scale) {
+__device__ void rope_cache(const T *__restrict__ qkv, const uint32_t *__restrict__ pos,
+                           const float *__restrict__ cos, const float *__restrict__ sin,
+                           T *__restrict__ q, T *__restrict__ kc, T *__restrict__ vc, int h, int kvh,
+                           int hd, int ctx, int first, float scale) {
   const size_t row = blockIdx.x;
   const int half = hd / 2;
   const size_t p = pos[row];
@@ -97,7 +125,7 @@ __device__ void rope_cache(const T *qkv, const uint32_t *pos, const float *cos, 
   const float *c = cos + p * half;
   const float *s = sin + p * half;
   const int total = (h + 2 * kvh) * half;
-  for (int j = threadIdx.x; j < total; j += blockDim.x) {
+  for (int j = blockIdx.y * blockDim.x + threadIdx.x; j < total; j += gridDim.y * blockDim.x) {
     const int head = j / half, i = j % half;
     const T *xh = src + (size_t)head * hd;
     if (head < h + kvh) {
@@ -246,9 +274,11 @@ __device__ void attn_combine(const float *pm, const float *pl, const float *pacc
   const float *m = pm + head * splits;
   const float *l = pl + head * splits;
   float M = -INFINITY;
+#pragma unroll 4
   for (int s = 0; s < splits; s++) M = fmaxf(M, m[s]);
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
     float L = 0.0f, A = 0.0f;
+#pragma unroll 4
     for (int s = 0; s < splits; s++) {
       if (m[s] != -INFINITY) {
         const float f = expf(m[s] - M);

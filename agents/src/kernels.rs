@@ -549,7 +549,8 @@ mod cuda {
             let mut b = f.builder();
             b.arg(&px.0).arg(&ph.0).arg(&pw.0).arg(&po.0).arg(&py.0);
             b.arg(&d32).arg(&eps);
-            let threads = if d >= 4096 { 512 } else { 256 };
+            // Eight elements a thread (NORM_MAX) in registers, 32 to 1024 threads.
+            let threads = d.div_ceil(8).next_multiple_of(32).clamp(32, 1024) as u32;
             // SAFETY: the pointers are live, contiguous and sized for `rows` × `d`.
             unsafe { b.launch(cfg((rows as u32, 1, 1), threads)) }.w()?;
         }
@@ -627,8 +628,10 @@ mod cuda {
                 bld.arg(i);
             }
             bld.arg(&scale);
+            // One pair of elements a thread.
+            let blocks = ((h + 2 * kvh) * hd / 2).div_ceil(128) as u32;
             // SAFETY: shapes checked above; every position is inside the cache.
-            unsafe { bld.launch(cfg((b as u32, 1, 1), 256)) }.w()?;
+            unsafe { bld.launch(cfg((b as u32, blocks, 1), 128)) }.w()?;
         }
         Ok(q)
     }
