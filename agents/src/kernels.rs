@@ -640,11 +640,13 @@ mod cuda {
     /// (sequence, KV head) blocks reach about two per multiprocessor.
     fn splits(dev: &CudaDevice, blocks: usize, span: usize) -> usize {
         use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute;
-        let sms = dev
-            .cuda_stream()
-            .context()
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_or(132, |n| n.max(1) as usize);
+        static SMS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let sms = *SMS.get_or_init(|| {
+            dev.cuda_stream()
+                .context()
+                .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_or(132, |n| n.max(1) as usize)
+        });
         (2 * sms)
             .div_ceil(blocks.max(1))
             .min(span.div_ceil(32))
