@@ -939,3 +939,54 @@ mod cuda {
         Ok(Some(y))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_sets_parse_and_print() {
+        assert_eq!(Kernels::parse("all"), Ok(Kernels::ALL));
+        assert_eq!(Kernels::parse("none"), Ok(Kernels::NONE));
+        let k = Kernels::parse("rope, attn").unwrap();
+        assert!(k.rope && k.attn && !k.norm && !k.silu && !k.gemv);
+        assert_eq!(k.to_string(), "rope,attn");
+        assert_eq!(Kernels::ALL.to_string(), "all");
+        assert_eq!(
+            Kernels::parse(&Kernels::parse("norm,gemv").unwrap().to_string()),
+            Kernels::parse("gemv,norm")
+        );
+        let err = Kernels::parse("norm,fast").unwrap_err();
+        assert!(err.contains("`fast`") && err.contains("gemv"), "{err}");
+    }
+
+    /// On the CPU every operation is its fallback, whatever the set asks for.
+    #[test]
+    fn without_a_gpu_every_kernel_falls_back() {
+        let dev = candle_core::Device::Cpu;
+        let gu = Tensor::new(&[[1f32, -2.0, 3.0, 0.5]], &dev).unwrap();
+        let got = silu_mul(Kernels::ALL, &gu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let silu = |x: f32| x / (1.0 + (-x).exp());
+        let want = [silu(1.0) * 3.0, silu(-2.0) * 0.5];
+        for (g, w) in got[0].iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+        }
+        assert!(check(
+            &dev,
+            Heads {
+                h: 4,
+                kvh: 1,
+                hd: 64,
+                ctx: 8
+            },
+            64,
+            64,
+            DType::F32
+        )
+        .unwrap()
+        .is_empty());
+    }
+}
