@@ -55,6 +55,10 @@ template <typename T> struct Kernels;
     static constexpr auto rope = rope_cache_##SFX;                                        \
     static constexpr auto combine = attn_combine_##SFX;                                   \
     static constexpr auto silu = silu_mul_##SFX;                                          \
+    static constexpr decltype(gemv_silu1_##SFX) *gemv_silu[4] = {                         \
+        gemv_silu1_##SFX, gemv_silu2_##SFX, gemv_silu3_##SFX, gemv_silu4_##SFX};          \
+    static constexpr decltype(gemv_rope1_##SFX) *gemv_rope[4] = {                         \
+        gemv_rope1_##SFX, gemv_rope2_##SFX, gemv_rope3_##SFX, gemv_rope4_##SFX};          \
     static constexpr decltype(gemv1c1_##SFX) *gemv[2][4] = {                              \
         {gemv1c1_##SFX, gemv2c1_##SFX, gemv3c1_##SFX, gemv4c1_##SFX},                     \
         {gemv1c2_##SFX, gemv2c2_##SFX, gemv3c2_##SFX, gemv4c2_##SFX}};                    \
@@ -133,6 +137,84 @@ template <typename T> void check_gemv(int rows, int cols, int k, int n, std::mt1
   compare("gemv rows " + std::to_string(rows) + " " + std::to_string(n) + "x" + std::to_string(k) +
               ", " + std::to_string(cols) + " column(s) a warp",
           y, want);
+}
+
+// x (rows, k) · w (n, k)ᵀ in double, each product rounded to T as a stored product would be.
+template <typename T>
+std::vector<double> products(const std::vector<T> &x, const std::vector<T> &w, int rows, int k,
+                             int n) {
+  std::vector<double> y(size_t(rows) * n);
+  for (int b = 0; b < rows; b++)
+    for (int j = 0; j < n; j++) {
+      double s = 0.0;
+      for (int i = 0; i < k; i++) s += double(to_f(x[size_t(b) * k + i])) * to_f(w[size_t(j) * k + i]);
+      y[size_t(b) * n + j] = to_f(from_f<T>(float(s)));
+    }
+  return y;
+}
+
+template <typename T> void check_gemv_silu(int rows, int k, int inter, std::mt19937 &rng) {
+  auto x = random<T>(size_t(rows) * k, rng), w = random<T>(size_t(2 * inter) * k, rng, 0.05f);
+  std::vector<T> out(size_t(rows) * inter);
+  emu_launch({unsigned((inter + 3) / 4)}, 128, Kernels<T>::gemv_silu[rows - 1], x.data(), w.data(),
+             out.data(), k, inter);
+  const auto y = products(x, w, rows, k, 2 * inter);
+  std::vector<double> want(out.size());
+  for (int b = 0; b < rows; b++)
+    for (int j = 0; j < inter; j++) {
+      const double g = y[size_t(b) * 2 * inter + j], u = y[size_t(b) * 2 * inter + inter + j];
+      want[size_t(b) * inter + j] = g / (1.0 + std::exp(-g)) * u;
+    }
+  compare("gemv_silu rows " + std::to_string(rows) + " inter " + std::to_string(inter), out, want);
+}
+
+// The q/k/v product fused with rope_cache, against the product followed by the rope reference.
+template <typename T>
+void check_gemv_rope(int rows, int h, int kvh, int hd, int ctx, int k, std::mt19937 &rng) {
+  const int slots = rows + 1, first = 1, half = hd / 2, n = (h + 2 * kvh) * hd;
+  std::vector<uint32_t> pos(rows);
+  for (int r = 0; r < rows; r++) pos[r] = uint32_t(ctx - 1 - 5 * r);
+  std::vector<float> cos(size_t(ctx) * half), sin(size_t(ctx) * half);
+  for (size_t i = 0; i < cos.size(); i++) {
+    cos[i] = float(std::cos(0.37 * double(i)));
+    sin[i] = float(std::sin(0.37 * double(i)));
+  }
+  auto x = random<T>(size_t(rows) * k, rng), w = random<T>(size_t(n) * k, rng, 0.05f);
+  const size_t cache = size_t(slots) * kvh * ctx * hd;
+  auto kc = random<T>(cache, rng), vc = random<T>(cache, rng);
+  auto want_k = as_double(kc), want_v = as_double(vc);
+  std::vector<T> q(size_t(rows) * h * hd);
+  const float scale = 1.0f / std::sqrt(float(hd));
+  emu_launch({unsigned(((h + 2 * kvh) * half + 3) / 4)}, 128, Kernels<T>::gemv_rope[rows - 1],
+             x.data(), w.data(), pos.data(), cos.data(), sin.data(), q.data(), kc.data(), vc.data(),
+             k, h, kvh, hd, ctx, first, scale);
+  const auto y = products(x, w, rows, k, n);
+  std::vector<double> want_q(q.size());
+  for (int r = 0; r < rows; r++) {
+    const size_t p = pos[r], slot = first + r;
+    for (int head = 0; head < h + 2 * kvh; head++)
+      for (int i = 0; i < half; i++) {
+        const double x1 = y[size_t(r) * n + head * hd + i], x2 = y[size_t(r) * n + head * hd + i + half];
+        const double c = cos[p * half + i], s = sin[p * half + i];
+        if (head < h) {
+          want_q[(size_t(r) * h + head) * hd + i] = (x1 * c - x2 * s) * scale;
+          want_q[(size_t(r) * h + head) * hd + i + half] = (x2 * c + x1 * s) * scale;
+        } else if (head < h + kvh) {
+          const size_t at = ((slot * kvh + (head - h)) * ctx + p) * hd;
+          want_k[at + i] = x1 * c - x2 * s;
+          want_k[at + i + half] = x2 * c + x1 * s;
+        } else {
+          const size_t at = ((slot * kvh + (head - h - kvh)) * ctx + p) * hd;
+          want_v[at + i] = x1;
+          want_v[at + i + half] = x2;
+        }
+      }
+  }
+  const std::string tag = "rows " + std::to_string(rows) + " heads " + std::to_string(h) + "/" +
+                          std::to_string(kvh) + " hd " + std::to_string(hd);
+  compare("gemv_rope q " + tag, q, want_q);
+  compare("gemv_rope keys " + tag, kc, want_k);
+  compare("gemv_rope values " + tag, vc, want_v);
 }
 
 // RoPE and cache writes, then attention over the written caches, for rows in slots first.. at
@@ -235,6 +317,10 @@ template <typename T> void check_all(std::mt19937 &rng) {
     for (int rows = 1; rows <= 4; rows++) check_gemv<T>(rows, cols, 2056, 21, rng);
     check_gemv<T>(1, cols, 264, 7, rng);  // fewer chunks per lane than one round
   }
+  for (int rows = 1; rows <= 4; rows++) check_gemv_silu<T>(rows, 520, 37, rng);
+  check_gemv_rope<T>(1, 4, 1, 128, 40, 264, rng);
+  check_gemv_rope<T>(3, 4, 2, 64, 40, 520, rng);
+  check_gemv_rope<T>(4, 8, 1, 96, 30, 136, rng);
   // Head sizes 64, 96, 128; 1, 2, 4 and 8 query heads per KV head; one split and several.
   check_attention<T>(1, 4, 1, 128, 300, 1, rng);
   check_attention<T>(3, 8, 2, 128, 300, 5, rng);

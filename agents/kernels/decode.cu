@@ -106,6 +106,35 @@ __device__ void add_rms_norm(const T *__restrict__ x, const T *__restrict__ h,
 }
 
 // ---------------------------------------------------------------------------------------------
+// One pair of elements (i, i + hd/2) of head `head` of row `row` (the q/k/v product's values x1,
+// x2): queries rotated and scaled into q, keys rotated and values as they are into the caches at
+// the row's slot and position p. c, s: the f32 tables at p.
+template <typename T>
+__device__ __forceinline__ void rope_store(size_t row, int head, int i, float x1, float x2,
+                                           size_t p, size_t slot, const float *c, const float *s,
+                                           T *q, T *kc, T *vc, int h, int kvh, int hd, int ctx,
+                                           float scale) {
+  const int half = hd / 2;
+  if (head < h + kvh) {
+    const float o1 = x1 * c[i] - x2 * s[i];
+    const float o2 = x2 * c[i] + x1 * s[i];
+    if (head < h) {
+      T *o = q + (row * h + head) * (size_t)hd;
+      o[i] = from_f<T>(o1 * scale);
+      o[i + half] = from_f<T>(o2 * scale);
+    } else {
+      T *o = kc + ((slot * kvh + (head - h)) * ctx + p) * hd;
+      o[i] = from_f<T>(o1);
+      o[i + half] = from_f<T>(o2);
+    }
+  } else {
+    T *o = vc + ((slot * kvh + (head - h - kvh)) * ctx + p) * hd;
+    o[i] = from_f<T>(x1);
+    o[i + half] = from_f<T>(x2);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // rope_cache: qkv is (n, (h + 2 kvh) hd): h query heads, then kvh key heads, then kvh value heads.
 // Row r is the new token of the sequence in cache slot first + r, at position pos[r]. Rotation as
 // transformers' rotate_half (first and second halves of each head), with the f32 tables
@@ -128,24 +157,8 @@ __device__ void rope_cache(const T *__restrict__ qkv, const uint32_t *__restrict
   for (int j = blockIdx.y * blockDim.x + threadIdx.x; j < total; j += gridDim.y * blockDim.x) {
     const int head = j / half, i = j % half;
     const T *xh = src + (size_t)head * hd;
-    if (head < h + kvh) {
-      const float x1 = to_f(xh[i]), x2 = to_f(xh[i + half]);
-      const float o1 = x1 * c[i] - x2 * s[i];
-      const float o2 = x2 * c[i] + x1 * s[i];
-      if (head < h) {
-        T *o = q + (row * h + head) * (size_t)hd;
-        o[i] = from_f<T>(o1 * scale);
-        o[i + half] = from_f<T>(o2 * scale);
-      } else {
-        T *o = kc + ((slot * kvh + (head - h)) * ctx + p) * hd;
-        o[i] = from_f<T>(o1);
-        o[i + half] = from_f<T>(o2);
-      }
-    } else {
-      T *o = vc + ((slot * kvh + (head - h - kvh)) * ctx + p) * hd;
-      o[i] = xh[i];
-      o[i + half] = xh[i + half];
-    }
+    rope_store<T>(row, head, i, to_f(xh[i]), to_f(xh[i + half]), p, slot, c, s, q, kc, vc, h, kvh,
+                  hd, ctx, scale);
   }
 }
 
@@ -339,25 +352,21 @@ __device__ __forceinline__ float dot16(uint4 a, uint4 b, __half) {
   return s;
 }
 
+// The dot products of the NB rows of x with C weight rows, summed over the warp (every lane
+// gets them): lanes stride over 16-byte chunks, 8 / C chunks of each weight row in flight per
+// lane, all of a round's weight loads issued before any arithmetic (the last round's predicated).
 template <typename T, int NB, int C>
-__device__ void gemv(const T *x, const T *w, T *y, int k, int n) {
+__device__ __forceinline__ void warp_dots(const T *__restrict__ x, const uint4 *const (&wr)[C],
+                                          int k, float (&a)[C][NB]) {
   constexpr int V = 16 / sizeof(T);  // elements per 16-byte chunk
-  constexpr int U = 8 / C;           // chunks of each weight row in flight per lane
+  constexpr int U = 8 / C;
   const int lane = threadIdx.x % 32;
-  const int col = ((blockIdx.x * blockDim.x + threadIdx.x) / 32) * C;
-  if (col >= n) return;
   const int chunks = k / V;
-  const uint4 *wr[C];
-#pragma unroll
-  for (int c = 0; c < C; c++) wr[c] = reinterpret_cast<const uint4 *>(w + (size_t)min(col + c, n - 1) * k);
   const uint4 *xv = reinterpret_cast<const uint4 *>(x);
-  float a[C][NB];
 #pragma unroll
   for (int c = 0; c < C; c++)
 #pragma unroll
     for (int b = 0; b < NB; b++) a[c][b] = 0.0f;
-  // All of a round's weight loads are issued before any arithmetic; the last round's are
-  // predicated, so it keeps as many in flight.
   for (int i = lane; i < chunks; i += 32 * U) {
     uint4 u[C][U];
 #pragma unroll
@@ -380,10 +389,77 @@ __device__ void gemv(const T *x, const T *w, T *y, int k, int n) {
 #pragma unroll
   for (int c = 0; c < C; c++)
 #pragma unroll
+    for (int b = 0; b < NB; b++) a[c][b] = warp_sum(a[c][b]);
+}
+
+template <typename T, int NB, int C>
+__device__ void gemv(const T *__restrict__ x, const T *__restrict__ w, T *__restrict__ y, int k,
+                     int n) {
+  const int col = ((blockIdx.x * blockDim.x + threadIdx.x) / 32) * C;
+  if (col >= n) return;
+  const uint4 *wr[C];
+#pragma unroll
+  for (int c = 0; c < C; c++)
+    wr[c] = reinterpret_cast<const uint4 *>(w + (size_t)min(col + c, n - 1) * k);
+  float a[C][NB];
+  warp_dots<T, NB, C>(x, wr, k, a);
+  if (threadIdx.x % 32 == 0) {
+#pragma unroll
+    for (int c = 0; c < C; c++)
+#pragma unroll
+      for (int b = 0; b < NB; b++)
+        if (col + c < n) y[(size_t)b * n + col + c] = from_f<T>(a[c][b]);
+  }
+}
+
+// gemv_silu: the gate/up product and SiLU(gate)·up in one: warp p takes rows p (gate) and
+// p + inter (up) of the fused weights; out (NB, inter). The products are rounded to T first, as
+// the separate product would store them.
+template <typename T, int NB>
+__device__ void gemv_silu(const T *__restrict__ x, const T *__restrict__ w, T *__restrict__ out,
+                          int k, int inter) {
+  const int p = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+  if (p >= inter) return;
+  const uint4 *wr[2] = {reinterpret_cast<const uint4 *>(w + (size_t)p * k),
+                        reinterpret_cast<const uint4 *>(w + (size_t)(p + inter) * k)};
+  float a[2][NB];
+  warp_dots<T, NB, 2>(x, wr, k, a);
+  if (threadIdx.x % 32 == 0) {
+#pragma unroll
     for (int b = 0; b < NB; b++) {
-      const float s = warp_sum(a[c][b]);
-      if (lane == 0 && col + c < n) y[(size_t)b * n + col + c] = from_f<T>(s);
+      const float g = to_f(from_f<T>(a[0][b])), u = to_f(from_f<T>(a[1][b]));
+      out[(size_t)b * inter + p] = from_f<T>(g / (1.0f + expf(-g)) * u);
     }
+  }
+}
+
+// gemv_rope: the q/k/v product and rope_cache in one: warp p takes the pair (i, i + hd/2) of head
+// p / (hd/2), rows of the fused weights; row b of x is the new token of slot first + b at pos[b].
+// The products are rounded to T first, as the separate product would store them.
+template <typename T, int NB>
+__device__ void gemv_rope(const T *__restrict__ x, const T *__restrict__ w,
+                          const uint32_t *__restrict__ pos, const float *__restrict__ cos,
+                          const float *__restrict__ sin, T *__restrict__ q, T *__restrict__ kc,
+                          T *__restrict__ vc, int k, int h, int kvh, int hd, int ctx, int first,
+                          float scale) {
+  const int half = hd / 2;
+  const int p = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
+  if (p >= (h + 2 * kvh) * half) return;
+  const int head = p / half, i = p % half;
+  const size_t col = (size_t)head * hd + i;
+  const uint4 *wr[2] = {reinterpret_cast<const uint4 *>(w + col * k),
+                        reinterpret_cast<const uint4 *>(w + (col + half) * k)};
+  float a[2][NB];
+  warp_dots<T, NB, 2>(x, wr, k, a);
+  if (threadIdx.x % 32 == 0) {
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      const size_t at = pos[b];
+      rope_store<T>(b, head, i, to_f(from_f<T>(a[0][b])), to_f(from_f<T>(a[1][b])), at,
+                    (size_t)first + b, cos + at * half, sin + at * half, q, kc, vc, h, kvh, hd,
+                    ctx, scale);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -418,8 +494,18 @@ __device__ void gemv(const T *x, const T *w, T *y, int k, int n) {
   ATTN(T, SFX, 4, 4)                                                                             \
   ATTN(T, SFX, 4, 8)
 
-// gemv<NB>c<C>: NB rows, C output columns a warp.
+// gemv<NB>c<C>: NB rows, C output columns a warp; gemv_silu<NB>, gemv_rope<NB>: with their
+// epilogues.
 #define GEMV(T, SFX, NB)                                                                         \
+  extern "C" __global__ void gemv_silu##NB##_##SFX(const T *x, const T *w, T *out, int k,        \
+                                                   int inter) {                                  \
+    gemv_silu<T, NB>(x, w, out, k, inter);                                                       \
+  }                                                                                              \
+  extern "C" __global__ void gemv_rope##NB##_##SFX(                                              \
+      const T *x, const T *w, const uint32_t *pos, const float *cos, const float *sin, T *q,     \
+      T *kc, T *vc, int k, int h, int kvh, int hd, int ctx, int first, float scale) {            \
+    gemv_rope<T, NB>(x, w, pos, cos, sin, q, kc, vc, k, h, kvh, hd, ctx, first, scale);          \
+  }                                                                                              \
   extern "C" __global__ void gemv##NB##c1_##SFX(const T *x, const T *w, T *y, int k, int n) {    \
     gemv<T, NB, 1>(x, w, y, k, n);                                                               \
   }                                                                                              \

@@ -251,6 +251,43 @@ pub fn silu_mul(k: Kernels, gu: &Tensor) -> Result<Tensor> {
     up * candle_nn::ops::silu(&gate)?
 }
 
+/// The gate/up product of `x` with the fused weights `w` (2 · inter, k), then SiLU(gate) · up:
+/// one kernel where the GEMV does this product ([`linear`]) and both kernels are on.
+pub fn linear_silu(k: Kernels, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if k.gemv && k.silu && on_gpu(x) {
+        if let Some(act) = cuda::gemv_silu(x, w, false)? {
+            return Ok(act);
+        }
+    }
+    silu_mul(k, &linear(k, x, w)?)
+}
+
+/// The q/k/v product of `x` with the fused weights `w`, then [`rope_cache`]: one kernel where the
+/// GEMV does this product and both kernels are on.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_rope_cache(
+    k: Kernels,
+    x: &Tensor,
+    w: &Tensor,
+    step: &Step,
+    cos: &Tensor,
+    sin: &Tensor,
+    kc: &Tensor,
+    vc: &Tensor,
+    heads: Heads,
+    scale: f64,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if k.gemv && k.rope && on_gpu(x) {
+        if let Some(q) = cuda::gemv_rope(x, w, step, cos, sin, kc, vc, heads, scale, false)? {
+            return Ok(q);
+        }
+    }
+    let qkv = linear(k, x, w)?;
+    rope_cache(k, &qkv, step, cos, sin, kc, vc, heads, scale)
+}
+
 /// `x` (b, k) times the weights `w` (n, k), transposed: (b, n).
 pub fn linear(k: Kernels, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
@@ -344,6 +381,22 @@ pub fn check(
                 &linear(on, &x, &w)?,
                 &want,
             )?;
+            // The gate/up product with SiLU·up in its epilogue, against product then fallback
+            // (the product rounded to the dtype first, as the kernel does).
+            let w2 = (rand(&[2 * inter, hidden])? * 0.05)?;
+            let want = silu_mul(
+                off,
+                &f32s(&linear(off, &f32s(&x)?, &f32s(&w2)?)?.to_dtype(dt)?)?,
+            )?;
+            #[cfg(feature = "cuda")]
+            if let Some(got) = cuda::gemv_silu(&x, &w2, true)? {
+                push(format!("gemv_silu b{b} {inter}x{hidden}"), &got, &want)?;
+            }
+            push(
+                format!("linear_silu b{b} {inter}x{hidden}"),
+                &linear_silu(on, &x, &w2)?,
+                &want,
+            )?;
             // RoPE and cache writes, then attention: rows in slots 2.., unequal lengths, short
             // (one split) and long (several).
             for long in [false, true] {
@@ -387,6 +440,34 @@ pub fn check(
                 push(format!("rope_cache b{b} {tag} q"), &q1, &q2)?;
                 push(format!("rope_cache b{b} {tag} keys"), &kc, &kc2)?;
                 push(format!("rope_cache b{b} {tag} values"), &vc, &vc2)?;
+                #[cfg(feature = "cuda")]
+                {
+                    // The q/k/v product with RoPE and the cache writes in its epilogue, from a
+                    // fresh copy of the caches, against product then fallback.
+                    let x = rand(&[b, hidden])?;
+                    let wq = (rand(&[(heads.h + 2 * heads.kvh) * heads.hd, hidden])? * 0.05)?;
+                    let qkv = linear(off, &f32s(&x)?, &f32s(&wq)?)?.to_dtype(dt)?;
+                    let (kc3, vc3) = (kc.copy()?, vc.copy()?);
+                    let (kc4, vc4) = (f32s(&kc)?, f32s(&vc)?);
+                    let want = rope_cache(
+                        off,
+                        &f32s(&qkv)?,
+                        &step,
+                        &cos,
+                        &sin,
+                        &kc4,
+                        &vc4,
+                        heads,
+                        scale,
+                    )?;
+                    if let Some(got) =
+                        cuda::gemv_rope(&x, &wq, &step, &cos, &sin, &kc3, &vc3, heads, scale, true)?
+                    {
+                        push(format!("gemv_rope b{b} {tag} q"), &got, &want)?;
+                        push(format!("gemv_rope b{b} {tag} keys"), &kc3, &kc4)?;
+                        push(format!("gemv_rope b{b} {tag} values"), &vc3, &vc4)?;
+                    }
+                }
                 let a1 = attention(on, &q1, &step, &kc, &vc, heads)?;
                 let a2 = attention(off, &f32s(&q1)?, &step, &f32s(&kc)?, &f32s(&vc)?, heads)?;
                 push(format!("attention b{b} {tag}"), &a1, &a2)?;
@@ -834,70 +915,209 @@ mod cuda {
     /// product of each shape times the three ways (a few runs each, the device synchronized) and
     /// keeps the fastest.
     pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
-        let (b, k) = x.dims2()?;
-        let (n, k2) = w.dims2()?;
-        let dtype = x.dtype();
-        if b == 0
-            || b > 4
-            || k != k2
-            || w.dtype() != dtype
-            || !x.is_contiguous()
-            || !w.is_contiguous()
-            || !(k * dtype.size_in_bytes()).is_multiple_of(16)
-        {
+        if !eligible(x, w)? {
             return Ok(None);
         }
-        let key = (b, n, k, dtype);
+        match choose(x, w)? {
+            Gemv::Cublas => Ok(None),
+            c => launch_gemv(x, w, c),
+        }
+    }
+
+    /// Whether our GEMV can take `x` (b, k) · `w` (n, k)ᵀ: 1 to 4 rows, one dtype, contiguous
+    /// operands whose rows are a multiple of 16 bytes.
+    fn eligible(x: &Tensor, w: &Tensor) -> Result<bool> {
+        let (b, k) = x.dims2()?;
+        let (_, k2) = w.dims2()?;
+        let dtype = x.dtype();
+        Ok((1..=4).contains(&b)
+            && k == k2
+            && w.dtype() == dtype
+            && x.is_contiguous()
+            && w.is_contiguous()
+            && (k * dtype.size_in_bytes()).is_multiple_of(16))
+    }
+
+    /// How this shape's product is done: the first time a shape is seen, the three ways are
+    /// timed (a few runs each, the device synchronized) and the fastest kept.
+    fn choose(x: &Tensor, w: &Tensor) -> Result<Gemv> {
+        let (b, k) = x.dims2()?;
+        let n = w.dim(0)?;
+        let key = (b, n, k, x.dtype());
         let known = match choices().lock() {
             Ok(m) => m.get(&key).map(|c| c.0),
             Err(p) => p.into_inner().get(&key).map(|c| c.0),
         };
-        let choice = match known {
-            Some(c) => c,
-            None => {
-                let mut times = [0f64; 3];
-                for (i, c) in [Gemv::Warp1, Gemv::Warp2, Gemv::Cublas]
-                    .into_iter()
-                    .enumerate()
-                {
-                    let run = || -> Result<()> {
-                        match c {
-                            Gemv::Cublas => x.matmul(&w.t()?).map(drop),
-                            _ => launch_gemv(x, w, c).map(drop),
-                        }
-                    };
-                    run()?;
-                    x.device().synchronize()?;
-                    let reps = 5;
-                    let t = std::time::Instant::now();
-                    for _ in 0..reps {
-                        run()?;
-                    }
-                    x.device().synchronize()?;
-                    times[i] = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
-                }
-                let best = [Gemv::Warp1, Gemv::Warp2, Gemv::Cublas]
-                    .into_iter()
-                    .zip(times)
-                    .min_by(|a, b| a.1.total_cmp(&b.1))
-                    .map_or(Gemv::Cublas, |(c, _)| c);
-                tracing::debug!(
-                    "GEMV {b}x{k} · {n}x{k}ᵀ: {:.1} / {:.1} / {:.1} µs -> {best:?}",
-                    times[0],
-                    times[1],
-                    times[2]
-                );
-                match choices().lock() {
-                    Ok(mut m) => m.insert(key, (best, times)),
-                    Err(p) => p.into_inner().insert(key, (best, times)),
-                };
-                best
-            }
-        };
-        match choice {
-            Gemv::Cublas => Ok(None),
-            c => launch_gemv(x, w, c),
+        if let Some(c) = known {
+            return Ok(c);
         }
+        let ways = [Gemv::Warp1, Gemv::Warp2, Gemv::Cublas];
+        let mut times = [0f64; 3];
+        for (i, c) in ways.into_iter().enumerate() {
+            let run = || -> Result<()> {
+                match c {
+                    Gemv::Cublas => x.matmul(&w.t()?).map(drop),
+                    _ => launch_gemv(x, w, c).map(drop),
+                }
+            };
+            run()?;
+            x.device().synchronize()?;
+            let reps = 5;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                run()?;
+            }
+            x.device().synchronize()?;
+            times[i] = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+        }
+        let best = ways
+            .into_iter()
+            .zip(times)
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(Gemv::Cublas, |(c, _)| c);
+        tracing::debug!(
+            "GEMV {b}x{k} · {n}x{k}ᵀ: {:.1} / {:.1} / {:.1} µs -> {best:?}",
+            times[0],
+            times[1],
+            times[2]
+        );
+        match choices().lock() {
+            Ok(mut m) => m.insert(key, (best, times)),
+            Err(p) => p.into_inner().insert(key, (best, times)),
+        };
+        Ok(best)
+    }
+
+    /// The gate/up product with SiLU·up in its epilogue (`gemv_silu`), where our GEMV does this
+    /// shape's product; `None` where cuBLAS does.
+    /// `force`: whatever the timing chose (for the checks).
+    pub fn gemv_silu(x: &Tensor, w: &Tensor, force: bool) -> Result<Option<Tensor>> {
+        if !eligible(x, w)?
+            || !w.dim(0)?.is_multiple_of(2)
+            || (!force && choose(x, w)? == Gemv::Cublas)
+        {
+            return Ok(None);
+        }
+        let (b, k) = x.dims2()?;
+        let inter = w.dim(0)? / 2;
+        let dtype = x.dtype();
+        let dev = device(x)?;
+        let stream = dev.cuda_stream();
+        let (s1, l1) = x.storage_and_layout();
+        let (s2, l2) = w.storage_and_layout();
+        let p1 = address(storage(&s1)?, l1, &stream, true)?;
+        let p2 = address(storage(&s2)?, l2, &stream, true)?;
+        if p1.0 % 16 != 0 || p2.0 % 16 != 0 {
+            return Ok(None);
+        }
+        let out = alloc(&dev, dtype, (b, inter))?;
+        {
+            let (s3, l3) = out.storage_and_layout();
+            let p3 = address(storage(&s3)?, l3, &stream, true)?;
+            let f = dev.get_or_load_custom_func(
+                &format!("gemv_silu{b}_{}", suffix(dtype)?),
+                MODULE,
+                ptx::DECODE,
+            )?;
+            let (k32, i32_) = (k as i32, inter as i32);
+            let mut bld = f.builder();
+            bld.arg(&p1.0).arg(&p2.0).arg(&p3.0).arg(&k32).arg(&i32_);
+            // One (gate, up) pair of rows a warp, 4 warps a block.
+            let blocks = inter.div_ceil(4) as u32;
+            // SAFETY: x is b × k, w is 2·inter × k, out is b × inter, contiguous and aligned.
+            unsafe { bld.launch(cfg((blocks, 1, 1), 128)) }.w()?;
+        }
+        Ok(Some(out))
+    }
+
+    /// The q/k/v product with rope_cache in its epilogue (`gemv_rope`), where our GEMV does this
+    /// shape's product; `None` where cuBLAS does (`force`: whatever the timing chose).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_rope(
+        x: &Tensor,
+        w: &Tensor,
+        step: &Step,
+        cos: &Tensor,
+        sin: &Tensor,
+        kc: &Tensor,
+        vc: &Tensor,
+        heads: Heads,
+        scale: f64,
+        force: bool,
+    ) -> Result<Option<Tensor>> {
+        let Heads { h, kvh, hd, ctx } = heads;
+        if !eligible(x, w)?
+            || w.dim(0)? != (h + 2 * kvh) * hd
+            || (!force && choose(x, w)? == Gemv::Cublas)
+        {
+            return Ok(None);
+        }
+        let (b, k) = x.dims2()?;
+        let dtype = same_dtype(&[x, w, kc, vc])?;
+        let cache = [kc.dim(0)?, kvh, ctx, hd];
+        if kc.dims() != cache
+            || vc.dims() != cache
+            || step.first + b > cache[0]
+            || step.pos.len() != b
+            || step.pos.iter().any(|&p| p as usize >= ctx)
+            || cos.dtype() != DType::F32
+            || cos.dims() != sin.dims()
+            || cos.dim(1)? != hd / 2
+            || step.pos.iter().any(|&p| p as usize >= cos.dims()[0])
+        {
+            bail!("gemv_rope: inconsistent shapes or positions")
+        }
+        let dev = device(x)?;
+        let stream = dev.cuda_stream();
+        let (s1, l1) = x.storage_and_layout();
+        let (s2, l2) = w.storage_and_layout();
+        let p1 = address(storage(&s1)?, l1, &stream, true)?;
+        let p2 = address(storage(&s2)?, l2, &stream, true)?;
+        if p1.0 % 16 != 0 || p2.0 % 16 != 0 {
+            return Ok(None);
+        }
+        let q = alloc(&dev, dtype, (b, h, hd))?;
+        {
+            let (s3, l3) = step.positions.storage_and_layout();
+            let (s4, l4) = cos.storage_and_layout();
+            let (s5, l5) = sin.storage_and_layout();
+            let (s6, l6) = q.storage_and_layout();
+            let (s7, l7) = kc.storage_and_layout();
+            let (s8, l8) = vc.storage_and_layout();
+            let p3 = address(storage(&s3)?, l3, &stream, true)?;
+            let p4 = address(storage(&s4)?, l4, &stream, true)?;
+            let p5 = address(storage(&s5)?, l5, &stream, true)?;
+            let p6 = address(storage(&s6)?, l6, &stream, true)?;
+            let p7 = address(storage(&s7)?, l7, &stream, true)?;
+            let p8 = address(storage(&s8)?, l8, &stream, true)?;
+            let f = dev.get_or_load_custom_func(
+                &format!("gemv_rope{b}_{}", suffix(dtype)?),
+                MODULE,
+                ptx::DECODE,
+            )?;
+            let ints = [
+                k as i32,
+                h as i32,
+                kvh as i32,
+                hd as i32,
+                ctx as i32,
+                step.first as i32,
+            ];
+            let scale = scale as f32;
+            let mut bld = f.builder();
+            for p in [&p1.0, &p2.0, &p3.0, &p4.0, &p5.0, &p6.0, &p7.0, &p8.0] {
+                bld.arg(p);
+            }
+            for i in &ints {
+                bld.arg(i);
+            }
+            bld.arg(&scale);
+            // One pair (i, i + hd/2) of a head a warp, 4 warps a block.
+            let blocks = ((h + 2 * kvh) * hd / 2).div_ceil(4) as u32;
+            // SAFETY: shapes checked above; every position is inside the cache.
+            unsafe { bld.launch(cfg((blocks, 1, 1), 128)) }.w()?;
+        }
+        Ok(Some(q))
     }
 
     /// Our GEMV, `None` for operands not 16-byte aligned (at most 4 rows).

@@ -947,12 +947,11 @@ impl Model {
         clock.mark("norms_residuals")?;
         for (i, (layer, cache)) in self.layers.iter().zip(&self.caches).enumerate() {
             let (attn, mlp) = (&layer.attn, &layer.mlp);
-            let qkv = kernels::linear(k, &h, weight(&attn.qkv_proj)?)?;
-            clock.mark("qkv_proj")?;
             let (kc, vc) = (&cache.k, &cache.v);
             let (cos, sin) = (&self.rope.cos, &self.rope.sin);
-            let q = kernels::rope_cache(k, &qkv, &step, cos, sin, kc, vc, heads, scale)?;
-            clock.mark("rope")?;
+            let wqkv = weight(&attn.qkv_proj)?;
+            let q = kernels::linear_rope_cache(k, &h, wqkv, &step, cos, sin, kc, vc, heads, scale)?;
+            clock.mark("qkv_proj_rope")?;
             let a = kernels::attention(k, &q, &step, kc, vc, heads)?;
             clock.mark("attention")?;
             let o = kernels::linear(k, &a, weight(&attn.o_proj)?)?;
@@ -960,10 +959,8 @@ impl Model {
             let post = &layer.post_attention_layernorm;
             let (x1, h1) = kernels::add_rms_norm(k, &x, &o, post.weight(), post.eps())?;
             clock.mark("norms_residuals")?;
-            let gu = kernels::linear(k, &h1, weight(&mlp.gate_up_proj)?)?;
-            clock.mark("gate_up_proj")?;
-            let act = kernels::silu_mul(k, &gu)?;
-            clock.mark("silu_mul")?;
+            let act = kernels::linear_silu(k, &h1, weight(&mlp.gate_up_proj)?)?;
+            clock.mark("gate_up_proj_silu")?;
             let d = kernels::linear(k, &act, weight(&mlp.down_proj)?)?;
             clock.mark("down_proj")?;
             // The next layer's input norm, or the final one.
