@@ -168,7 +168,9 @@ __device__ void rope_cache(const T *__restrict__ qkv, const uint32_t *__restrict
 // h / kvh query heads of KV head g over positions [sp·chunk, (sp + 1)·chunk). Each warp walks
 // its own groups of ATT_U positions with an online softmax (lane l holds elements l, l + 32,
 // ...), then the warps merge in shared memory. With one split the block writes out (n, h·hd) in T; otherwise it
-// writes its running max, sum and unnormalised output for attn_combine.
+// writes its running max, sum and unnormalised output for attn_combine. chunk ≤ 0: the kernel
+// splits the longest row's positions itself (a launch whose arguments do not change from step to
+// step, as a CUDA graph replays it).
 #define ATT_WARPS 4
 #define ATT_U 4
 
@@ -180,6 +182,11 @@ __device__ void attn_decode(const T *q, const T *kc, const T *vc, const uint32_t
   const int row = blockIdx.x, g = blockIdx.y, sp = blockIdx.z;
   const int rep = h / kvh;
   const int len = (int)pos[row] + 1;
+  if (chunk <= 0) {  // from the longest row (kept on the device, for CUDA graphs)
+    int span = 1;
+    for (int r = 0; r < (int)gridDim.x; r++) span = max(span, (int)pos[r] + 1);
+    chunk = (span + splits - 1) / splits;
+  }
   const int p0 = sp * chunk;
   const int p1 = min(len, p0 + chunk);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

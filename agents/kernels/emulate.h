@@ -26,6 +26,7 @@ struct Dim3 {
 inline Dim3 threadIdx, blockIdx;
 inline Dim3 blockDim, gridDim;
 
+using std::max;
 using std::min;
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 

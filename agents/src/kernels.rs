@@ -757,10 +757,12 @@ mod cuda {
         {
             bail!("attention: inconsistent shapes or positions")
         }
-        let span = step.span();
         let dev = device(q)?;
-        let splits = splits(&dev, b * kvh, span);
-        let chunk = span.div_ceil(splits);
+        // The split count follows the cache's size and the kernel divides the longest row's
+        // positions among the splits itself (chunk 0): the launch is the same at every step, as
+        // a CUDA graph replays it.
+        let splits = splits(&dev, b * kvh, ctx);
+        let chunk = 0usize;
         let out = alloc(&dev, dtype, (b, h * hd))?;
         // Partial results of the splits (unused, and not allocated, with one).
         let parts = if splits > 1 {
