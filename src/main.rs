@@ -139,6 +139,10 @@ struct BenchArgs {
     /// for the others), to measure what each brings.
     #[arg(long)]
     kernels: Option<String>,
+    /// Launch every decode step directly instead of replaying it as a CUDA graph (graphs are
+    /// recorded per batch shape up to 8 sequences, on a GPU, on the fused path).
+    #[arg(long)]
+    no_graphs: bool,
     /// Before timing, check the fused kernels against candle's operations (each kernel on random
     /// inputs, then a decode step of the model on both paths); stops if any is out of tolerance.
     #[arg(long)]
@@ -664,19 +668,24 @@ fn bench_engine(a: BenchArgs) -> Result<()> {
             .set_kernels(k.any().then_some(k))
             .context("--kernels")?;
     }
+    if a.no_graphs {
+        model.set_graphs(false);
+    }
     if a.check {
         check_kernels(&mut model, &device, slots)?;
     }
     let kernels = model
         .kernels()
         .map_or("none".to_string(), |k| k.to_string());
+    let graphs = model.graphs();
     let profile = a.profile.then(|| model.enable_profiling());
     let dev_name = if device.is_cpu() { "cpu" } else { "cuda" };
     eprintln!(
-        "{} layers, hidden {}, {dtype:?} on {dev_name}, fused decode kernels: {kernels}, ready \
-         in {:.1}s",
+        "{} layers, hidden {}, {dtype:?} on {dev_name}, fused decode kernels: {kernels}, CUDA \
+         graphs: {}, ready in {:.1}s",
         cfg.num_hidden_layers,
         cfg.hidden_size,
+        if graphs { "on" } else { "off" },
         started.elapsed().as_secs_f64()
     );
     let engine = agents::local::LocalEngine::new(model, codec.into(), "bench");
@@ -687,6 +696,7 @@ fn bench_engine(a: BenchArgs) -> Result<()> {
         seed: a.seed,
         profile,
         kernels,
+        graphs,
     };
     let bar = ProgressBar::new(plan.batches.len() as u64).with_style(
         ProgressStyle::with_template("{elapsed_precise} batch sizes {pos}/{len} {msg}")
@@ -706,6 +716,10 @@ fn bench_engine(a: BenchArgs) -> Result<()> {
     // How the products of a few rows were done (timed at their first use), for the record.
     for line in agents::kernels::gemv_choices() {
         println!("{}", serde_json::json!({ "gemv": line }));
+    }
+    #[cfg(feature = "cuda")]
+    for line in agents::graph::summary() {
+        println!("{}", serde_json::json!({ "cuda_graphs": line }));
     }
     Ok(())
 }
@@ -735,7 +749,9 @@ fn check_kernels(
     // The model's kernels, or all of them when it is on the general path.
     let kernels = model.kernels().unwrap_or(agents::kernels::Kernels::ALL);
     if model.supports_kernels() {
-        for b in [1, slots.min(4)] {
+        let mut batches = vec![1, slots.min(4)];
+        batches.dedup();
+        for b in batches {
             results.push(
                 agents::bench::check_paths(model, kernels, b, 7)
                     .context("checking the fused decode path")?,

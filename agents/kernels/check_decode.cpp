@@ -51,6 +51,7 @@ void compare(const std::string &what, const std::vector<T> &got, const std::vect
 template <typename T> struct Kernels;
 #define KERNELS(T, SFX)                                                                   \
   template <> struct Kernels<T> {                                                         \
+    static constexpr auto embed = embed_##SFX;                                            \
     static constexpr auto norm = add_rms_norm_##SFX;                                      \
     static constexpr auto rope = rope_cache_##SFX;                                        \
     static constexpr auto combine = attn_combine_##SFX;                                   \
@@ -105,6 +106,19 @@ template <typename T> void check_norm(int rows, int d, std::mt19937 &rng) {
   const std::string tag = "rows " + std::to_string(rows) + " d " + std::to_string(d);
   compare("add_rms_norm sum " + tag, xo, want_s);
   compare("add_rms_norm norm " + tag, y, want_y);
+}
+
+template <typename T> void check_embed(int rows, int vocab, int d, std::mt19937 &rng) {
+  auto table = random<T>(size_t(vocab) * d, rng);
+  std::vector<uint32_t> ids(rows);
+  for (int r = 0; r < rows; r++) ids[r] = uint32_t((r * 7 + 3) % vocab);
+  std::vector<T> out(size_t(rows) * d);
+  emu_launch({unsigned(rows), unsigned((d + 1023) / 1024)}, 256, Kernels<T>::embed, ids.data(),
+             table.data(), out.data(), d);
+  std::vector<double> want(out.size());
+  for (int r = 0; r < rows; r++)
+    for (int i = 0; i < d; i++) want[size_t(r) * d + i] = to_f(table[size_t(ids[r]) * d + i]);
+  compare("embed rows " + std::to_string(rows) + " d " + std::to_string(d), out, want);
 }
 
 template <typename T> void check_silu(int rows, int inter, std::mt19937 &rng) {
@@ -310,6 +324,7 @@ void check_attention(int rows, int h, int kvh, int hd, int ctx, int splits, std:
 }
 
 template <typename T> void check_all(std::mt19937 &rng) {
+  check_embed<T>(3, 50, 2100, rng);
   check_norm<T>(1, 512, rng);
   check_norm<T>(3, 5120, rng);
   check_norm<T>(2, 100, rng);     // a partial warp of elements

@@ -2,6 +2,7 @@
 // general kernels cost one launch per elementary operation: at batch 1 the weight products are
 // most of a step and some 700 small launches the rest (docs/performance.md).
 //
+// - embed:        the new tokens' embedding rows;
 // - add_rms_norm: residual add and the next RMSNorm in one pass over the row;
 // - rope_cache:   RoPE (f32 tables) on the fused q/k/v output; queries out (scaled), keys and
 //                 values written straight into the KV cache at each sequence's position;
@@ -54,6 +55,17 @@ __device__ __forceinline__ float block_sum(float v) {
   __syncthreads();
   v = lane < warps ? part[lane] : 0.0f;
   return warp_sum(v);
+}
+
+// ---------------------------------------------------------------------------------------------
+// embed: out (n, d) = rows ids[r] of table (vocab, d). Grid (n, blocks).
+template <typename T>
+__device__ void embed(const uint32_t *__restrict__ ids, const T *__restrict__ table,
+                      T *__restrict__ out, int d) {
+  const size_t r = blockIdx.x;
+  const T *src = table + (size_t)ids[r] * d;
+  for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < d; i += gridDim.y * blockDim.x)
+    out[r * d + i] = src[i];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -472,6 +484,9 @@ __device__ void gemv_rope(const T *__restrict__ x, const T *__restrict__ w,
 // ---------------------------------------------------------------------------------------------
 // Entry points, one per storage type (suffix f32, f16, bf16 as candle names its dtypes).
 #define DECODE_OPS(T, SFX)                                                                       \
+  extern "C" __global__ void embed_##SFX(const uint32_t *ids, const T *table, T *out, int d) {   \
+    embed<T>(ids, table, out, d);                                                                \
+  }                                                                                              \
   extern "C" __global__ void add_rms_norm_##SFX(const T *x, const T *h, const T *w, T *xo, T *y, \
                                                 int d, float eps) {                              \
     add_rms_norm<T>(x, h, w, xo, y, d, eps);                                                     \

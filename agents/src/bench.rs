@@ -118,6 +118,8 @@ pub struct Record {
     pub dtype: String,
     /// The decode step's fused kernels (`none`: candle's operations).
     pub kernels: String,
+    /// Whether decode steps may be replayed as CUDA graphs.
+    pub graphs: bool,
     /// With [`Plan::profile`]: milliseconds per decode pass by phase (the device synchronized
     /// after every phase, so the figures above are slower than without).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,8 +135,9 @@ pub struct Plan {
     pub seed: u64,
     /// The model's phase record ([`Model::enable_profiling`]), reported per batch size.
     pub profile: Option<std::sync::Arc<crate::phi3::Profile>>,
-    /// The model's decode kernels, as reported in each record.
+    /// The model's decode kernels and graph setting, as reported in each record.
     pub kernels: String,
+    pub graphs: bool,
 }
 
 /// Random prompts of `len` tokens below `vocab` (deterministic in `seed`).
@@ -224,6 +227,7 @@ pub fn run(
                 device: device.into(),
                 dtype: format!("{dtype:?}").to_lowercase(),
                 kernels: plan.kernels.clone(),
+                graphs: plan.graphs,
                 profile_ms_per_pass: profile,
             };
             each(&r);
@@ -266,6 +270,9 @@ pub fn check_paths(
     seed: u64,
 ) -> Result<crate::kernels::CheckResult> {
     let before = model.kernels();
+    // Direct launches: a graph replays exactly what it recorded (it checks that itself).
+    let graphs = model.graphs();
+    model.set_graphs(false);
     let b = b.clamp(1, model.slots());
     let vocab = model.config().vocab_size;
     // Unequal lengths spread over the cache (the step's new token needs one more position).
@@ -304,5 +311,6 @@ pub fn check_paths(
         })
     })();
     model.set_kernels(before)?;
+    model.set_graphs(graphs);
     result
 }

@@ -140,6 +140,16 @@ fn on_gpu(t: &Tensor) -> bool {
     t.device().is_cuda()
 }
 
+/// The embedding rows of `ids` (b, u32) in `table` (vocab, hidden): (b, hidden). On a GPU a
+/// gather kernel of its own (candle's uploads its parameters at every call).
+pub fn embed(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if on_gpu(ids) {
+        return cuda::embed(ids, table);
+    }
+    table.index_select(ids, 0)
+}
+
 /// `x + h` (the new residual stream) and its RMSNorm with weight `w`; rows are the last dim.
 pub fn add_rms_norm(
     k: Kernels,
@@ -354,6 +364,15 @@ pub fn check(
         };
         let f32s = |t: &Tensor| t.to_dtype(DType::F32);
         for b in [1usize, 3, 4, 8] {
+            // Embedding rows.
+            let table = rand(&[97, hidden])?;
+            let ids: Vec<u32> = (0..b as u32).map(|r| (r * 31 + 5) % 97).collect();
+            let ids = Tensor::new(ids.as_slice(), device)?;
+            push(
+                format!("embed b{b}"),
+                &embed(&ids, &table)?,
+                &f32s(&table)?.index_select(&ids, 0)?,
+            )?;
             // Norm.
             let (x, hh, w) = (rand(&[b, hidden])?, rand(&[b, hidden])?, rand(&[hidden])?);
             let (s1, y1) = add_rms_norm(on, &x, &hh, &w, 1e-5)?;
@@ -486,7 +505,7 @@ fn rel_err(got: &Tensor, want: &Tensor) -> Result<f64> {
 }
 
 #[cfg(feature = "cuda")]
-mod cuda {
+pub(crate) mod cuda {
     //! Launches the kernels of `kernels/decode.cu` on candle's CUDA storage.
 
     use super::{Heads, Step};
@@ -590,6 +609,94 @@ mod cuda {
             block_dim: (block, 1, 1),
             shared_mem_bytes: 0,
         }
+    }
+
+    pub fn embed(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
+        let b = ids.dim(0)?;
+        let (_, d) = table.dims2()?;
+        if ids.dtype() != DType::U32 || ids.rank() != 1 {
+            bail!("embed: ids must be a u32 vector")
+        }
+        let dtype = table.dtype();
+        let dev = device(table)?;
+        let out = alloc(&dev, dtype, (b, d))?;
+        let stream = dev.cuda_stream();
+        {
+            let (s1, l1) = ids.storage_and_layout();
+            let (s2, l2) = table.storage_and_layout();
+            let (s3, l3) = out.storage_and_layout();
+            let p1 = address(storage(&s1)?, l1, &stream, true)?;
+            let p2 = address(storage(&s2)?, l2, &stream, true)?;
+            let p3 = address(storage(&s3)?, l3, &stream, true)?;
+            let f = dev.get_or_load_custom_func(
+                &format!("embed_{}", suffix(dtype)?),
+                MODULE,
+                ptx::DECODE,
+            )?;
+            let d32 = d as i32;
+            let mut bld = f.builder();
+            bld.arg(&p1.0).arg(&p2.0).arg(&p3.0).arg(&d32);
+            // SAFETY: out is b × d; the ids are the engine's tokens, rows of the table.
+            unsafe { bld.launch(cfg((b as u32, d.div_ceil(1024) as u32, 1), 256)) }.w()?;
+        }
+        Ok(out)
+    }
+
+    /// Copies `src` into `dst` (same dtype and element count, both contiguous), on the stream:
+    /// a graph's result goes to a buffer that outlives it.
+    pub fn copy_into(dst: &Tensor, src: &Tensor) -> Result<()> {
+        if dst.dtype() != src.dtype() || dst.elem_count() != src.elem_count() {
+            bail!(
+                "copy_into: {:?} {:?} into {:?} {:?}",
+                src.dtype(),
+                src.shape(),
+                dst.dtype(),
+                dst.shape()
+            )
+        }
+        let dev = device(dst)?;
+        let stream = dev.cuda_stream();
+        let (s1, l1) = dst.storage_and_layout();
+        let (s2, l2) = src.storage_and_layout();
+        let p1 = address(storage(&s1)?, l1, &stream, true)?;
+        let p2 = address(storage(&s2)?, l2, &stream, true)?;
+        let bytes = src.elem_count() * src.dtype().size_in_bytes();
+        // SAFETY: both ranges are live, contiguous and `bytes` long.
+        unsafe {
+            candle_core::cuda_backend::cudarc::driver::result::memcpy_dtod_async(
+                p1.0,
+                p2.0,
+                bytes,
+                stream.cu_stream(),
+            )
+        }
+        .w()
+    }
+
+    /// Copies `host` into the u32 tensor `dst` (as many elements), on the stream.
+    pub fn upload_u32(dst: &Tensor, host: &[u32]) -> Result<()> {
+        if dst.dtype() != DType::U32 || dst.elem_count() != host.len() {
+            bail!(
+                "upload: {} values into {:?} {:?}",
+                host.len(),
+                dst.dtype(),
+                dst.shape()
+            )
+        }
+        let dev = device(dst)?;
+        let stream = dev.cuda_stream();
+        let (s, l) = dst.storage_and_layout();
+        let p = address(storage(&s)?, l, &stream, true)?;
+        // SAFETY: `dst` holds host.len() u32 values; the host slice outlives the call (a
+        // pageable copy is staged before it returns).
+        unsafe {
+            candle_core::cuda_backend::cudarc::driver::result::memcpy_htod_async(
+                p.0,
+                host,
+                stream.cu_stream(),
+            )
+        }
+        .w()
     }
 
     pub fn add_rms_norm(x: &Tensor, h: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {

@@ -8,7 +8,8 @@
 //! - [`phi3`]: the Phi-3 architecture (Phi-4's) on candle, written for batched serving: per-sequence
 //!   positions, an in-place KV cache, grouped-query attention without copies; safetensors or GGUF;
 //! - [`kernels`]: the decode step's fused CUDA kernels (`kernels/decode.cu`), with the candle
-//!   operations they replace as fallbacks and reference;
+//!   operations they replace as fallbacks and reference; `graph` (feature `cuda`): that step
+//!   recorded as a CUDA graph and replayed;
 //! - [`local`]: that model as an engine, with a continuous-batching scheduler (CPU, or CUDA with the
 //!   `cuda` feature); [`tokenizer`]: `tokenizer.json`, or Phi-4's own offline; [`hub`]: models
 //!   in the local Hugging Face cache by repository id;
@@ -33,6 +34,8 @@
 pub mod bench;
 pub mod engine;
 pub mod generate;
+#[cfg(feature = "cuda")]
+pub mod graph;
 pub mod hub;
 pub mod kernels;
 pub mod local;

@@ -549,6 +549,9 @@ pub struct Model {
     profile: Option<std::sync::Arc<Profile>>,
     /// The decode step's fused path and its kernels (see [`Model::set_kernels`]).
     fused: Option<Kernels>,
+    /// CUDA graphs of the fused decode step, by batch shape (see [`Model::set_graphs`]).
+    #[cfg(feature = "cuda")]
+    graphs: std::sync::Mutex<crate::graph::Graphs>,
 }
 
 impl Model {
@@ -629,6 +632,8 @@ impl Model {
             device: device.clone(),
             profile: None,
             fused: None,
+            #[cfg(feature = "cuda")]
+            graphs: std::sync::Mutex::new(crate::graph::Graphs::new(device.is_cuda())),
         }
         .with_default_kernels())
     }
@@ -686,7 +691,39 @@ impl Model {
             )
         }
         self.fused = kernels;
+        // Recorded steps launch the kernels they were recorded with.
+        #[cfg(feature = "cuda")]
+        self.graphs_mut().clear();
         Ok(())
+    }
+
+    /// Whether the fused decode step is recorded as a CUDA graph per batch shape (up to
+    /// [`crate::graph::MAX_BATCH`] sequences) and replayed (on by default on a GPU). No effect
+    /// on the CPU or off the fused path.
+    pub fn set_graphs(&mut self, on: bool) {
+        #[cfg(feature = "cuda")]
+        {
+            let cuda = self.device.is_cuda();
+            self.graphs_mut().set_enabled(on && cuda);
+        }
+        #[cfg(not(feature = "cuda"))]
+        let _ = on;
+    }
+
+    /// Whether decode steps may be CUDA graphs.
+    pub fn graphs(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.graphs.lock().is_ok_and(|g| g.enabled());
+        #[cfg(not(feature = "cuda"))]
+        false
+    }
+
+    #[cfg(feature = "cuda")]
+    fn graphs_mut(&mut self) -> &mut crate::graph::Graphs {
+        match self.graphs.get_mut() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
     }
 
     /// The decode step's kernels (`None`: the general forward pass).
@@ -912,6 +949,8 @@ impl Model {
     }
 
     /// The decode step on the fused path: one new token per sequence; see [`crate::kernels`].
+    /// A CUDA graph of the step where there is one (not while profiling: the phases are timed
+    /// one by one).
     fn decode_fused(
         &self,
         k: Kernels,
@@ -922,16 +961,46 @@ impl Model {
     ) -> Result<Tensor> {
         let dev = &self.device;
         let pos: Vec<u32> = starts.iter().map(|&s| s as u32).collect();
+        let ids: Vec<u32> = tokens.iter().map(|t| t[0]).collect();
+        #[cfg(feature = "cuda")]
+        if clock.profile.is_none() {
+            let mut graphs = match self.graphs.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let step = |ids: &Tensor, positions: &Tensor| {
+                let mut quiet = Clock {
+                    profile: None,
+                    last: std::time::Instant::now(),
+                };
+                self.decode_step(k, first, ids, positions, &pos, &mut quiet)
+            };
+            if let Some(logits) = graphs.run(dev, first, &ids, &pos, step)? {
+                return Ok(logits);
+            }
+        }
         let positions = Tensor::new(pos.as_slice(), dev)?;
+        let ids = Tensor::new(ids.as_slice(), dev)?;
+        self.decode_step(k, first, &ids, &positions, &pos, clock)
+    }
+
+    /// One fused decode step on tensors already on the device: token ids and positions (u32,
+    /// one per sequence; `pos` holds the positions on the host too).
+    fn decode_step(
+        &self,
+        k: Kernels,
+        first: usize,
+        ids: &Tensor,
+        positions: &Tensor,
+        pos: &[u32],
+        clock: &mut Clock,
+    ) -> Result<Tensor> {
         let step = Step {
             first,
-            positions: &positions,
-            pos: &pos,
+            positions,
+            pos,
         };
-        let ids: Vec<u32> = tokens.iter().map(|t| t[0]).collect();
-        let mut x = self
-            .embed_tokens
-            .forward(&Tensor::new(ids.as_slice(), dev)?)?;
+        let mut x = kernels::embed(ids, self.embed_tokens.embeddings())?;
         clock.mark("inputs_embed")?;
         let heads = self.heads();
         let scale = 1.0 / (heads.hd as f64).sqrt();
