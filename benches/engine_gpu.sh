@@ -38,22 +38,24 @@ step() { # name, timeout, command...
 
 # A tiny model first, with every fused kernel checked against candle's operations (f32, then the
 # GPU's bf16): a broken build or kernel fails here in seconds, not after the big one loads.
-step smoke-f32 90 "$BIN" bench-engine --device cuda --shape tiny --layers 2 --batch 1,4 \
+step smoke-f32 60 "$BIN" bench-engine --device cuda --shape tiny --layers 2 --batch 1,4 \
   --prompt-len 16 --gen-len 8 --dtype f32 --check
-step smoke 90 "$BIN" bench-engine --device cuda --shape tiny --layers 2 --batch 1,4 \
+step smoke 60 "$BIN" bench-engine --device cuda --shape tiny --layers 2 --batch 1,4 \
   --prompt-len 16 --gen-len 8 --check
-# The engine as it runs (fused decode kernels on), its kernels checked at Phi-4's shape first.
-step phiforge "${PHIFORGE_TIMEOUT:-240}" "$BIN" bench-engine --device cuda --batch "$BATCH" \
+# The engine as it runs (fused decode kernels and CUDA graphs on), its kernels checked at Phi-4's
+# shape first; then the peer, so that a time limit cuts the extra runs below and not these.
+step phiforge "${PHIFORGE_TIMEOUT:-200}" "$BIN" bench-engine --device cuda --batch "$BATCH" \
   --prompt-len "$P" --gen-len "$G" --check
-# The same engine with candle's operations in the decode step (the build before the kernels),
-# and with every kernel but the GEMV (cuBLAS then does the products at batch 1): what each brings.
-step phiforge-candle-ops 150 "$BIN" bench-engine --device cuda --batch 1,128 --prompt-len "$P" \
-  --gen-len "$G" --kernels none
-step phiforge-cublas 90 "$BIN" bench-engine --device cuda --batch 1 --prompt-len "$P" \
-  --gen-len "$G" --kernels norm,rope,attn,silu
 step transformers "${HF_TIMEOUT:-220}" "$PY" "$HF" --batch "$BATCH" --prompt-len "$P" --gen-len "$G"
-# Where the time goes (every phase synchronized, so slower than the figures above): last, so a
-# time limit cuts this and not the comparison.
+# What each part brings: candle's operations in the decode step (the build before the kernels);
+# the kernels without CUDA graphs; every kernel but the GEMV (cuBLAS does the products).
+step phiforge-candle-ops 120 "$BIN" bench-engine --device cuda --batch 1,128 --prompt-len "$P" \
+  --gen-len "$G" --kernels none
+step phiforge-no-graphs 90 "$BIN" bench-engine --device cuda --batch 1,8 --prompt-len "$P" \
+  --gen-len "$G" --no-graphs
+step phiforge-cublas 60 "$BIN" bench-engine --device cuda --batch 1 --prompt-len "$P" \
+  --gen-len "$G" --kernels norm,rope,attn,silu
+# Where the time goes (every phase synchronized, so slower than the figures above, and no graphs).
 if [ -n "${PROFILE:-}" ]; then
   step profile 90 "$BIN" bench-engine --device cuda --batch 1,8,128 --prompt-len "$P" --gen-len 64 \
     --profile
