@@ -56,13 +56,17 @@ template <typename T> struct Kernels;
     static constexpr auto rope = rope_cache_##SFX;                                        \
     static constexpr auto combine = attn_combine_##SFX;                                   \
     static constexpr auto silu = silu_mul_##SFX;                                          \
-    static constexpr decltype(gemv_silu1_##SFX) *gemv_silu[4] = {                         \
-        gemv_silu1_##SFX, gemv_silu2_##SFX, gemv_silu3_##SFX, gemv_silu4_##SFX};          \
-    static constexpr decltype(gemv_rope1_##SFX) *gemv_rope[4] = {                         \
-        gemv_rope1_##SFX, gemv_rope2_##SFX, gemv_rope3_##SFX, gemv_rope4_##SFX};          \
-    static constexpr decltype(gemv1c1_##SFX) *gemv[2][4] = {                              \
-        {gemv1c1_##SFX, gemv2c1_##SFX, gemv3c1_##SFX, gemv4c1_##SFX},                     \
-        {gemv1c2_##SFX, gemv2c2_##SFX, gemv3c2_##SFX, gemv4c2_##SFX}};                    \
+    static constexpr decltype(gemv_silu1_##SFX) *gemv_silu[2][4] = {                      \
+        {gemv_silu1_##SFX, gemv_silu2_##SFX, gemv_silu3_##SFX, gemv_silu4_##SFX},         \
+        {gemv_silu1p_##SFX, gemv_silu2p_##SFX, gemv_silu3p_##SFX, gemv_silu4p_##SFX}};    \
+    static constexpr decltype(gemv_rope1_##SFX) *gemv_rope[2][4] = {                      \
+        {gemv_rope1_##SFX, gemv_rope2_##SFX, gemv_rope3_##SFX, gemv_rope4_##SFX},         \
+        {gemv_rope1p_##SFX, gemv_rope2p_##SFX, gemv_rope3p_##SFX, gemv_rope4p_##SFX}};    \
+    static constexpr decltype(gemv1c1_##SFX) *gemv[2][2][4] = {                           \
+        {{gemv1c1_##SFX, gemv2c1_##SFX, gemv3c1_##SFX, gemv4c1_##SFX},                    \
+         {gemv1c2_##SFX, gemv2c2_##SFX, gemv3c2_##SFX, gemv4c2_##SFX}},                   \
+        {{gemv1c1p_##SFX, gemv2c1p_##SFX, gemv3c1p_##SFX, gemv4c1p_##SFX},                \
+         {gemv1c2p_##SFX, gemv2c2p_##SFX, gemv3c2p_##SFX, gemv4c2p_##SFX}}};              \
     static auto attn(int e, int r) {                                                      \
       decltype(attn_decode_4_4_##SFX) *f[3][2] = {                                        \
           {attn_decode_2_4_##SFX, attn_decode_2_8_##SFX},                                 \
@@ -136,10 +140,12 @@ template <typename T> void check_silu(int rows, int inter, std::mt19937 &rng) {
   compare("silu_mul rows " + std::to_string(rows) + " inter " + std::to_string(inter), out, want);
 }
 
-template <typename T> void check_gemv(int rows, int cols, int k, int n, std::mt19937 &rng) {
+template <typename T>
+void check_gemv(int rows, int cols, int k, int n, std::mt19937 &rng, int prefetch = 0) {
   auto x = random<T>(size_t(rows) * k, rng), w = random<T>(size_t(n) * k, rng, 0.05f);
   std::vector<T> y(size_t(rows) * n);
-  emu_launch({unsigned((n + 4 * cols - 1) / (4 * cols))}, 128, Kernels<T>::gemv[cols - 1][rows - 1],
+  emu_launch({unsigned((n + 4 * cols - 1) / (4 * cols))}, 128,
+             Kernels<T>::gemv[prefetch][cols - 1][rows - 1],
              x.data(), w.data(), y.data(), k, n);
   std::vector<double> want(y.size());
   for (int b = 0; b < rows; b++)
@@ -149,7 +155,7 @@ template <typename T> void check_gemv(int rows, int cols, int k, int n, std::mt1
       want[size_t(b) * n + j] = s;
     }
   compare("gemv rows " + std::to_string(rows) + " " + std::to_string(n) + "x" + std::to_string(k) +
-              ", " + std::to_string(cols) + " column(s) a warp",
+              ", " + std::to_string(cols) + " column(s) a warp" + (prefetch ? ", prefetch" : ""),
           y, want);
 }
 
@@ -167,11 +173,12 @@ std::vector<double> products(const std::vector<T> &x, const std::vector<T> &w, i
   return y;
 }
 
-template <typename T> void check_gemv_silu(int rows, int k, int inter, std::mt19937 &rng) {
+template <typename T>
+void check_gemv_silu(int rows, int k, int inter, std::mt19937 &rng, int prefetch = 0) {
   auto x = random<T>(size_t(rows) * k, rng), w = random<T>(size_t(2 * inter) * k, rng, 0.05f);
   std::vector<T> out(size_t(rows) * inter);
-  emu_launch({unsigned((inter + 3) / 4)}, 128, Kernels<T>::gemv_silu[rows - 1], x.data(), w.data(),
-             out.data(), k, inter);
+  emu_launch({unsigned((inter + 3) / 4)}, 128, Kernels<T>::gemv_silu[prefetch][rows - 1], x.data(),
+             w.data(), out.data(), k, inter);
   const auto y = products(x, w, rows, k, 2 * inter);
   std::vector<double> want(out.size());
   for (int b = 0; b < rows; b++)
@@ -184,7 +191,8 @@ template <typename T> void check_gemv_silu(int rows, int k, int inter, std::mt19
 
 // The q/k/v product fused with rope_cache, against the product followed by the rope reference.
 template <typename T>
-void check_gemv_rope(int rows, int h, int kvh, int hd, int ctx, int k, std::mt19937 &rng) {
+void check_gemv_rope(int rows, int h, int kvh, int hd, int ctx, int k, std::mt19937 &rng,
+                     int prefetch = 0) {
   const int slots = rows + 1, first = 1, half = hd / 2, n = (h + 2 * kvh) * hd;
   std::vector<uint32_t> pos(rows);
   for (int r = 0; r < rows; r++) pos[r] = uint32_t(ctx - 1 - 5 * r);
@@ -199,7 +207,8 @@ void check_gemv_rope(int rows, int h, int kvh, int hd, int ctx, int k, std::mt19
   auto want_k = as_double(kc), want_v = as_double(vc);
   std::vector<T> q(size_t(rows) * h * hd);
   const float scale = 1.0f / std::sqrt(float(hd));
-  emu_launch({unsigned(((h + 2 * kvh) * half + 3) / 4)}, 128, Kernels<T>::gemv_rope[rows - 1],
+  emu_launch({unsigned(((h + 2 * kvh) * half + 3) / 4)}, 128,
+             Kernels<T>::gemv_rope[prefetch][rows - 1],
              x.data(), w.data(), pos.data(), cos.data(), sin.data(), q.data(), kc.data(), vc.data(),
              k, h, kvh, hd, ctx, first, scale);
   const auto y = products(x, w, rows, k, n);
@@ -335,6 +344,10 @@ template <typename T> void check_all(std::mt19937 &rng) {
     check_gemv<T>(1, cols, 264, 7, rng);  // fewer chunks per lane than one round
   }
   for (int rows = 1; rows <= 4; rows++) check_gemv_silu<T>(rows, 520, 37, rng);
+  check_gemv<T>(2, 1, 2056, 21, rng, 1);  // the prefetching loads
+  check_gemv<T>(3, 2, 264, 7, rng, 1);
+  check_gemv_silu<T>(2, 520, 37, rng, 1);
+  check_gemv_rope<T>(2, 4, 1, 128, 40, 264, rng, 1);
   check_gemv_rope<T>(1, 4, 1, 128, 40, 264, rng);
   check_gemv_rope<T>(3, 4, 2, 64, 40, 520, rng);
   check_gemv_rope<T>(4, 8, 1, 96, 30, 136, rng);

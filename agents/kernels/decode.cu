@@ -371,10 +371,27 @@ __device__ __forceinline__ float dot16(uint4 a, uint4 b, __half) {
   return s;
 }
 
+// A 16-byte chunk of a weight row, read once: L = 0 streams it past the caches (evict-first);
+// L = 1 skips L1 and asks L2 to fetch the whole 256-byte line (fewer, larger DRAM requests).
+// Which is faster depends on the GPU; the engine times both.
+template <int L> __device__ __forceinline__ uint4 load_w(const uint4 *p);
+template <> __device__ __forceinline__ uint4 load_w<0>(const uint4 *p) { return __ldcs(p); }
+template <> __device__ __forceinline__ uint4 load_w<1>(const uint4 *p) {
+#ifdef PHIFORGE_EMULATE
+  return *p;
+#else
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+#endif
+}
+
 // The dot products of the NB rows of x with C weight rows, summed over the warp (every lane
 // gets them): lanes stride over 16-byte chunks, 8 / C chunks of each weight row in flight per
 // lane, all of a round's weight loads issued before any arithmetic (the last round's predicated).
-template <typename T, int NB, int C>
+template <typename T, int NB, int C, int L>
 __device__ __forceinline__ void warp_dots(const T *__restrict__ x, const uint4 *const (&wr)[C],
                                           int k, float (&a)[C][NB]) {
   constexpr int V = 16 / sizeof(T);  // elements per 16-byte chunk
@@ -392,7 +409,7 @@ __device__ __forceinline__ void warp_dots(const T *__restrict__ x, const uint4 *
     for (int c = 0; c < C; c++)
 #pragma unroll
       for (int j = 0; j < U; j++)
-        u[c][j] = i + 32 * j < chunks ? __ldcs(wr[c] + i + 32 * j) : uint4{0, 0, 0, 0};
+        u[c][j] = i + 32 * j < chunks ? load_w<L>(wr[c] + i + 32 * j) : uint4{0, 0, 0, 0};
 #pragma unroll
     for (int j = 0; j < U; j++) {
       if (i + 32 * j < chunks) {
@@ -411,7 +428,7 @@ __device__ __forceinline__ void warp_dots(const T *__restrict__ x, const uint4 *
     for (int b = 0; b < NB; b++) a[c][b] = warp_sum(a[c][b]);
 }
 
-template <typename T, int NB, int C>
+template <typename T, int NB, int C, int L>
 __device__ void gemv(const T *__restrict__ x, const T *__restrict__ w, T *__restrict__ y, int k,
                      int n) {
   const int col = ((blockIdx.x * blockDim.x + threadIdx.x) / 32) * C;
@@ -421,7 +438,7 @@ __device__ void gemv(const T *__restrict__ x, const T *__restrict__ w, T *__rest
   for (int c = 0; c < C; c++)
     wr[c] = reinterpret_cast<const uint4 *>(w + (size_t)min(col + c, n - 1) * k);
   float a[C][NB];
-  warp_dots<T, NB, C>(x, wr, k, a);
+  warp_dots<T, NB, C, L>(x, wr, k, a);
   if (threadIdx.x % 32 == 0) {
 #pragma unroll
     for (int c = 0; c < C; c++)
@@ -434,7 +451,7 @@ __device__ void gemv(const T *__restrict__ x, const T *__restrict__ w, T *__rest
 // gemv_silu: the gate/up product and SiLU(gate)·up in one: warp p takes rows p (gate) and
 // p + inter (up) of the fused weights; out (NB, inter). The products are rounded to T first, as
 // the separate product would store them.
-template <typename T, int NB>
+template <typename T, int NB, int L>
 __device__ void gemv_silu(const T *__restrict__ x, const T *__restrict__ w, T *__restrict__ out,
                           int k, int inter) {
   const int p = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
@@ -442,7 +459,7 @@ __device__ void gemv_silu(const T *__restrict__ x, const T *__restrict__ w, T *_
   const uint4 *wr[2] = {reinterpret_cast<const uint4 *>(w + (size_t)p * k),
                         reinterpret_cast<const uint4 *>(w + (size_t)(p + inter) * k)};
   float a[2][NB];
-  warp_dots<T, NB, 2>(x, wr, k, a);
+  warp_dots<T, NB, 2, L>(x, wr, k, a);
   if (threadIdx.x % 32 == 0) {
 #pragma unroll
     for (int b = 0; b < NB; b++) {
@@ -455,7 +472,7 @@ __device__ void gemv_silu(const T *__restrict__ x, const T *__restrict__ w, T *_
 // gemv_rope: the q/k/v product and rope_cache in one: warp p takes the pair (i, i + hd/2) of head
 // p / (hd/2), rows of the fused weights; row b of x is the new token of slot first + b at pos[b].
 // The products are rounded to T first, as the separate product would store them.
-template <typename T, int NB>
+template <typename T, int NB, int L>
 __device__ void gemv_rope(const T *__restrict__ x, const T *__restrict__ w,
                           const uint32_t *__restrict__ pos, const float *__restrict__ cos,
                           const float *__restrict__ sin, T *__restrict__ q, T *__restrict__ kc,
@@ -469,7 +486,7 @@ __device__ void gemv_rope(const T *__restrict__ x, const T *__restrict__ w,
   const uint4 *wr[2] = {reinterpret_cast<const uint4 *>(w + col * k),
                         reinterpret_cast<const uint4 *>(w + (col + half) * k)};
   float a[2][NB];
-  warp_dots<T, NB, 2>(x, wr, k, a);
+  warp_dots<T, NB, 2, L>(x, wr, k, a);
   if (threadIdx.x % 32 == 0) {
 #pragma unroll
     for (int b = 0; b < NB; b++) {
@@ -516,23 +533,29 @@ __device__ void gemv_rope(const T *__restrict__ x, const T *__restrict__ w,
   ATTN(T, SFX, 4, 4)                                                                             \
   ATTN(T, SFX, 4, 8)
 
-// gemv<NB>c<C>: NB rows, C output columns a warp; gemv_silu<NB>, gemv_rope<NB>: with their
-// epilogues.
+// gemv<NB>c<C>[p]: NB rows, C output columns a warp, p: the L2-prefetching loads;
+// gemv_silu<NB>[p], gemv_rope<NB>[p]: with their epilogues.
 #define GEMV(T, SFX, NB)                                                                         \
-  extern "C" __global__ void gemv_silu##NB##_##SFX(const T *x, const T *w, T *out, int k,        \
-                                                   int inter) {                                  \
-    gemv_silu<T, NB>(x, w, out, k, inter);                                                       \
+  GEMV_L(T, SFX, NB, , 0)                                                                        \
+  GEMV_L(T, SFX, NB, p, 1)
+
+#define GEMV_L(T, SFX, NB, P, L)                                                                 \
+  extern "C" __global__ void gemv##NB##c1##P##_##SFX(const T *x, const T *w, T *y, int k,        \
+                                                     int n) {                                    \
+    gemv<T, NB, 1, L>(x, w, y, k, n);                                                            \
   }                                                                                              \
-  extern "C" __global__ void gemv_rope##NB##_##SFX(                                              \
+  extern "C" __global__ void gemv##NB##c2##P##_##SFX(const T *x, const T *w, T *y, int k,        \
+                                                     int n) {                                    \
+    gemv<T, NB, 2, L>(x, w, y, k, n);                                                            \
+  }                                                                                              \
+  extern "C" __global__ void gemv_silu##NB##P##_##SFX(const T *x, const T *w, T *out, int k,     \
+                                                      int inter) {                               \
+    gemv_silu<T, NB, L>(x, w, out, k, inter);                                                    \
+  }                                                                                              \
+  extern "C" __global__ void gemv_rope##NB##P##_##SFX(                                           \
       const T *x, const T *w, const uint32_t *pos, const float *cos, const float *sin, T *q,     \
       T *kc, T *vc, int k, int h, int kvh, int hd, int ctx, int first, float scale) {            \
-    gemv_rope<T, NB>(x, w, pos, cos, sin, q, kc, vc, k, h, kvh, hd, ctx, first, scale);          \
-  }                                                                                              \
-  extern "C" __global__ void gemv##NB##c1_##SFX(const T *x, const T *w, T *y, int k, int n) {    \
-    gemv<T, NB, 1>(x, w, y, k, n);                                                               \
-  }                                                                                              \
-  extern "C" __global__ void gemv##NB##c2_##SFX(const T *x, const T *w, T *y, int k, int n) {    \
-    gemv<T, NB, 2>(x, w, y, k, n);                                                               \
+    gemv_rope<T, NB, L>(x, w, pos, cos, sin, q, kc, vc, k, h, kvh, hd, ctx, first, scale);       \
   }
 
 // attn_decode_<E>_<R>: head size E·32, up to R query heads per KV head.

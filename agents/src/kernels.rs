@@ -266,7 +266,7 @@ pub fn silu_mul(k: Kernels, gu: &Tensor) -> Result<Tensor> {
 pub fn linear_silu(k: Kernels, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if k.gemv && k.silu && on_gpu(x) {
-        if let Some(act) = cuda::gemv_silu(x, w, false)? {
+        if let Some(act) = cuda::gemv_silu(x, w, None)? {
             return Ok(act);
         }
     }
@@ -290,7 +290,7 @@ pub fn linear_rope_cache(
 ) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if k.gemv && k.rope && on_gpu(x) {
-        if let Some(q) = cuda::gemv_rope(x, w, step, cos, sin, kc, vc, heads, scale, false)? {
+        if let Some(q) = cuda::gemv_rope(x, w, step, cos, sin, kc, vc, heads, scale, None)? {
             return Ok(q);
         }
     }
@@ -390,7 +390,12 @@ pub fn check(
             let (x, w) = (rand(&[b, hidden])?, (rand(&[inter, hidden])? * 0.05)?);
             let want = linear(off, &f32s(&x)?, &f32s(&w)?)?;
             #[cfg(feature = "cuda")]
-            for how in [cuda::Gemv::Warp1, cuda::Gemv::Warp2] {
+            for how in [
+                cuda::Gemv::Warp1,
+                cuda::Gemv::Warp2,
+                cuda::Gemv::Warp1Prefetch,
+                cuda::Gemv::Warp2Prefetch,
+            ] {
                 if let Some(got) = cuda::launch_gemv(&x, &w, how)? {
                     push(format!("gemv {how:?} b{b} {inter}x{hidden}"), &got, &want)?;
                 }
@@ -408,8 +413,14 @@ pub fn check(
                 &f32s(&linear(off, &f32s(&x)?, &f32s(&w2)?)?.to_dtype(dt)?)?,
             )?;
             #[cfg(feature = "cuda")]
-            if let Some(got) = cuda::gemv_silu(&x, &w2, true)? {
-                push(format!("gemv_silu b{b} {inter}x{hidden}"), &got, &want)?;
+            for how in [cuda::Gemv::Warp2, cuda::Gemv::Warp2Prefetch] {
+                if let Some(got) = cuda::gemv_silu(&x, &w2, Some(how))? {
+                    push(
+                        format!("gemv_silu {how:?} b{b} {inter}x{hidden}"),
+                        &got,
+                        &want,
+                    )?;
+                }
             }
             push(
                 format!("linear_silu b{b} {inter}x{hidden}"),
@@ -479,12 +490,18 @@ pub fn check(
                         heads,
                         scale,
                     )?;
-                    if let Some(got) =
-                        cuda::gemv_rope(&x, &wq, &step, &cos, &sin, &kc3, &vc3, heads, scale, true)?
-                    {
-                        push(format!("gemv_rope b{b} {tag} q"), &got, &want)?;
-                        push(format!("gemv_rope b{b} {tag} keys"), &kc3, &kc4)?;
-                        push(format!("gemv_rope b{b} {tag} values"), &vc3, &vc4)?;
+                    for how in [cuda::Gemv::Warp2, cuda::Gemv::Warp2Prefetch] {
+                        let (kc3, vc3) = (kc3.copy()?, vc3.copy()?);
+                        let (x, w) = (&x, &wq);
+                        let run = cuda::gemv_rope;
+                        let got =
+                            run(x, w, &step, &cos, &sin, &kc3, &vc3, heads, scale, Some(how))?;
+                        if let Some(got) = got {
+                            let tag = format!("{how:?} b{b} {tag}");
+                            push(format!("gemv_rope {tag} q"), &got, &want)?;
+                            push(format!("gemv_rope {tag} keys"), &kc3, &kc4)?;
+                            push(format!("gemv_rope {tag} values"), &vc3, &vc4)?;
+                        }
                     }
                 }
                 let a1 = attention(on, &q1, &step, &kc, &vc, heads)?;
@@ -981,17 +998,44 @@ pub(crate) mod cuda {
         Ok(out)
     }
 
-    /// How a product of a few rows is done: our GEMV with one or two output columns a warp, or
-    /// cuBLAS.
+    /// How a product of a few rows is done: our GEMV with one or two output columns a warp,
+    /// its weight loads streamed past the caches or prefetching whole L2 lines; or cuBLAS.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Gemv {
         Warp1,
         Warp2,
+        Warp1Prefetch,
+        Warp2Prefetch,
         Cublas,
     }
 
+    const WAYS: [Gemv; 5] = [
+        Gemv::Warp1,
+        Gemv::Warp2,
+        Gemv::Warp1Prefetch,
+        Gemv::Warp2Prefetch,
+        Gemv::Cublas,
+    ];
+
+    impl Gemv {
+        /// The kernel name's suffix for the loads: `p` for the prefetching ones.
+        fn loads(self) -> &'static str {
+            match self {
+                Gemv::Warp1Prefetch | Gemv::Warp2Prefetch => "p",
+                _ => "",
+            }
+        }
+
+        fn columns(self) -> usize {
+            match self {
+                Gemv::Warp1 | Gemv::Warp1Prefetch => 1,
+                _ => 2,
+            }
+        }
+    }
+
     type GemvKey = (usize, usize, usize, DType);
-    type Choices = std::sync::Mutex<std::collections::HashMap<GemvKey, (Gemv, [f64; 3])>>;
+    type Choices = std::sync::Mutex<std::collections::HashMap<GemvKey, (Gemv, [f64; 5])>>;
 
     /// The choice made for each (rows, n, k, dtype) seen, and the times that made it (µs).
     fn choices() -> &'static Choices {
@@ -999,7 +1043,7 @@ pub(crate) mod cuda {
         CHOICES.get_or_init(Default::default)
     }
 
-    /// Every choice so far, one line each: shape, the three times, the winner.
+    /// Every choice so far, one line each: shape, the five times, the winner.
     pub fn gemv_choices() -> Vec<String> {
         let map = match choices().lock() {
             Ok(m) => m,
@@ -1010,8 +1054,8 @@ pub(crate) mod cuda {
             .map(|((b, n, k, d), (c, t))| {
                 format!(
                     "{b}x{k} · {n}x{k}ᵀ {d:?}: one column a warp {:.1} µs, two {:.1} µs, \
-                     cuBLAS {:.1} µs -> {c:?}",
-                    t[0], t[1], t[2]
+                     prefetching {:.1} / {:.1} µs, cuBLAS {:.1} µs -> {c:?}",
+                    t[0], t[1], t[2], t[3], t[4]
                 )
             })
             .collect();
@@ -1067,9 +1111,8 @@ pub(crate) mod cuda {
         let timed = |e: candle_core::cuda_backend::cudarc::driver::DriverError| {
             candle_core::Error::Msg(format!("timing a product: {e:?}"))
         };
-        let ways = [Gemv::Warp1, Gemv::Warp2, Gemv::Cublas];
-        let mut times = [0f64; 3];
-        for (i, c) in ways.into_iter().enumerate() {
+        let mut times = [0f64; 5];
+        for (i, c) in WAYS.into_iter().enumerate() {
             let run = || -> Result<()> {
                 match c {
                     Gemv::Cublas => x.matmul(&w.t()?).map(drop),
@@ -1091,17 +1134,12 @@ pub(crate) mod cuda {
                 .map_err(timed)?;
             times[i] = start.elapsed_ms(&end).map_err(timed)? as f64 * 1e3 / reps as f64;
         }
-        let best = ways
+        let best = WAYS
             .into_iter()
             .zip(times)
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map_or(Gemv::Cublas, |(c, _)| c);
-        tracing::debug!(
-            "GEMV {b}x{k} · {n}x{k}ᵀ: {:.1} / {:.1} / {:.1} µs -> {best:?}",
-            times[0],
-            times[1],
-            times[2]
-        );
+        tracing::debug!("GEMV {b}x{k} · {n}x{k}ᵀ: {times:.1?} µs -> {best:?}");
         match choices().lock() {
             Ok(mut m) => m.insert(key, (best, times)),
             Err(p) => p.into_inner().insert(key, (best, times)),
@@ -1111,12 +1149,16 @@ pub(crate) mod cuda {
 
     /// The gate/up product with SiLU·up in its epilogue (`gemv_silu`), where our GEMV does this
     /// shape's product; `None` where cuBLAS does.
-    /// `force`: whatever the timing chose (for the checks).
-    pub fn gemv_silu(x: &Tensor, w: &Tensor, force: bool) -> Result<Option<Tensor>> {
-        if !eligible(x, w)?
-            || !w.dim(0)?.is_multiple_of(2)
-            || (!force && choose(x, w)? == Gemv::Cublas)
-        {
+    /// `force`: these loads, whatever the timing chose (for the checks).
+    pub fn gemv_silu(x: &Tensor, w: &Tensor, force: Option<Gemv>) -> Result<Option<Tensor>> {
+        if !eligible(x, w)? || !w.dim(0)?.is_multiple_of(2) {
+            return Ok(None);
+        }
+        let how = match force {
+            Some(how) => how,
+            None => choose(x, w)?,
+        };
+        if how == Gemv::Cublas {
             return Ok(None);
         }
         let (b, k) = x.dims2()?;
@@ -1136,7 +1178,7 @@ pub(crate) mod cuda {
             let (s3, l3) = out.storage_and_layout();
             let p3 = address(storage(&s3)?, l3, &stream, true)?;
             let f = dev.get_or_load_custom_func(
-                &format!("gemv_silu{b}_{}", suffix(dtype)?),
+                &format!("gemv_silu{b}{}_{}", how.loads(), suffix(dtype)?),
                 MODULE,
                 ptx::DECODE,
             )?;
@@ -1152,7 +1194,8 @@ pub(crate) mod cuda {
     }
 
     /// The q/k/v product with rope_cache in its epilogue (`gemv_rope`), where our GEMV does this
-    /// shape's product; `None` where cuBLAS does (`force`: whatever the timing chose).
+    /// shape's product; `None` where cuBLAS does (`force`: these loads, whatever the timing
+    /// chose).
     #[allow(clippy::too_many_arguments)]
     pub fn gemv_rope(
         x: &Tensor,
@@ -1164,13 +1207,17 @@ pub(crate) mod cuda {
         vc: &Tensor,
         heads: Heads,
         scale: f64,
-        force: bool,
+        force: Option<Gemv>,
     ) -> Result<Option<Tensor>> {
         let Heads { h, kvh, hd, ctx } = heads;
-        if !eligible(x, w)?
-            || w.dim(0)? != (h + 2 * kvh) * hd
-            || (!force && choose(x, w)? == Gemv::Cublas)
-        {
+        if !eligible(x, w)? || w.dim(0)? != (h + 2 * kvh) * hd {
+            return Ok(None);
+        }
+        let how = match force {
+            Some(how) => how,
+            None => choose(x, w)?,
+        };
+        if how == Gemv::Cublas {
             return Ok(None);
         }
         let (b, k) = x.dims2()?;
@@ -1212,7 +1259,7 @@ pub(crate) mod cuda {
             let p7 = address(storage(&s7)?, l7, &stream, true)?;
             let p8 = address(storage(&s8)?, l8, &stream, true)?;
             let f = dev.get_or_load_custom_func(
-                &format!("gemv_rope{b}_{}", suffix(dtype)?),
+                &format!("gemv_rope{b}{}_{}", how.loads(), suffix(dtype)?),
                 MODULE,
                 ptx::DECODE,
             )?;
@@ -1249,7 +1296,7 @@ pub(crate) mod cuda {
         if !(1..=4).contains(&b) || how == Gemv::Cublas {
             return Ok(None);
         }
-        let cols = if how == Gemv::Warp1 { 1 } else { 2 };
+        let cols = how.columns();
         let dev = device(x)?;
         let stream = dev.cuda_stream();
         let (s1, l1) = x.storage_and_layout();
@@ -1264,7 +1311,7 @@ pub(crate) mod cuda {
             let (s3, l3) = y.storage_and_layout();
             let p3 = address(storage(&s3)?, l3, &stream, true)?;
             let f = dev.get_or_load_custom_func(
-                &format!("gemv{b}c{cols}_{}", suffix(dtype)?),
+                &format!("gemv{b}c{cols}{}_{}", how.loads(), suffix(dtype)?),
                 MODULE,
                 ptx::DECODE,
             )?;
