@@ -6,9 +6,10 @@
 //! before each replay; its logits are copied into a buffer that outlives the graph; every launch
 //! takes the same arguments at every step (the attention kernel finds its split of the positions
 //! on the device). A graph is recorded per batch shape (first slot, number of sequences) the first
-//! time that shape decodes, and kept only if its first replay reproduces, bit for bit, the logits
-//! of the same step run directly; otherwise that shape stays on direct launches, and why is
-//! reported ([`summary`]).
+//! time that shape decodes, and trusted only once its replays have reproduced, bit for bit, the
+//! logits of the same steps run directly: the recorded step, and the next one (other ids and
+//! positions, so the inputs are seen to be refilled). Otherwise that shape stays on direct
+//! launches, and why is reported ([`summary`]).
 
 use crate::kernels::cuda::{copy_into, upload_u32};
 use candle_core::cuda_backend::cudarc::driver::{sys, CudaGraph};
@@ -54,6 +55,9 @@ impl DecodeGraph {
 
 /// What a batch shape uses.
 enum Slot {
+    /// Recorded, and its first replay matched the step it recorded; the next step is run both
+    /// ways too (new ids and positions: the inputs are refilled) before the graph is trusted.
+    Probation(DecodeGraph),
     Ready(DecodeGraph),
     /// Recording failed or did not reproduce the direct step: direct launches.
     Direct,
@@ -73,7 +77,7 @@ static REFUSED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// batch shape was left to direct launches.
 pub fn summary() -> Vec<String> {
     let mut out = vec![format!(
-        "{} recorded, {} replays",
+        "{} recorded and verified, {} replays",
         RECORDED.load(Ordering::Relaxed),
         REPLAYS.load(Ordering::Relaxed)
     )];
@@ -134,19 +138,41 @@ impl Graphs {
             return Ok(None);
         }
         let key = (first, b);
-        match self.slots.get(&key) {
-            Some(Slot::Ready(g)) => return g.replay(ids, positions).map(Some),
-            Some(Slot::Direct) => return Ok(None),
+        match self.slots.remove(&key) {
+            Some(Slot::Ready(g)) => {
+                let out = g.replay(ids, positions);
+                self.slots.insert(key, Slot::Ready(g));
+                return out.map(Some);
+            }
+            Some(Slot::Direct) => {
+                self.slots.insert(key, Slot::Direct);
+                return Ok(None);
+            }
+            Some(Slot::Probation(g)) => {
+                // The step directly, then again through the graph (it rewrites the same cache
+                // entries with the same values): they must agree exactly.
+                let direct = step(&Tensor::new(ids, device)?, &Tensor::new(positions, device)?)?;
+                let slot = match g.replay(ids, positions) {
+                    Err(e) => refuse(key, format!("the second replay failed: {e}")),
+                    Ok(replayed) if same_bits(&direct, &replayed)? => {
+                        RECORDED.fetch_add(1, Ordering::Relaxed);
+                        Slot::Ready(g)
+                    }
+                    Ok(_) => refuse(
+                        key,
+                        "the second replay's logits differ from the direct step's (new inputs)"
+                            .into(),
+                    ),
+                };
+                self.slots.insert(key, slot);
+                return Ok(Some(direct));
+            }
             None => {}
         }
         // First step of this shape: run it directly on the buffers the graph will read, record
-        // it, replay the record once, and keep it only if the two agree exactly.
-        let Device::Cuda(dev) = device else {
-            return Ok(None);
-        };
-        // candle uploads small parameter arrays for some kernels; cached (from the direct run
-        // on), they need no upload while recording. The fused step itself has none.
-        let _cache = dev.enable_cuda_graph_htod_cache();
+        // it, replay the record once, and keep it (on probation) only if the two agree exactly.
+        // The fused step uploads nothing but these; an operation that did would fail the
+        // recording (a host copy cannot be captured), and the shape would run directly.
         let ids_t = Tensor::new(ids, device)?;
         let pos_t = Tensor::new(positions, device)?;
         let direct = step(&ids_t, &pos_t)?;
@@ -165,25 +191,24 @@ impl Graphs {
                 };
                 match g.replay(ids, positions) {
                     Err(e) => refuse(key, format!("the first replay failed: {e}")),
-                    Ok(replayed) => {
-                        let a = direct.flatten_all()?.to_vec1::<f32>()?;
-                        let b = replayed.flatten_all()?.to_vec1::<f32>()?;
-                        if a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()) {
-                            RECORDED.fetch_add(1, Ordering::Relaxed);
-                            Slot::Ready(g)
-                        } else {
-                            refuse(
-                                key,
-                                "the replay's logits differ from the direct step's".into(),
-                            )
-                        }
-                    }
+                    Ok(replayed) if same_bits(&direct, &replayed)? => Slot::Probation(g),
+                    Ok(_) => refuse(
+                        key,
+                        "the replay's logits differ from the direct step's".into(),
+                    ),
                 }
             }
         };
         self.slots.insert(key, slot);
         Ok(Some(direct))
     }
+}
+
+/// Whether two f32 tensors hold the same bits.
+fn same_bits(a: &Tensor, b: &Tensor) -> Result<bool> {
+    let a = a.flatten_all()?.to_vec1::<f32>()?;
+    let b = b.flatten_all()?.to_vec1::<f32>()?;
+    Ok(a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()))
 }
 
 /// Records what `f` launches on the device's stream into an instantiated graph, or says why it
