@@ -134,7 +134,9 @@ impl Graphs {
         step: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
     ) -> Result<Option<Tensor>> {
         let b = ids.len();
-        if !self.enabled || b == 0 || b > MAX_BATCH || !device.is_cuda() {
+        // Decode passes run the active sequences from slot 0; other first slots are one-token
+        // prompts joining, too rare to be worth a recording.
+        if !self.enabled || first != 0 || b == 0 || b > MAX_BATCH || !device.is_cuda() {
             return Ok(None);
         }
         let key = (first, b);
