@@ -670,10 +670,45 @@ impl Model {
             )
     }
 
-    /// On a GPU every fused kernel is on; on the CPU the decode step is the general one.
+    /// On a GPU the fused decode step with every kernel, once they pass a quick check against
+    /// candle's operations on this GPU (at small widths; `PHIFORGE_DECODE_KERNELS` = `none`, or a
+    /// list as `bench-engine --kernels` takes, overrides the set); on the CPU the general step.
     fn with_default_kernels(mut self) -> Model {
-        if self.device.is_cuda() && self.supports_kernels() {
-            self.fused = Some(Kernels::ALL);
+        if !self.device.is_cuda() || !self.supports_kernels() {
+            return self;
+        }
+        let wanted = match std::env::var("PHIFORGE_DECODE_KERNELS") {
+            Ok(spec) => match Kernels::parse(&spec) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!("PHIFORGE_DECODE_KERNELS: {e}; using all");
+                    Kernels::ALL
+                }
+            },
+            Err(_) => Kernels::ALL,
+        };
+        if !wanted.any() {
+            return self;
+        }
+        let heads = Heads {
+            ctx: 0,
+            ..self.heads()
+        };
+        let dtype = self.dtype();
+        match kernels::check(&self.device, heads, 256, 512, dtype) {
+            Ok(results) if results.iter().all(|r| r.ok) => self.fused = Some(wanted),
+            Ok(results) => {
+                let bad: Vec<String> = results
+                    .iter()
+                    .filter(|r| !r.ok)
+                    .map(|r| format!("{} ({}): {:.2e}", r.op, r.dtype, r.max_rel_err))
+                    .collect();
+                tracing::warn!(
+                    "fused decode kernels off, out of tolerance on this GPU: {}",
+                    bad.join("; ")
+                );
+            }
+            Err(e) => tracing::warn!("fused decode kernels off, their check failed: {e}"),
         }
         self
     }
