@@ -179,17 +179,42 @@ __device__ void rope_cache(const T *__restrict__ qkv, const uint32_t *__restrict
 // first + r. Grid (n, kvh, splits), ATT_WARPS warps per block; block (r, g, sp) takes the rep =
 // h / kvh query heads of KV head g over positions [sp·chunk, (sp + 1)·chunk). Each warp walks
 // its own groups of ATT_U positions with an online softmax (lane l holds elements l, l + 32,
-// ...), then the warps merge in shared memory. With one split the block writes out (n, h·hd) in T; otherwise it
-// writes its running max, sum and unnormalised output for attn_combine. chunk ≤ 0: the kernel
+// ...), then the warps merge in shared memory. With one split the block writes out (n, h·hd)
+// in T; otherwise it writes its running max, sum and unnormalised output, which the last block of
+// (r, g) to finish merges (counters: one per (r, g), zero between launches), or attn_combine
+// (no counters). chunk ≤ 0: the kernel
 // splits the longest row's positions itself (a launch whose arguments do not change from step to
 // step, as a CUDA graph replays it).
 #define ATT_WARPS 4
 #define ATT_U 4
 
+// One output element (head, d) of the merged splits: each split's sum and output rescaled to
+// the largest running max. The partials were written by other blocks: read through L2.
+template <typename T>
+__device__ __forceinline__ void merge_splits(const float *pm, const float *pl, const float *pacc,
+                                             T *out, size_t head, int hd, int splits, int d) {
+  const float *m = pm + head * splits;
+  const float *l = pl + head * splits;
+  float M = -INFINITY;
+#pragma unroll 4
+  for (int s = 0; s < splits; s++) M = fmaxf(M, __ldcg(m + s));
+  float L = 0.0f, A = 0.0f;
+#pragma unroll 4
+  for (int s = 0; s < splits; s++) {
+    const float ms = __ldcg(m + s);
+    if (ms != -INFINITY) {
+      const float f = expf(ms - M);
+      L += __ldcg(l + s) * f;
+      A += __ldcg(pacc + (head * splits + s) * hd + d) * f;
+    }
+  }
+  out[head * hd + d] = from_f<T>(L > 0.0f ? A / L : 0.0f);
+}
+
 template <typename T, int E, int R>
 __device__ void attn_decode(const T *q, const T *kc, const T *vc, const uint32_t *pos, T *out,
-                            float *pm, float *pl, float *pacc, int h, int kvh, int ctx, int first,
-                            int chunk, int splits) {
+                            float *pm, float *pl, float *pacc, unsigned *counters, int h, int kvh,
+                            int ctx, int first, int chunk, int splits) {
   constexpr int HD = E * 32;
   const int row = blockIdx.x, g = blockIdx.y, sp = blockIdx.z;
   const int rep = h / kvh;
@@ -296,30 +321,34 @@ __device__ void attn_decode(const T *q, const T *kc, const T *vc, const uint32_t
       }
     }
   }
+  // With counters, the last block of (row, g) to finish merges the splits itself (no second
+  // launch); it resets the counter for the next launch.
+  if (splits > 1 && counters != nullptr) {
+    __shared__ bool last;
+    __threadfence();  // this block's partials are visible before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      unsigned *c = counters + (size_t)row * kvh + g;
+      last = atomicAdd(c, 1u) == (unsigned)splits - 1;
+      if (last) *c = 0u;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int idx = threadIdx.x; idx < rep * HD; idx += blockDim.x)
+      merge_splits<T>(pm, pl, pacc, out, (size_t)row * h + g * rep + idx / HD, HD, splits,
+                      idx % HD);
+  }
 }
 
-// attn_combine: merges the splits of attn_decode. Grid (n, h); any block size.
+// attn_combine: merges the splits of attn_decode (launched without counters). Grid (n, h); any
+// block size.
 template <typename T>
 __device__ void attn_combine(const float *pm, const float *pl, const float *pacc, T *out, int h,
                              int hd, int splits) {
   const size_t head = (size_t)blockIdx.x * h + blockIdx.y;
-  const float *m = pm + head * splits;
-  const float *l = pl + head * splits;
-  float M = -INFINITY;
-#pragma unroll 4
-  for (int s = 0; s < splits; s++) M = fmaxf(M, m[s]);
-  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-    float L = 0.0f, A = 0.0f;
-#pragma unroll 4
-    for (int s = 0; s < splits; s++) {
-      if (m[s] != -INFINITY) {
-        const float f = expf(m[s] - M);
-        L += l[s] * f;
-        A += pacc[(head * splits + s) * hd + d] * f;
-      }
-    }
-    out[head * hd + d] = from_f<T>(L > 0.0f ? A / L : 0.0f);
-  }
+  for (int d = threadIdx.x; d < hd; d += blockDim.x)
+    merge_splits<T>(pm, pl, pacc, out, head, hd, splits, d);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -562,8 +591,10 @@ __device__ void gemv_rope(const T *__restrict__ x, const T *__restrict__ w,
 #define ATTN(T, SFX, E, R)                                                                       \
   extern "C" __global__ void attn_decode_##E##_##R##_##SFX(                                      \
       const T *q, const T *kc, const T *vc, const uint32_t *pos, T *out, float *pm, float *pl,   \
-      float *pacc, int h, int kvh, int ctx, int first, int chunk, int splits) {                  \
-    attn_decode<T, E, R>(q, kc, vc, pos, out, pm, pl, pacc, h, kvh, ctx, first, chunk, splits);  \
+      float *pacc, unsigned *counters, int h, int kvh, int ctx, int first, int chunk,            \
+      int splits) {                                                                              \
+    attn_decode<T, E, R>(q, kc, vc, pos, out, pm, pl, pacc, counters, h, kvh, ctx, first, chunk, \
+                         splits);                                                                \
   }
 
 DECODE_OPS(float, f32)

@@ -38,6 +38,15 @@ struct float2 {
 };
 template <typename T> inline T __ldg(const T *p) { return *p; }
 template <typename T> inline T __ldcs(const T *p) { return *p; }
+template <typename T> inline T __ldcg(const T *p) { return *p; }
+// Blocks run one after another: every write is visible to the next block, and an atomic is a
+// plain read-modify-write.
+inline void __threadfence() {}
+inline unsigned atomicAdd(unsigned *p, unsigned v) {
+  const unsigned old = *p;
+  *p = old + v;
+  return old;
+}
 
 // bf16: the high half of an f32, rounded to nearest even.
 struct __nv_bfloat16 {

@@ -858,6 +858,30 @@ pub(crate) mod cuda {
             .max(1)
     }
 
+    /// The split counters of the device's decode attention: one per (sequence, KV head), zero
+    /// between launches (the kernel's last block for each resets it). Splits happen only when
+    /// the batch's blocks are fewer than about two per multiprocessor, so a few thousand do.
+    fn split_counters(dev: &CudaDevice, n: usize) -> Result<Option<Tensor>> {
+        const N: usize = 4096;
+        type Counters = std::sync::Mutex<
+            std::collections::HashMap<candle_core::cuda_backend::DeviceId, Tensor>,
+        >;
+        static COUNTERS: std::sync::OnceLock<Counters> = std::sync::OnceLock::new();
+        if n > N {
+            return Ok(None);
+        }
+        let mut map = match COUNTERS.get_or_init(Default::default).lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(t) = map.get(&dev.id()) {
+            return Ok(Some(t.clone()));
+        }
+        let t = Tensor::zeros(N, DType::U32, &candle_core::Device::Cuda(dev.clone()))?;
+        map.insert(dev.id(), t.clone());
+        Ok(Some(t))
+    }
+
     pub fn attention(
         q: &Tensor,
         step: &Step,
@@ -899,6 +923,12 @@ pub(crate) mod cuda {
         } else {
             None
         };
+        // Split, the last block of each (sequence, KV head) merges the splits itself.
+        let counters = if splits > 1 {
+            split_counters(&dev, b * kvh)?
+        } else {
+            None
+        };
         let stream = dev.cuda_stream();
         {
             let (s1, l1) = q.storage_and_layout();
@@ -918,6 +948,7 @@ pub(crate) mod cuda {
                     a.storage_and_layout(),
                 ]
             });
+            let counter_lock = counters.as_ref().map(|c| c.storage_and_layout());
             let mut part_ptrs = [0u64; 3];
             let mut guards = Vec::new();
             if let Some(locks) = &locks {
@@ -926,6 +957,12 @@ pub(crate) mod cuda {
                     part_ptrs[i] = p;
                     guards.push(g);
                 }
+            }
+            let mut counter_ptr = 0u64;
+            if let Some((s, l)) = &counter_lock {
+                let (p, g) = address(storage(s)?, l, &stream, true)?;
+                counter_ptr = p;
+                guards.push(g);
             }
             let r = if rep <= 4 { 4 } else { 8 };
             let name = format!("attn_decode_{}_{r}_{}", hd / 32, suffix(dtype)?);
@@ -943,12 +980,13 @@ pub(crate) mod cuda {
             for p in &part_ptrs {
                 bld.arg(p);
             }
+            bld.arg(&counter_ptr);
             for i in &ints {
                 bld.arg(i);
             }
             // SAFETY: shapes checked above; 4 warps per block, as ATT_WARPS.
             unsafe { bld.launch(cfg((b as u32, kvh as u32, splits as u32), 128)) }.w()?;
-            if splits > 1 {
+            if splits > 1 && counters.is_none() {
                 let f = dev.get_or_load_custom_func(
                     &format!("attn_combine_{}", suffix(dtype)?),
                     MODULE,
