@@ -1,6 +1,6 @@
 //! CUDA graphs of the fused decode step (`cuda` feature).
 //!
-//! A Phi-4 decode step at batch 1 is some 330 kernel launches, each a few microseconds of host
+//! A Phi-4 decode step at batch 1 is some 290 kernel launches, each a few microseconds of host
 //! work and a gap on the GPU. A CUDA graph records one step's launches once and replays them with
 //! one call. The step's inputs (token ids, positions) live in buffers the graph reads, refilled
 //! before each replay; its logits are copied into a buffer that outlives the graph; every launch
