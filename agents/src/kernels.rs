@@ -2,19 +2,23 @@
 //!
 //! candle runs every elementary operation as its own kernel. At batch 1 a Phi-4 step is about
 //! 11 ms of weight products and some 700 small launches (docs/performance.md), so the decode step
-//! on CUDA uses five operations of its own (`kernels/decode.cu`):
+//! on CUDA uses operations of its own (`kernels/decode.cu`):
 //!
 //! | operation | replaces |
 //! | --- | --- |
+//! | [`embed`] | candle's gather (which uploads its parameters at every call) |
 //! | [`add_rms_norm`] | residual add, then RMSNorm |
 //! | [`rope_cache`] | slicing q/k/v, RoPE on queries and keys, scaling, two cache scatters |
 //! | [`attention`] | q·Kᵀ, softmax, ·V over each sequence's cached positions |
 //! | [`silu_mul`] | slicing gate/up, SiLU, product |
-//! | [`linear`] | cuBLAS for 1 to 4 rows: a GEMV that streams the weights |
+//! | [`linear`] | cuBLAS for 1 to 4 rows: a GEMV that streams the weights (timed against cuBLAS per shape, the faster kept) |
+//! | [`linear_rope_cache`], [`linear_silu`] | the GEMV with `rope_cache` or `silu_mul` as its epilogue |
 //!
 //! Each has a fallback made of candle operations, used on the CPU and wherever [`Kernels`]
 //! leaves its kernel off. Run on f32 copies of the inputs, the fallbacks are also the reference
-//! the kernels are checked against ([`check`]; `phiforge bench-engine --check`).
+//! the kernels are checked against ([`check`]; `phiforge bench-engine --check`, and at a small
+//! width whenever a model loads on a GPU). The CUDA source is also run on the CPU, emulated, by
+//! `agents/tests/kernels_emulated.rs`.
 
 use candle_core::{DType, Result, Tensor, D};
 

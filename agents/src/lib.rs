@@ -14,7 +14,7 @@
 //!   `cuda` feature); [`tokenizer`]: `tokenizer.json`, or Phi-4's own offline; [`hub`]: models
 //!   in the local Hugging Face cache by repository id;
 //! - [`serve`]: the local engine behind an OpenAI-compatible HTTP API (`phiforge serve`);
-//! - [`generate`]: one-off generation (`phiforge generate`); [`bench`]: engine throughput, measured
+//! - [`generate`]: one-off generation (`phiforge generate`); [`bench`](mod@bench): engine throughput, measured
 //!   like transformers' peer script;
 //! - `testing` (feature `test-server`): a fault-injecting server on loopback for tests.
 //!

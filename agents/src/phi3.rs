@@ -733,7 +733,7 @@ impl Model {
     }
 
     /// Whether the fused decode step is recorded as a CUDA graph per batch shape (up to
-    /// [`crate::graph::MAX_BATCH`] sequences) and replayed (on by default on a GPU). No effect
+    /// `graph::MAX_BATCH` sequences) and replayed (on by default on a GPU). No effect
     /// on the CPU or off the fused path.
     pub fn set_graphs(&mut self, on: bool) {
         #[cfg(feature = "cuda")]
