@@ -758,11 +758,7 @@ fn check_kernels(
             );
         }
     }
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|r| !r.ok)
-        .map(|r| format!("{} ({}): {:.2e}", r.op, r.dtype, r.max_rel_err))
-        .collect();
+    let failed = agents::kernels::failures(&results);
     for r in &results {
         println!("{}", serde_json::json!({ "check": r }));
     }

@@ -54,7 +54,6 @@ template <typename T> struct Kernels;
     static constexpr auto embed = embed_##SFX;                                            \
     static constexpr auto norm = add_rms_norm_##SFX;                                      \
     static constexpr auto rope = rope_cache_##SFX;                                        \
-    static constexpr auto combine = attn_combine_##SFX;                                   \
     static constexpr auto silu = silu_mul_##SFX;                                          \
     static constexpr decltype(gemv_silu1_##SFX) *gemv_silu[2][4] = {                      \
         {gemv_silu1_##SFX, gemv_silu2_##SFX, gemv_silu3_##SFX, gemv_silu4_##SFX},         \
@@ -297,18 +296,12 @@ void check_attention(int rows, int h, int kvh, int hd, int ctx, int splits, std:
   std::vector<T> out(size_t(rows) * h * hd);
   std::vector<float> pm(size_t(rows) * h * splits), pl(pm.size()), pacc(pm.size() * hd);
   const int r_max = rep <= 4 ? 4 : 8;
-  // Odd split counts let the kernel find the chunk itself (chunk 0), as under a CUDA graph;
-  // split attention merges in its last block (counters) when rows is odd, else in attn_combine.
+  // Odd split counts let the kernel find the chunk itself (chunk 0), as under a CUDA graph.
   std::vector<unsigned> counters(size_t(rows) * kvh, 0u);
-  const bool merge_in_kernel = rows % 2 == 1;
   emu_launch({unsigned(rows), unsigned(kvh), unsigned(splits)}, 128,
              Kernels<T>::attn(hd / 32, r_max), q.data(), kc.data(), vc.data(), pos.data(),
-             out.data(), pm.data(), pl.data(), pacc.data(),
-             merge_in_kernel ? counters.data() : nullptr, h, kvh, ctx, first,
+             out.data(), pm.data(), pl.data(), pacc.data(), counters.data(), h, kvh, ctx, first,
              splits % 2 ? 0 : chunk, splits);
-  if (splits > 1 && !merge_in_kernel)
-    emu_launch({unsigned(rows), unsigned(h)}, unsigned(hd), Kernels<T>::combine, pm.data(),
-               pl.data(), pacc.data(), out.data(), h, hd, splits);
   for (auto c : counters)
     if (c != 0) {
       failures++;

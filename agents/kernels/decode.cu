@@ -8,8 +8,8 @@
 //                 values written straight into the KV cache at each sequence's position;
 // - attn_decode:  attention of each sequence's one query per head over its cached positions
 //                 (grouped-query: one block reads a KV head once for all its query heads), split
-//                 over positions when the batch alone cannot fill the GPU (flash-decoding), with
-//                 attn_combine merging the splits;
+//                 over positions when the batch alone cannot fill the GPU (flash-decoding), the
+//                 last block of each KV head to finish merging the splits;
 // - silu_mul:     SiLU(gate) * up on the fused gate/up output;
 // - gemv:         y = x Wᵀ for 1 to 4 rows, streaming the weights with 16-byte loads (two
 //                 shapes of work per warp; the engine times both against cuBLAS per shape).
@@ -181,10 +181,9 @@ __device__ void rope_cache(const T *__restrict__ qkv, const uint32_t *__restrict
 // its own groups of ATT_U positions with an online softmax (lane l holds elements l, l + 32,
 // ...), then the warps merge in shared memory. With one split the block writes out (n, h·hd)
 // in T; otherwise it writes its running max, sum and unnormalised output, which the last block of
-// (r, g) to finish merges (counters: one per (r, g), zero between launches), or attn_combine
-// (no counters). chunk ≤ 0: the kernel
-// splits the longest row's positions itself (a launch whose arguments do not change from step to
-// step, as a CUDA graph replays it).
+// (r, g) to finish merges (counters: one per (r, g), zero between launches). chunk ≤ 0: the
+// kernel splits the longest row's positions itself (a launch whose arguments do not change from
+// step to step, as a CUDA graph replays it).
 #define ATT_WARPS 4
 #define ATT_U 4
 
@@ -321,9 +320,9 @@ __device__ void attn_decode(const T *q, const T *kc, const T *vc, const uint32_t
       }
     }
   }
-  // With counters, the last block of (row, g) to finish merges the splits itself (no second
-  // launch); it resets the counter for the next launch.
-  if (splits > 1 && counters != nullptr) {
+  // The last block of (row, g) to finish merges the splits (no second launch); it resets the
+  // counter for the next launch.
+  if (splits > 1) {
     __shared__ bool last;
     __threadfence();  // this block's partials are visible before it is counted
     __syncthreads();
@@ -339,16 +338,6 @@ __device__ void attn_decode(const T *q, const T *kc, const T *vc, const uint32_t
       merge_splits<T>(pm, pl, pacc, out, (size_t)row * h + g * rep + idx / HD, HD, splits,
                       idx % HD);
   }
-}
-
-// attn_combine: merges the splits of attn_decode (launched without counters). Grid (n, h); any
-// block size.
-template <typename T>
-__device__ void attn_combine(const float *pm, const float *pl, const float *pacc, T *out, int h,
-                             int hd, int splits) {
-  const size_t head = (size_t)blockIdx.x * h + blockIdx.y;
-  for (int d = threadIdx.x; d < hd; d += blockDim.x)
-    merge_splits<T>(pm, pl, pacc, out, head, hd, splits, d);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -368,35 +357,15 @@ __device__ void silu_mul(const T *gu, T *out, int n, int inter) {
 // ---------------------------------------------------------------------------------------------
 // gemv: y (NB, n) = x (NB, k) · w (n, k)ᵀ. Each warp computes C output columns (1 or 2) for all
 // NB rows; lanes stride over 16-byte chunks of the weight rows (read once, streamed past the
-// caches), eight chunks in flight per lane, and of x (read by every warp, cached). k·sizeof(T) must be a multiple of 16 and the pointers
-// 16-byte aligned (checked by the caller).
-__device__ __forceinline__ float dot16(uint4 a, uint4 b, float) {
-  const float *x = reinterpret_cast<const float *>(&a);
-  const float *y = reinterpret_cast<const float *>(&b);
-  return x[0] * y[0] + x[1] * y[1] + x[2] * y[2] + x[3] * y[3];
-}
-__device__ __forceinline__ float dot16(uint4 a, uint4 b, __nv_bfloat16) {
-  const __nv_bfloat162 *x = reinterpret_cast<const __nv_bfloat162 *>(&a);
-  const __nv_bfloat162 *y = reinterpret_cast<const __nv_bfloat162 *>(&b);
+// caches), eight chunks in flight per lane, and of x (read by every warp, cached). k·sizeof(T)
+// must be a multiple of 16 and the pointers 16-byte aligned (checked by the caller).
+// The dot product of two 16-byte chunks of T.
+template <typename T> __device__ __forceinline__ float dot16(uint4 a, uint4 b) {
+  const T *x = reinterpret_cast<const T *>(&a);
+  const T *y = reinterpret_cast<const T *>(&b);
   float s = 0.0f;
 #pragma unroll
-  for (int i = 0; i < 4; i++) {
-    const float2 fx = __bfloat1622float2(x[i]);
-    const float2 fy = __bfloat1622float2(y[i]);
-    s += fx.x * fy.x + fx.y * fy.y;
-  }
-  return s;
-}
-__device__ __forceinline__ float dot16(uint4 a, uint4 b, __half) {
-  const __half2 *x = reinterpret_cast<const __half2 *>(&a);
-  const __half2 *y = reinterpret_cast<const __half2 *>(&b);
-  float s = 0.0f;
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    const float2 fx = __half22float2(x[i]);
-    const float2 fy = __half22float2(y[i]);
-    s += fx.x * fy.x + fx.y * fy.y;
-  }
+  for (int i = 0; i < 16 / (int)sizeof(T); i++) s += to_f(x[i]) * to_f(y[i]);
   return s;
 }
 
@@ -446,7 +415,7 @@ __device__ __forceinline__ void warp_dots(const T *__restrict__ x, const uint4 *
         for (int b = 0; b < NB; b++) {
           const uint4 xb = __ldg(xv + (size_t)b * chunks + i + 32 * j);
 #pragma unroll
-          for (int c = 0; c < C; c++) a[c][b] += dot16(u[c][j], xb, T());
+          for (int c = 0; c < C; c++) a[c][b] += dot16<T>(u[c][j], xb);
         }
       }
     }
@@ -542,11 +511,6 @@ __device__ void gemv_rope(const T *__restrict__ x, const T *__restrict__ w,
                                               T *vc, int h, int kvh, int hd, int ctx, int first, \
                                               float scale) {                                     \
     rope_cache<T>(qkv, pos, cos, sin, q, kc, vc, h, kvh, hd, ctx, first, scale);                 \
-  }                                                                                              \
-  extern "C" __global__ void attn_combine_##SFX(const float *pm, const float *pl,                \
-                                                const float *pacc, T *out, int h, int hd,        \
-                                                int splits) {                                    \
-    attn_combine<T>(pm, pl, pacc, out, h, hd, splits);                                           \
   }                                                                                              \
   extern "C" __global__ void silu_mul_##SFX(const T *gu, T *out, int n, int inter) {             \
     silu_mul<T>(gu, out, n, inter);                                                              \

@@ -334,6 +334,15 @@ pub struct CheckResult {
     pub ok: bool,
 }
 
+/// The comparisons out of tolerance, one line each (empty: all passed).
+pub fn failures(results: &[CheckResult]) -> Vec<String> {
+    results
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| format!("{} ({}): {:.2e}", r.op, r.dtype, r.max_rel_err))
+        .collect()
+}
+
 /// Runs every kernel on random inputs of `heads`' shape (several batch sizes, unequal lengths,
 /// sequences in later slots, attention split or not) in f32 and `dtype`, against its fallback on
 /// f32 copies of the same inputs. On the CPU there is nothing to check.
@@ -532,7 +541,7 @@ pub(crate) mod cuda {
     use super::{Heads, Step};
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
-        DevicePtr, LaunchConfig, PushKernelArg, SyncOnDrop,
+        CudaStream, DevicePtr, LaunchConfig, PushKernelArg, SyncOnDrop,
     };
     use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice, WrapErr};
     use candle_core::op::BackpropOp;
@@ -560,15 +569,15 @@ pub(crate) mod cuda {
         }
     }
 
-    /// The device address of a tensor's first element (its storage must stay locked while the
-    /// kernel is queued: the guard records the read when dropped).
+    /// The device address of a tensor's first element; the tensor must be contiguous (its
+    /// storage stays locked while the kernel is queued: the guard records the read when
+    /// dropped).
     fn address<'a>(
         s: &'a CudaStorage,
         l: &Layout,
-        stream: &'a candle_core::cuda_backend::cudarc::driver::CudaStream,
-        contiguous: bool,
+        stream: &'a CudaStream,
     ) -> Result<(u64, SyncOnDrop<'a>)> {
-        if contiguous && !l.is_contiguous() {
+        if !l.is_contiguous() {
             bail!("fused decode kernels need contiguous tensors")
         }
         let (ptr, guard) = match &s.slice {
@@ -582,6 +591,74 @@ pub(crate) mod cuda {
             ptr + (l.start_offset() * s.dtype().size_in_bytes()) as u64,
             guard,
         ))
+    }
+
+    /// Whether `t`'s first element is 16-byte aligned (for 16-byte loads).
+    fn aligned(t: &Tensor) -> Result<bool> {
+        let dev = device(t)?;
+        let stream = dev.cuda_stream();
+        let (s, l) = t.storage_and_layout();
+        let (p, _guard) = address(storage(&s)?, l, &stream)?;
+        Ok(p % 16 == 0)
+    }
+
+    /// Launches `kernel` of decode.cu (its name without the dtype suffix) for `dtype` on a
+    /// `grid` of blocks of `block` threads, with the arguments every kernel there takes, in
+    /// this order: the device addresses of `tensors` (`None`: a null pointer), then `ints`,
+    /// then `float` if any.
+    ///
+    /// # Safety
+    /// The tensors must hold what the kernel reads and writes for this grid and these
+    /// integers: the callers check shapes, positions and alignment first.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch(
+        dev: &CudaDevice,
+        kernel: &str,
+        dtype: DType,
+        grid: (u32, u32, u32),
+        block: u32,
+        tensors: &[Option<&Tensor>],
+        ints: &[i32],
+        float: Option<f32>,
+    ) -> Result<()> {
+        let stream = dev.cuda_stream();
+        let locks: Vec<_> = tensors
+            .iter()
+            .map(|t| t.map(|t| t.storage_and_layout()))
+            .collect();
+        let mut ptrs = Vec::with_capacity(locks.len());
+        let mut guards = Vec::with_capacity(locks.len());
+        for lock in &locks {
+            match lock {
+                Some((s, l)) => {
+                    let (p, g) = address(storage(s)?, l, &stream)?;
+                    ptrs.push(p);
+                    guards.push(g);
+                }
+                None => ptrs.push(0u64),
+            }
+        }
+        let name = format!("{kernel}_{}", suffix(dtype)?);
+        let f = dev.get_or_load_custom_func(&name, MODULE, ptx::DECODE)?;
+        let mut bld = f.builder();
+        for p in &ptrs {
+            bld.arg(p);
+        }
+        for i in ints {
+            bld.arg(i);
+        }
+        if let Some(x) = &float {
+            bld.arg(x);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the caller's (see above).
+        unsafe { bld.launch(cfg) }.w()?;
+        drop(guards);
+        Ok(())
     }
 
     /// A new, uninitialised tensor of `shape` (every element is written by the kernel).
@@ -624,12 +701,40 @@ pub(crate) mod cuda {
         Ok(d)
     }
 
-    fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: grid,
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
+    /// That `b` rows' keys and values fit the caches `kc`/`vc` at `step`'s slots and positions,
+    /// and the RoPE tables cover those positions.
+    fn check_cache(
+        what: &str,
+        b: usize,
+        step: &Step,
+        tables: Option<(&Tensor, &Tensor)>,
+        kc: &Tensor,
+        vc: &Tensor,
+        heads: Heads,
+    ) -> Result<()> {
+        let Heads { kvh, hd, ctx, .. } = heads;
+        let cache = [kc.dim(0)?, kvh, ctx, hd];
+        let tables_ok = match tables {
+            None => true,
+            Some((cos, sin)) => {
+                let (rows, half) = cos.dims2()?;
+                cos.dtype() == DType::F32
+                    && sin.dtype() == DType::F32
+                    && sin.dims() == cos.dims()
+                    && half == hd / 2
+                    && step.pos.iter().all(|&p| (p as usize) < rows)
+            }
+        };
+        if kc.dims() != cache
+            || vc.dims() != cache
+            || step.first + b > cache[0]
+            || step.pos.len() != b
+            || step.pos.iter().any(|&p| p as usize >= ctx)
+            || !tables_ok
+        {
+            bail!("{what}: inconsistent shapes or positions")
         }
+        Ok(())
     }
 
     pub fn embed(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
@@ -641,25 +746,10 @@ pub(crate) mod cuda {
         let dtype = table.dtype();
         let dev = device(table)?;
         let out = alloc(&dev, dtype, (b, d))?;
-        let stream = dev.cuda_stream();
-        {
-            let (s1, l1) = ids.storage_and_layout();
-            let (s2, l2) = table.storage_and_layout();
-            let (s3, l3) = out.storage_and_layout();
-            let p1 = address(storage(&s1)?, l1, &stream, true)?;
-            let p2 = address(storage(&s2)?, l2, &stream, true)?;
-            let p3 = address(storage(&s3)?, l3, &stream, true)?;
-            let f = dev.get_or_load_custom_func(
-                &format!("embed_{}", suffix(dtype)?),
-                MODULE,
-                ptx::DECODE,
-            )?;
-            let d32 = d as i32;
-            let mut bld = f.builder();
-            bld.arg(&p1.0).arg(&p2.0).arg(&p3.0).arg(&d32);
-            // SAFETY: out is b × d; the ids are the engine's tokens, rows of the table.
-            unsafe { bld.launch(cfg((b as u32, d.div_ceil(1024) as u32, 1), 256)) }.w()?;
-        }
+        let grid = (b as u32, d.div_ceil(1024) as u32, 1);
+        let tensors = [Some(ids), Some(table), Some(&out)];
+        // SAFETY: out is b × d; the ids are the engine's tokens, rows of the table.
+        unsafe { launch(&dev, "embed", dtype, grid, 256, &tensors, &[d as i32], None) }?;
         Ok(out)
     }
 
@@ -679,8 +769,8 @@ pub(crate) mod cuda {
         let stream = dev.cuda_stream();
         let (s1, l1) = dst.storage_and_layout();
         let (s2, l2) = src.storage_and_layout();
-        let p1 = address(storage(&s1)?, l1, &stream, true)?;
-        let p2 = address(storage(&s2)?, l2, &stream, true)?;
+        let p1 = address(storage(&s1)?, l1, &stream)?;
+        let p2 = address(storage(&s2)?, l2, &stream)?;
         let bytes = src.elem_count() * src.dtype().size_in_bytes();
         // SAFETY: both ranges are live, contiguous and `bytes` long.
         unsafe {
@@ -707,7 +797,7 @@ pub(crate) mod cuda {
         let dev = device(dst)?;
         let stream = dev.cuda_stream();
         let (s, l) = dst.storage_and_layout();
-        let p = address(storage(&s)?, l, &stream, true)?;
+        let p = address(storage(&s)?, l, &stream)?;
         // SAFETY: `dst` holds host.len() u32 values; the host slice outlives the call (a
         // pageable copy is staged before it returns).
         unsafe {
@@ -737,32 +827,24 @@ pub(crate) mod cuda {
             alloc(&dev, dtype, x.shape())?,
             alloc(&dev, dtype, x.shape())?,
         );
-        let stream = dev.cuda_stream();
-        {
-            let (sx, lx) = x.storage_and_layout();
-            let (sh, lh) = h.storage_and_layout();
-            let (sw, lw) = w.storage_and_layout();
-            let (so, lo) = xo.storage_and_layout();
-            let (sy, ly) = y.storage_and_layout();
-            let px = address(storage(&sx)?, lx, &stream, true)?;
-            let ph = address(storage(&sh)?, lh, &stream, true)?;
-            let pw = address(storage(&sw)?, lw, &stream, true)?;
-            let po = address(storage(&so)?, lo, &stream, true)?;
-            let py = address(storage(&sy)?, ly, &stream, true)?;
-            let f = dev.get_or_load_custom_func(
-                &format!("add_rms_norm_{}", suffix(dtype)?),
-                MODULE,
-                ptx::DECODE,
-            )?;
-            let (d32, eps) = (d as i32, eps as f32);
-            let mut b = f.builder();
-            b.arg(&px.0).arg(&ph.0).arg(&pw.0).arg(&po.0).arg(&py.0);
-            b.arg(&d32).arg(&eps);
-            // Eight elements a thread (NORM_MAX) in registers, 32 to 1024 threads.
-            let threads = d.div_ceil(8).next_multiple_of(32).clamp(32, 1024) as u32;
-            // SAFETY: the pointers are live, contiguous and sized for `rows` × `d`.
-            unsafe { b.launch(cfg((rows as u32, 1, 1), threads)) }.w()?;
-        }
+        // Eight elements a thread (NORM_MAX) in registers, 32 to 1024 threads.
+        let threads = d.div_ceil(8).next_multiple_of(32).clamp(32, 1024) as u32;
+        let grid = (rows as u32, 1, 1);
+        let tensors = [Some(x), Some(h), Some(w), Some(&xo), Some(&y)];
+        let (ints, eps) = ([d as i32], Some(eps as f32));
+        // SAFETY: the tensors are contiguous and sized for `rows` × `d`.
+        unsafe {
+            launch(
+                &dev,
+                "add_rms_norm",
+                dtype,
+                grid,
+                threads,
+                &tensors,
+                &ints,
+                eps,
+            )
+        }?;
         Ok((xo, y))
     }
 
@@ -780,68 +862,27 @@ pub(crate) mod cuda {
         let dtype = same_dtype(&[qkv, kc, vc])?;
         let Heads { h, kvh, hd, ctx } = heads;
         let b = qkv.dim(0)?;
-        let cache = [kc.dim(0)?, kvh, ctx, hd];
-        if qkv.dims() != [b, (h + 2 * kvh) * hd]
-            || kc.dims() != cache
-            || vc.dims() != cache
-            || step.first + b > cache[0]
-            || step.pos.len() != b
-            || step.pos.iter().any(|&p| p as usize >= ctx)
-            || cos.dtype() != DType::F32
-            || cos.dims() != sin.dims()
-            || cos.dim(1)? != hd / 2
-            || step.pos.iter().any(|&p| p as usize >= cos.dims()[0])
-        {
-            bail!("rope_cache: inconsistent shapes or positions")
+        if qkv.dims() != [b, (h + 2 * kvh) * hd] {
+            bail!("rope_cache: q/k/v of shape {:?}", qkv.dims())
         }
+        check_cache("rope_cache", b, step, Some((cos, sin)), kc, vc, heads)?;
         let dev = device(qkv)?;
         let q = alloc(&dev, dtype, (b, h, hd))?;
-        let stream = dev.cuda_stream();
-        {
-            let (s1, l1) = qkv.storage_and_layout();
-            let (s2, l2) = step.positions.storage_and_layout();
-            let (s3, l3) = cos.storage_and_layout();
-            let (s4, l4) = sin.storage_and_layout();
-            let (s5, l5) = q.storage_and_layout();
-            let (s6, l6) = kc.storage_and_layout();
-            let (s7, l7) = vc.storage_and_layout();
-            let p1 = address(storage(&s1)?, l1, &stream, true)?;
-            let p2 = address(storage(&s2)?, l2, &stream, true)?;
-            let p3 = address(storage(&s3)?, l3, &stream, true)?;
-            let p4 = address(storage(&s4)?, l4, &stream, true)?;
-            let p5 = address(storage(&s5)?, l5, &stream, true)?;
-            let p6 = address(storage(&s6)?, l6, &stream, true)?;
-            let p7 = address(storage(&s7)?, l7, &stream, true)?;
-            let f = dev.get_or_load_custom_func(
-                &format!("rope_cache_{}", suffix(dtype)?),
-                MODULE,
-                ptx::DECODE,
-            )?;
-            let ints = [
-                h as i32,
-                kvh as i32,
-                hd as i32,
-                ctx as i32,
-                step.first as i32,
-            ];
-            let scale = scale as f32;
-            let mut bld = f.builder();
-            bld.arg(&p1.0)
-                .arg(&p2.0)
-                .arg(&p3.0)
-                .arg(&p4.0)
-                .arg(&p5.0)
-                .arg(&p6.0)
-                .arg(&p7.0);
-            for i in &ints {
-                bld.arg(i);
-            }
-            bld.arg(&scale);
-            // One pair of elements a thread.
-            let blocks = ((h + 2 * kvh) * hd / 2).div_ceil(128) as u32;
-            // SAFETY: shapes checked above; every position is inside the cache.
-            unsafe { bld.launch(cfg((b as u32, blocks, 1), 128)) }.w()?;
-        }
+        // One pair of elements a thread.
+        let grid = (b as u32, ((h + 2 * kvh) * hd / 2).div_ceil(128) as u32, 1);
+        let tensors = [
+            Some(qkv),
+            Some(step.positions),
+            Some(cos),
+            Some(sin),
+            Some(&q),
+            Some(kc),
+            Some(vc),
+        ];
+        let ints = [h, kvh, hd, ctx, step.first].map(|v| v as i32);
+        let scale = Some(scale as f32);
+        // SAFETY: shapes checked above; every position is inside the cache.
+        unsafe { launch(&dev, "rope_cache", dtype, grid, 128, &tensors, &ints, scale) }?;
         Ok(q)
     }
 
@@ -864,26 +905,27 @@ pub(crate) mod cuda {
 
     /// The split counters of the device's decode attention: one per (sequence, KV head), zero
     /// between launches (the kernel's last block for each resets it). Splits happen only when
-    /// the batch's blocks are fewer than about two per multiprocessor, so a few thousand do.
-    fn split_counters(dev: &CudaDevice, n: usize) -> Result<Option<Tensor>> {
+    /// the batch's blocks are fewer than about two per multiprocessor, so a few thousand are
+    /// plenty.
+    fn split_counters(dev: &CudaDevice, n: usize) -> Result<Tensor> {
         const N: usize = 4096;
         type Counters = std::sync::Mutex<
             std::collections::HashMap<candle_core::cuda_backend::DeviceId, Tensor>,
         >;
         static COUNTERS: std::sync::OnceLock<Counters> = std::sync::OnceLock::new();
         if n > N {
-            return Ok(None);
+            bail!("attention: {n} split counters wanted, {N} kept")
         }
         let mut map = match COUNTERS.get_or_init(Default::default).lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
         if let Some(t) = map.get(&dev.id()) {
-            return Ok(Some(t.clone()));
+            return Ok(t.clone());
         }
         let t = Tensor::zeros(N, DType::U32, &candle_core::Device::Cuda(dev.clone()))?;
         map.insert(dev.id(), t.clone());
-        Ok(Some(t))
+        Ok(t)
     }
 
     pub fn attention(
@@ -897,119 +939,47 @@ pub(crate) mod cuda {
         let Heads { h, kvh, hd, ctx } = heads;
         let b = q.dim(0)?;
         let rep = h / kvh;
-        let cache = [kc.dim(0)?, kvh, ctx, hd];
-        if q.dims() != [b, h, hd]
-            || kc.dims() != cache
-            || vc.dims() != cache
-            || step.first + b > cache[0]
-            || step.pos.len() != b
-            || step.pos.iter().any(|&p| p as usize >= ctx)
-            || rep > 8
-            || !matches!(hd, 64 | 96 | 128)
-        {
-            bail!("attention: inconsistent shapes or positions")
+        if q.dims() != [b, h, hd] || rep > 8 || !matches!(hd, 64 | 96 | 128) {
+            bail!("attention: queries of shape {:?}", q.dims())
         }
+        check_cache("attention", b, step, None, kc, vc, heads)?;
         let dev = device(q)?;
         // The split count follows the cache's size and the kernel divides the longest row's
         // positions among the splits itself (chunk 0): the launch is the same at every step, as
         // a CUDA graph replays it.
         let splits = splits(&dev, b * kvh, ctx);
-        let chunk = 0usize;
         let out = alloc(&dev, dtype, (b, h * hd))?;
-        // Partial results of the splits (unused, and not allocated, with one).
+        // Split, each block leaves its partial results and the last block of each (sequence,
+        // KV head) to finish merges them.
         let parts = if splits > 1 {
             let n = b * h * splits;
-            Some((
+            Some([
                 alloc(&dev, DType::F32, n)?,
                 alloc(&dev, DType::F32, n)?,
                 alloc(&dev, DType::F32, n * hd)?,
-            ))
+                split_counters(&dev, b * kvh)?,
+            ])
         } else {
             None
         };
-        // Split, the last block of each (sequence, KV head) merges the splits itself.
-        let counters = if splits > 1 {
-            split_counters(&dev, b * kvh)?
-        } else {
-            None
-        };
-        let stream = dev.cuda_stream();
-        {
-            let (s1, l1) = q.storage_and_layout();
-            let (s2, l2) = kc.storage_and_layout();
-            let (s3, l3) = vc.storage_and_layout();
-            let (s4, l4) = step.positions.storage_and_layout();
-            let (s5, l5) = out.storage_and_layout();
-            let p1 = address(storage(&s1)?, l1, &stream, true)?;
-            let p2 = address(storage(&s2)?, l2, &stream, true)?;
-            let p3 = address(storage(&s3)?, l3, &stream, true)?;
-            let p4 = address(storage(&s4)?, l4, &stream, true)?;
-            let p5 = address(storage(&s5)?, l5, &stream, true)?;
-            let locks = parts.as_ref().map(|(m, l, a)| {
-                [
-                    m.storage_and_layout(),
-                    l.storage_and_layout(),
-                    a.storage_and_layout(),
-                ]
-            });
-            let counter_lock = counters.as_ref().map(|c| c.storage_and_layout());
-            let mut part_ptrs = [0u64; 3];
-            let mut guards = Vec::new();
-            if let Some(locks) = &locks {
-                for (i, (s, l)) in locks.iter().enumerate() {
-                    let (p, g) = address(storage(s)?, l, &stream, true)?;
-                    part_ptrs[i] = p;
-                    guards.push(g);
-                }
-            }
-            let mut counter_ptr = 0u64;
-            if let Some((s, l)) = &counter_lock {
-                let (p, g) = address(storage(s)?, l, &stream, true)?;
-                counter_ptr = p;
-                guards.push(g);
-            }
-            let r = if rep <= 4 { 4 } else { 8 };
-            let name = format!("attn_decode_{}_{r}_{}", hd / 32, suffix(dtype)?);
-            let f = dev.get_or_load_custom_func(&name, MODULE, ptx::DECODE)?;
-            let ints = [
-                h as i32,
-                kvh as i32,
-                ctx as i32,
-                step.first as i32,
-                chunk as i32,
-                splits as i32,
-            ];
-            let mut bld = f.builder();
-            bld.arg(&p1.0).arg(&p2.0).arg(&p3.0).arg(&p4.0).arg(&p5.0);
-            for p in &part_ptrs {
-                bld.arg(p);
-            }
-            bld.arg(&counter_ptr);
-            for i in &ints {
-                bld.arg(i);
-            }
-            // SAFETY: shapes checked above; 4 warps per block, as ATT_WARPS.
-            unsafe { bld.launch(cfg((b as u32, kvh as u32, splits as u32), 128)) }.w()?;
-            if splits > 1 && counters.is_none() {
-                let f = dev.get_or_load_custom_func(
-                    &format!("attn_combine_{}", suffix(dtype)?),
-                    MODULE,
-                    ptx::DECODE,
-                )?;
-                let ints = [h as i32, hd as i32, splits as i32];
-                let mut bld = f.builder();
-                for p in &part_ptrs {
-                    bld.arg(p);
-                }
-                bld.arg(&p5.0);
-                for i in &ints {
-                    bld.arg(i);
-                }
-                // SAFETY: the partial results are (b, h, splits[, hd]) as written above.
-                unsafe { bld.launch(cfg((b as u32, h as u32, 1), hd as u32)) }.w()?;
-            }
-            drop(guards);
-        }
+        let part = |i: usize| parts.as_ref().map(|p| &p[i]);
+        let tensors = [
+            Some(q),
+            Some(kc),
+            Some(vc),
+            Some(step.positions),
+            Some(&out),
+            part(0),
+            part(1),
+            part(2),
+            part(3),
+        ];
+        let ints = [h, kvh, ctx, step.first, 0, splits].map(|v| v as i32);
+        let r = if rep <= 4 { 4 } else { 8 };
+        let kernel = format!("attn_decode_{}_{r}", hd / 32);
+        let grid = (b as u32, kvh as u32, splits as u32);
+        // SAFETY: shapes checked above; 4 warps per block, as ATT_WARPS.
+        unsafe { launch(&dev, &kernel, dtype, grid, 128, &tensors, &ints, None) }?;
         Ok(out)
     }
 
@@ -1019,24 +989,21 @@ pub(crate) mod cuda {
         let inter = two / 2;
         let dev = device(gu)?;
         let out = alloc(&dev, dtype, (b, inter))?;
-        let stream = dev.cuda_stream();
-        {
-            let (s1, l1) = gu.storage_and_layout();
-            let (s2, l2) = out.storage_and_layout();
-            let p1 = address(storage(&s1)?, l1, &stream, true)?;
-            let p2 = address(storage(&s2)?, l2, &stream, true)?;
-            let f = dev.get_or_load_custom_func(
-                &format!("silu_mul_{}", suffix(dtype)?),
-                MODULE,
-                ptx::DECODE,
-            )?;
-            let (n, i) = (b as i32, inter as i32);
-            let mut bld = f.builder();
-            bld.arg(&p1.0).arg(&p2.0).arg(&n).arg(&i);
-            let blocks = (b * inter).div_ceil(256).min(65_535) as u32;
-            // SAFETY: `out` holds b × inter elements, `gu` b × 2·inter.
-            unsafe { bld.launch(cfg((blocks, 1, 1), 256)) }.w()?;
-        }
+        let grid = ((b * inter).div_ceil(256).min(65_535) as u32, 1, 1);
+        let ints = [b as i32, inter as i32];
+        // SAFETY: `out` holds b × inter elements, `gu` b × 2·inter.
+        unsafe {
+            launch(
+                &dev,
+                "silu_mul",
+                dtype,
+                grid,
+                256,
+                &[Some(gu), Some(&out)],
+                &ints,
+                None,
+            )
+        }?;
         Ok(out)
     }
 
@@ -1106,21 +1073,19 @@ pub(crate) mod cuda {
     }
 
     /// `x` (b, k) · `w` (n, k)ᵀ with our GEMV, or `None` where cuBLAS does it: more than 4
-    /// rows, unaligned or strided operands, or cuBLAS timed faster for this shape. The first
-    /// product of each shape times the three ways (a few runs each, the device synchronized) and
-    /// keeps the fastest.
+    /// rows, unaligned or strided operands, or cuBLAS timed faster for this shape ([`choose`]).
     pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         if !eligible(x, w)? {
             return Ok(None);
         }
         match choose(x, w)? {
             Gemv::Cublas => Ok(None),
-            c => launch_gemv(x, w, c),
+            c => run_gemv(x, w, c).map(Some),
         }
     }
 
     /// Whether our GEMV can take `x` (b, k) · `w` (n, k)ᵀ: 1 to 4 rows, one dtype, contiguous
-    /// operands whose rows are a multiple of 16 bytes.
+    /// operands whose rows are a multiple of 16 bytes and which start 16-byte aligned.
     fn eligible(x: &Tensor, w: &Tensor) -> Result<bool> {
         let (b, k) = x.dims2()?;
         let (_, k2) = w.dims2()?;
@@ -1130,10 +1095,12 @@ pub(crate) mod cuda {
             && w.dtype() == dtype
             && x.is_contiguous()
             && w.is_contiguous()
-            && (k * dtype.size_in_bytes()).is_multiple_of(16))
+            && (k * dtype.size_in_bytes()).is_multiple_of(16)
+            && aligned(x)?
+            && aligned(w)?)
     }
 
-    /// How this shape's product is done: the first time a shape is seen, the three ways are
+    /// How this shape's product is done: the first time a shape is seen, the five ways are
     /// timed (ten runs each, on the GPU's clock) and the fastest kept.
     fn choose(x: &Tensor, w: &Tensor) -> Result<Gemv> {
         let (b, k) = x.dims2()?;
@@ -1158,7 +1125,7 @@ pub(crate) mod cuda {
             let run = || -> Result<()> {
                 match c {
                     Gemv::Cublas => x.matmul(&w.t()?).map(drop),
-                    _ => launch_gemv(x, w, c).map(drop),
+                    _ => run_gemv(x, w, c).map(drop),
                 }
             };
             for _ in 0..3 {
@@ -1189,17 +1156,22 @@ pub(crate) mod cuda {
         Ok(best)
     }
 
+    /// The way to use: `force`, or the timing's choice for this shape ([`choose`]).
+    fn way(x: &Tensor, w: &Tensor, force: Option<Gemv>) -> Result<Gemv> {
+        match force {
+            Some(how) => Ok(how),
+            None => choose(x, w),
+        }
+    }
+
     /// The gate/up product with SiLU·up in its epilogue (`gemv_silu`), where our GEMV does this
-    /// shape's product; `None` where cuBLAS does.
-    /// `force`: these loads, whatever the timing chose (for the checks).
+    /// shape's product; `None` where cuBLAS does (`force`: these loads, whatever the timing
+    /// chose).
     pub fn gemv_silu(x: &Tensor, w: &Tensor, force: Option<Gemv>) -> Result<Option<Tensor>> {
         if !eligible(x, w)? || !w.dim(0)?.is_multiple_of(2) {
             return Ok(None);
         }
-        let how = match force {
-            Some(how) => how,
-            None => choose(x, w)?,
-        };
+        let how = way(x, w, force)?;
         if how == Gemv::Cublas {
             return Ok(None);
         }
@@ -1207,31 +1179,14 @@ pub(crate) mod cuda {
         let inter = w.dim(0)? / 2;
         let dtype = x.dtype();
         let dev = device(x)?;
-        let stream = dev.cuda_stream();
-        let (s1, l1) = x.storage_and_layout();
-        let (s2, l2) = w.storage_and_layout();
-        let p1 = address(storage(&s1)?, l1, &stream, true)?;
-        let p2 = address(storage(&s2)?, l2, &stream, true)?;
-        if p1.0 % 16 != 0 || p2.0 % 16 != 0 {
-            return Ok(None);
-        }
         let out = alloc(&dev, dtype, (b, inter))?;
-        {
-            let (s3, l3) = out.storage_and_layout();
-            let p3 = address(storage(&s3)?, l3, &stream, true)?;
-            let f = dev.get_or_load_custom_func(
-                &format!("gemv_silu{b}{}_{}", how.loads(), suffix(dtype)?),
-                MODULE,
-                ptx::DECODE,
-            )?;
-            let (k32, i32_) = (k as i32, inter as i32);
-            let mut bld = f.builder();
-            bld.arg(&p1.0).arg(&p2.0).arg(&p3.0).arg(&k32).arg(&i32_);
-            // One (gate, up) pair of rows a warp, 4 warps a block.
-            let blocks = inter.div_ceil(4) as u32;
-            // SAFETY: x is b × k, w is 2·inter × k, out is b × inter, contiguous and aligned.
-            unsafe { bld.launch(cfg((blocks, 1, 1), 128)) }.w()?;
-        }
+        let kernel = format!("gemv_silu{b}{}", how.loads());
+        // One (gate, up) pair of rows a warp, 4 warps a block.
+        let grid = (inter.div_ceil(4) as u32, 1, 1);
+        let tensors = [Some(x), Some(w), Some(&out)];
+        let ints = [k as i32, inter as i32];
+        // SAFETY: x is b × k, w is 2·inter × k, out is b × inter, contiguous and aligned.
+        unsafe { launch(&dev, &kernel, dtype, grid, 128, &tensors, &ints, None) }?;
         Ok(Some(out))
     }
 
@@ -1255,118 +1210,60 @@ pub(crate) mod cuda {
         if !eligible(x, w)? || w.dim(0)? != (h + 2 * kvh) * hd {
             return Ok(None);
         }
-        let how = match force {
-            Some(how) => how,
-            None => choose(x, w)?,
-        };
+        let how = way(x, w, force)?;
         if how == Gemv::Cublas {
             return Ok(None);
         }
         let (b, k) = x.dims2()?;
         let dtype = same_dtype(&[x, w, kc, vc])?;
-        let cache = [kc.dim(0)?, kvh, ctx, hd];
-        if kc.dims() != cache
-            || vc.dims() != cache
-            || step.first + b > cache[0]
-            || step.pos.len() != b
-            || step.pos.iter().any(|&p| p as usize >= ctx)
-            || cos.dtype() != DType::F32
-            || cos.dims() != sin.dims()
-            || cos.dim(1)? != hd / 2
-            || step.pos.iter().any(|&p| p as usize >= cos.dims()[0])
-        {
-            bail!("gemv_rope: inconsistent shapes or positions")
-        }
+        check_cache("gemv_rope", b, step, Some((cos, sin)), kc, vc, heads)?;
         let dev = device(x)?;
-        let stream = dev.cuda_stream();
-        let (s1, l1) = x.storage_and_layout();
-        let (s2, l2) = w.storage_and_layout();
-        let p1 = address(storage(&s1)?, l1, &stream, true)?;
-        let p2 = address(storage(&s2)?, l2, &stream, true)?;
-        if p1.0 % 16 != 0 || p2.0 % 16 != 0 {
-            return Ok(None);
-        }
         let q = alloc(&dev, dtype, (b, h, hd))?;
-        {
-            let (s3, l3) = step.positions.storage_and_layout();
-            let (s4, l4) = cos.storage_and_layout();
-            let (s5, l5) = sin.storage_and_layout();
-            let (s6, l6) = q.storage_and_layout();
-            let (s7, l7) = kc.storage_and_layout();
-            let (s8, l8) = vc.storage_and_layout();
-            let p3 = address(storage(&s3)?, l3, &stream, true)?;
-            let p4 = address(storage(&s4)?, l4, &stream, true)?;
-            let p5 = address(storage(&s5)?, l5, &stream, true)?;
-            let p6 = address(storage(&s6)?, l6, &stream, true)?;
-            let p7 = address(storage(&s7)?, l7, &stream, true)?;
-            let p8 = address(storage(&s8)?, l8, &stream, true)?;
-            let f = dev.get_or_load_custom_func(
-                &format!("gemv_rope{b}{}_{}", how.loads(), suffix(dtype)?),
-                MODULE,
-                ptx::DECODE,
-            )?;
-            let ints = [
-                k as i32,
-                h as i32,
-                kvh as i32,
-                hd as i32,
-                ctx as i32,
-                step.first as i32,
-            ];
-            let scale = scale as f32;
-            let mut bld = f.builder();
-            for p in [&p1.0, &p2.0, &p3.0, &p4.0, &p5.0, &p6.0, &p7.0, &p8.0] {
-                bld.arg(p);
-            }
-            for i in &ints {
-                bld.arg(i);
-            }
-            bld.arg(&scale);
-            // One pair (i, i + hd/2) of a head a warp, 4 warps a block.
-            let blocks = ((h + 2 * kvh) * hd / 2).div_ceil(4) as u32;
-            // SAFETY: shapes checked above; every position is inside the cache.
-            unsafe { bld.launch(cfg((blocks, 1, 1), 128)) }.w()?;
-        }
+        let kernel = format!("gemv_rope{b}{}", how.loads());
+        // One pair (i, i + hd/2) of a head a warp, 4 warps a block.
+        let grid = (((h + 2 * kvh) * hd / 2).div_ceil(4) as u32, 1, 1);
+        let tensors = [
+            Some(x),
+            Some(w),
+            Some(step.positions),
+            Some(cos),
+            Some(sin),
+            Some(&q),
+            Some(kc),
+            Some(vc),
+        ];
+        let ints = [k, h, kvh, hd, ctx, step.first].map(|v| v as i32);
+        let scale = Some(scale as f32);
+        // SAFETY: shapes checked above; every position is inside the cache.
+        unsafe { launch(&dev, &kernel, dtype, grid, 128, &tensors, &ints, scale) }?;
         Ok(Some(q))
     }
 
-    /// Our GEMV, `None` for operands not 16-byte aligned (at most 4 rows).
+    /// Our GEMV; `None` where it does not apply ([`eligible`]) or for cuBLAS.
     pub fn launch_gemv(x: &Tensor, w: &Tensor, how: Gemv) -> Result<Option<Tensor>> {
+        if how == Gemv::Cublas || !eligible(x, w)? {
+            return Ok(None);
+        }
+        run_gemv(x, w, how).map(Some)
+    }
+
+    /// Our GEMV on operands [`eligible`] has accepted, `how` one of its four forms.
+    fn run_gemv(x: &Tensor, w: &Tensor, how: Gemv) -> Result<Tensor> {
         let (b, k) = x.dims2()?;
         let n = w.dim(0)?;
         let dtype = x.dtype();
-        if !(1..=4).contains(&b) || how == Gemv::Cublas {
-            return Ok(None);
-        }
         let cols = how.columns();
         let dev = device(x)?;
-        let stream = dev.cuda_stream();
-        let (s1, l1) = x.storage_and_layout();
-        let (s2, l2) = w.storage_and_layout();
-        let p1 = address(storage(&s1)?, l1, &stream, true)?;
-        let p2 = address(storage(&s2)?, l2, &stream, true)?;
-        if p1.0 % 16 != 0 || p2.0 % 16 != 0 {
-            return Ok(None);
-        }
         let y = alloc(&dev, dtype, (b, n))?;
-        {
-            let (s3, l3) = y.storage_and_layout();
-            let p3 = address(storage(&s3)?, l3, &stream, true)?;
-            let f = dev.get_or_load_custom_func(
-                &format!("gemv{b}c{cols}{}_{}", how.loads(), suffix(dtype)?),
-                MODULE,
-                ptx::DECODE,
-            )?;
-            let (k32, n32) = (k as i32, n as i32);
-            let mut bld = f.builder();
-            bld.arg(&p1.0).arg(&p2.0).arg(&p3.0).arg(&k32).arg(&n32);
-            // 4 warps a block: small blocks spread evenly over the multiprocessors (the last
-            // wave of a weight-streaming kernel is its waste).
-            let blocks = n.div_ceil(4 * cols) as u32;
-            // SAFETY: x is b × k, w is n × k, y is b × n, all contiguous and 16-byte aligned.
-            unsafe { bld.launch(cfg((blocks, 1, 1), 128)) }.w()?;
-        }
-        Ok(Some(y))
+        let kernel = format!("gemv{b}c{cols}{}", how.loads());
+        // 4 warps a block: small blocks spread evenly over the multiprocessors (the last wave of
+        // a weight-streaming kernel is its waste).
+        let grid = (n.div_ceil(4 * cols) as u32, 1, 1);
+        let tensors = [Some(x), Some(w), Some(&y)];
+        let ints = [k as i32, n as i32];
+        // SAFETY: x is b × k, w is n × k, y is b × n, all contiguous and 16-byte aligned.
+        unsafe { launch(&dev, &kernel, dtype, grid, 128, &tensors, &ints, None) }?;
+        Ok(y)
     }
 }
 

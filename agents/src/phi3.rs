@@ -696,17 +696,16 @@ impl Model {
         };
         let dtype = self.dtype();
         match kernels::check(&self.device, heads, 256, 512, dtype) {
-            Ok(results) if results.iter().all(|r| r.ok) => self.fused = Some(wanted),
             Ok(results) => {
-                let bad: Vec<String> = results
-                    .iter()
-                    .filter(|r| !r.ok)
-                    .map(|r| format!("{} ({}): {:.2e}", r.op, r.dtype, r.max_rel_err))
-                    .collect();
-                tracing::warn!(
-                    "fused decode kernels off, out of tolerance on this GPU: {}",
-                    bad.join("; ")
-                );
+                let bad = kernels::failures(&results);
+                if bad.is_empty() {
+                    self.fused = Some(wanted);
+                } else {
+                    tracing::warn!(
+                        "fused decode kernels off, out of tolerance on this GPU: {}",
+                        bad.join("; ")
+                    );
+                }
             }
             Err(e) => tracing::warn!("fused decode kernels off, their check failed: {e}"),
         }
