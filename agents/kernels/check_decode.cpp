@@ -33,6 +33,24 @@ template <typename T> std::vector<double> as_double(const std::vector<T> &v) {
   return out;
 }
 
+// Rows of random logits for argmax_rows: row 1 has its maximum at two places, row 2 is all -inf
+// but one, row 3 has NaNs (at the front too), row 4 is all NaN; the rest are plain.
+std::vector<float> argmax_rows_input(int rows, int v, std::mt19937 &rng) {
+  std::vector<float> x = random<float>((size_t)rows * v, rng);
+  auto row = [&](int r) { return x.data() + (size_t)r * v; };
+  if (rows > 1) row(1)[v / 3] = row(1)[v - 2] = 9.0f;
+  if (rows > 2) {
+    std::fill(row(2), row(2) + v, -INFINITY);
+    row(2)[v - 1] = -1.0f;
+  }
+  if (rows > 3) {
+    row(3)[0] = row(3)[v / 2] = NAN;
+    row(3)[v / 5] = 8.0f;
+  }
+  if (rows > 4) std::fill(row(4), row(4) + v, NAN);
+  return x;
+}
+
 template <typename T>
 void compare(const std::string &what, const std::vector<T> &got, const std::vector<double> &want) {
   double diff = 0.0, scale = 1e-12;
@@ -360,10 +378,42 @@ template <typename T> void check_all(std::mt19937 &rng) {
   check_attention<T>(2, 8, 1, 96, 40, 1, rng);
   check_attention<T>(1, 2, 2, 64, 129, 4, rng);
   check_attention<T>(2, 4, 1, 64, 40, 9, rng);  // more splits than the shorter row fills
+  check_attention<T>(1, 4, 1, 128, 300, 40, rng);  // more splits than a warp has lanes
+  check_attention<T>(2, 8, 1, 96, 300, 27, rng);   // two query heads a warp in the merge
+}
+
+// argmax_rows against a plain loop (the first index of the largest value, NaN never chosen), on
+// rows with ties, -inf, NaN, and a row with no number at all; exact.
+void check_argmax(int rows, int v, std::mt19937 &rng) {
+  std::vector<float> x = argmax_rows_input(rows, v, rng);
+  std::vector<uint32_t> out(rows, 12345u);
+  emu_launch({unsigned(rows)}, 1024, argmax_rows_f32, x.data(), out.data(), v);
+  int wrong = 0;
+  for (int r = 0; r < rows; r++) {
+    uint32_t want = 0;
+    float best = -INFINITY;
+    bool any = false;
+    for (int i = 0; i < v; i++) {
+      const float e = x[(size_t)r * v + i];
+      if (!std::isnan(e) && (!any || e > best)) {
+        best = e;
+        want = i;
+        any = true;
+      }
+    }
+    wrong += out[r] != want;
+  }
+  checks++;
+  if (wrong) failures++;
+  std::printf("%s f32  argmax rows %d vocab %-30d %d rows wrong\n", wrong ? "FAIL" : "ok  ", rows,
+              v, wrong);
 }
 
 int main() {
   std::mt19937 rng(20261126);
+  check_argmax(5, 4096, rng);
+  check_argmax(5, 1001, rng);
+  check_argmax(2, 100352, rng);
   check_all<float>(rng);
   check_all<__nv_bfloat16>(rng);
   check_all<__half>(rng);

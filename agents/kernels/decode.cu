@@ -12,7 +12,8 @@
 //                 last block of each KV head to finish merging the splits;
 // - silu_mul:     SiLU(gate) * up on the fused gate/up output;
 // - gemv:         y = x Wᵀ for 1 to 4 rows, streaming the weights with 16-byte loads (two
-//                 shapes of work per warp; the engine times both against cuBLAS per shape).
+//                 shapes of work per warp; the engine times both against cuBLAS per shape);
+// - argmax_rows:  the greedy token of each row of f32 logits.
 //
 // Every kernel computes in f32 and rounds once to the storage type. Each has a reference made of
 // candle operations (agents/src/kernels.rs); `phiforge bench-engine --check` compares the two.
@@ -186,29 +187,15 @@ __device__ void rope_cache(const T *__restrict__ qkv, const uint32_t *__restrict
 // step to step, as a CUDA graph replays it).
 #define ATT_WARPS 4
 #define ATT_U 4
+// The most splits a launch may have (agents/src/kernels.rs caps them so).
+#define ATT_MAX_SPLITS 256
 
-// One output element (head, d) of the merged splits: each split's sum and output rescaled to
-// the largest running max. The partials were written by other blocks: read through L2.
-template <typename T>
-__device__ __forceinline__ void merge_splits(const float *pm, const float *pl, const float *pacc,
-                                             T *out, size_t head, int hd, int splits, int d) {
-  const float *m = pm + head * splits;
-  const float *l = pl + head * splits;
-  float M = -INFINITY;
-#pragma unroll 4
-  for (int s = 0; s < splits; s++) M = fmaxf(M, __ldcg(m + s));
-  float L = 0.0f, A = 0.0f;
-#pragma unroll 4
-  for (int s = 0; s < splits; s++) {
-    const float ms = __ldcg(m + s);
-    if (ms != -INFINITY) {
-      const float f = expf(ms - M);
-      L += __ldcg(l + s) * f;
-      A += __ldcg(pacc + (head * splits + s) * hd + d) * f;
-    }
-  }
-  out[head * hd + d] = from_f<T>(L > 0.0f ? A / L : 0.0f);
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
 }
+
 
 template <typename T, int E, int R>
 __device__ void attn_decode(const T *q, const T *kc, const T *vc, const uint32_t *pos, T *out,
@@ -334,9 +321,49 @@ __device__ void attn_decode(const T *q, const T *kc, const T *vc, const uint32_t
     __syncthreads();
     if (!last) return;
     __threadfence();
-    for (int idx = threadIdx.x; idx < rep * HD; idx += blockDim.x)
-      merge_splits<T>(pm, pl, pacc, out, (size_t)row * h + g * rep + idx / HD, HD, splits,
-                      idx % HD);
+    // The partials were written by other blocks: read through L2 (ldcg). First each split's
+    // weight for each query head of the group, exp(m_s - M) / L (M the largest running max, L
+    // the sum of the running sums rescaled to it), one warp per head, lanes over the splits.
+    __shared__ float sw[R][ATT_MAX_SPLITS];
+    for (int j = warp; j < rep; j += ATT_WARPS) {
+      const size_t head = (size_t)row * h + g * rep + j;
+      const float *hm = pm + head * splits, *hl = pl + head * splits;
+      float M = -INFINITY;
+      for (int s = lane; s < splits; s += 32) M = fmaxf(M, __ldcg(hm + s));
+      M = warp_max(M);
+      float L = 0.0f;
+      for (int s = lane; s < splits; s += 32) {
+        const float ms = __ldcg(hm + s);
+        const float e = ms == -INFINITY ? 0.0f : expf(ms - M);
+        sw[j][s] = e;
+        L += __ldcg(hl + s) * e;
+      }
+      const float inv = 1.0f / warp_sum(L);  // L > 0: split 0 always has positions
+      for (int s = lane; s < splits; s += 32) sw[j][s] *= inv;
+    }
+    __syncthreads();
+    // Then every output element is the weighted sum of the splits' outputs: four elements a
+    // thread (16-byte loads), all splits' loads independent of one another.
+    for (int idx = threadIdx.x; idx < rep * HD / 4; idx += blockDim.x) {
+      const int j = idx / (HD / 4), d = idx % (HD / 4) * 4;
+      const size_t head = (size_t)row * h + g * rep + j;
+      const float *a = pacc + head * splits * HD + d;
+      float4 A = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 8
+      for (int s = 0; s < splits; s++) {
+        const float4 v = __ldcg(reinterpret_cast<const float4 *>(a + (size_t)s * HD));
+        const float f = sw[j][s];
+        A.x += v.x * f;
+        A.y += v.y * f;
+        A.z += v.z * f;
+        A.w += v.w * f;
+      }
+      T *o = out + head * HD + d;
+      o[0] = from_f<T>(A.x);
+      o[1] = from_f<T>(A.y);
+      o[2] = from_f<T>(A.z);
+      o[3] = from_f<T>(A.w);
+    }
   }
 }
 
@@ -493,6 +520,63 @@ __device__ void gemv_rope(const T *__restrict__ x, const T *__restrict__ w,
                     (size_t)first + b, cos + at * half, sin + at * half, q, kc, vc, h, kvh, hd,
                     ctx, scale);
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// argmax_rows: x (n, v) f32 logits; out[r] = the index of row r's largest element, the lowest
+// index among equal ones (NaN never wins; a row without a number gives 0). One block per row,
+// the row read with independent 16-byte loads where v is a multiple of 4 (candle's argmax
+// walks it one element at a time, a layout lookup each).
+__device__ __forceinline__ void arg_better(float v, int i, float &bv, int &bi) {
+  if (v > bv || (v == bv && i < bi)) {
+    bv = v;
+    bi = i;
+  }
+}
+
+__device__ __forceinline__ void warp_arg_max(float &bv, int &bi) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    arg_better(ov, oi, bv, bi);
+  }
+}
+
+extern "C" __global__ void argmax_rows_f32(const float *x, uint32_t *out, int v) {
+  const int NONE = 0x7fffffff;
+  const float *row = x + (size_t)blockIdx.x * v;
+  float bv = -INFINITY;
+  int bi = NONE;
+  if (v % 4 == 0) {
+    const float4 *r4 = reinterpret_cast<const float4 *>(row);
+#pragma unroll 4
+    for (int i = threadIdx.x; i < v / 4; i += blockDim.x) {
+      const float4 f = r4[i];
+      arg_better(f.x, 4 * i, bv, bi);
+      arg_better(f.y, 4 * i + 1, bv, bi);
+      arg_better(f.z, 4 * i + 2, bv, bi);
+      arg_better(f.w, 4 * i + 3, bv, bi);
+    }
+  } else {
+#pragma unroll 4
+    for (int i = threadIdx.x; i < v; i += blockDim.x) arg_better(row[i], i, bv, bi);
+  }
+  warp_arg_max(bv, bi);
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  if (lane == 0) {
+    sv[warp] = bv;
+    si[warp] = bi;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    bv = lane < warps ? sv[lane] : -INFINITY;
+    bi = lane < warps ? si[lane] : NONE;
+    warp_arg_max(bv, bi);
+    if (lane == 0) out[blockIdx.x] = bi == NONE ? 0u : (uint32_t)bi;
   }
 }
 

@@ -36,6 +36,9 @@ struct uint4 {
 struct float2 {
   float x, y;
 };
+struct float4 {
+  float x, y, z, w;
+};
 template <typename T> inline T __ldg(const T *p) { return *p; }
 template <typename T> inline T __ldcs(const T *p) { return *p; }
 template <typename T> inline T __ldcg(const T *p) { return *p; }
@@ -96,7 +99,7 @@ struct EmuThread {
 };
 inline ucontext_t emu_main;
 inline std::vector<EmuThread> emu_threads;
-inline std::vector<float> emu_lanes;  // one slot per thread, for shuffles
+inline std::vector<uint32_t> emu_lanes;  // one slot per thread, for shuffles (the value's bits)
 inline unsigned emu_current = 0;
 inline std::function<void()> emu_body;
 
@@ -108,14 +111,18 @@ inline void emu_yield(EmuState state) {
 
 inline void __syncthreads() { emu_yield(EMU_BLOCK); }
 
-inline float __shfl_xor_sync(unsigned, float v, int mask) {
+template <typename V> inline V emu_shfl_xor(V v, int mask) {
+  static_assert(sizeof(V) == 4);
   const unsigned t = threadIdx.x;
-  emu_lanes[t] = v;
+  std::memcpy(&emu_lanes[t], &v, 4);
   emu_yield(EMU_WARP);  // every lane has written
-  const float r = emu_lanes[(t & ~31u) | ((t & 31u) ^ unsigned(mask))];
+  V r;
+  std::memcpy(&r, &emu_lanes[(t & ~31u) | ((t & 31u) ^ unsigned(mask))], 4);
   emu_yield(EMU_WARP);  // every lane has read
   return r;
 }
+inline float __shfl_xor_sync(unsigned, float v, int mask) { return emu_shfl_xor(v, mask); }
+inline int __shfl_xor_sync(unsigned, int v, int mask) { return emu_shfl_xor(v, mask); }
 
 inline void emu_entry() {
   emu_body();
@@ -129,7 +136,7 @@ void emu_launch(Dim3 grid, unsigned threads, void (*kernel)(P...), A... args) {
   blockDim = Dim3{threads, 1, 1};
   emu_body = [&] { kernel(P(args)...); };
   emu_threads.resize(threads);
-  emu_lanes.assign(threads, 0.0f);
+  emu_lanes.assign(threads, 0u);
   for (auto &t : emu_threads) t.stack.resize(64 * 1024);
   for (unsigned z = 0; z < grid.z; z++)
     for (unsigned y = 0; y < grid.y; y++)

@@ -13,6 +13,7 @@
 //! | [`silu_mul`] | slicing gate/up, SiLU, product |
 //! | [`linear`] | cuBLAS for 1 to 4 rows: a GEMV that streams the weights (timed against cuBLAS per shape, the faster kept) |
 //! | [`linear_rope_cache`], [`linear_silu`] | the GEMV with `rope_cache` or `silu_mul` as its epilogue |
+//! | [`argmax`] | candle's argmax (one element at a time, its layout uploaded at every call) for the greedy tokens |
 //!
 //! Each has a fallback made of candle operations, used on the CPU and wherever [`Kernels`]
 //! leaves its kernel off. Run on f32 copies of the inputs, the fallbacks are also the reference
@@ -30,6 +31,8 @@ pub struct Kernels {
     pub attn: bool,
     pub silu: bool,
     pub gemv: bool,
+    /// The greedy pick of the next tokens from the step's logits.
+    pub argmax: bool,
 }
 
 impl Kernels {
@@ -39,6 +42,7 @@ impl Kernels {
         attn: true,
         silu: true,
         gemv: true,
+        argmax: true,
     };
     pub const NONE: Kernels = Kernels {
         norm: false,
@@ -46,8 +50,9 @@ impl Kernels {
         attn: false,
         silu: false,
         gemv: false,
+        argmax: false,
     };
-    const NAMES: [&'static str; 5] = ["norm", "rope", "attn", "silu", "gemv"];
+    const NAMES: [&'static str; 6] = ["norm", "rope", "attn", "silu", "gemv", "argmax"];
 
     fn flag(&mut self, name: &str) -> Option<&mut bool> {
         match name {
@@ -56,11 +61,13 @@ impl Kernels {
             "attn" => Some(&mut self.attn),
             "silu" => Some(&mut self.silu),
             "gemv" => Some(&mut self.gemv),
+            "argmax" => Some(&mut self.argmax),
             _ => None,
         }
     }
 
-    /// `all`, `none`, or a comma-separated list of `norm`, `rope`, `attn`, `silu`, `gemv`.
+    /// `all`, `none`, or a comma-separated list of `norm`, `rope`, `attn`, `silu`, `gemv`,
+    /// `argmax`.
     pub fn parse(spec: &str) -> std::result::Result<Kernels, String> {
         match spec.trim() {
             "all" => return Ok(Kernels::ALL),
@@ -86,10 +93,17 @@ impl Kernels {
 
 impl std::fmt::Display for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let on = [self.norm, self.rope, self.attn, self.silu, self.gemv];
+        let on = [
+            self.norm,
+            self.rope,
+            self.attn,
+            self.silu,
+            self.gemv,
+            self.argmax,
+        ];
         match on.iter().filter(|&&b| b).count() {
             0 => write!(f, "none"),
-            5 => write!(f, "all"),
+            6 => write!(f, "all"),
             _ => {
                 let names: Vec<&str> = Kernels::NAMES
                     .iter()
@@ -314,6 +328,17 @@ pub fn linear(k: Kernels, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.matmul(&w.t()?)
 }
 
+/// The index of each row's largest value in `logits` (rows, vocab), as u32 (rows): the greedy
+/// tokens. On a GPU, for f32 logits, a kernel of its own (the lowest index among equal values).
+pub fn argmax(k: Kernels, logits: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if k.argmax && on_gpu(logits) && logits.dtype() == DType::F32 && logits.rank() == 2 {
+        return cuda::argmax(logits);
+    }
+    let _ = k;
+    logits.argmax(D::Minus1)
+}
+
 /// How each product of a few rows was done so far (our GEMV with one or two output columns a
 /// warp, or cuBLAS), with the times that decided it; empty without CUDA.
 pub fn gemv_choices() -> Vec<String> {
@@ -522,6 +547,21 @@ pub fn check(
                 push(format!("attention b{b} {tag}"), &a1, &a2)?;
             }
         }
+    }
+    // Greedy tokens: the same index exactly (random logits have no ties), with and without
+    // 16-byte loads (vocabularies of a multiple of 4, or not).
+    for (b, vocab) in [(1usize, 4096usize), (5, 4099), (3, 100_352)] {
+        let logits = Tensor::randn(0f32, 1.0, (b, vocab), device)?;
+        let got = argmax(Kernels::ALL, &logits)?.to_vec1::<u32>()?;
+        let want = argmax(Kernels::NONE, &logits)?.to_vec1::<u32>()?;
+        let wrong = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+        out.push(CheckResult {
+            op: format!("argmax b{b} vocab {vocab} (rows wrong)"),
+            dtype: "f32".into(),
+            max_rel_err: wrong as f64,
+            tolerance: 0.0,
+            ok: wrong == 0 && got.len() == b,
+        });
     }
     Ok(out)
 }
@@ -753,6 +793,33 @@ pub(crate) mod cuda {
         Ok(out)
     }
 
+    pub fn argmax(logits: &Tensor) -> Result<Tensor> {
+        let (rows, vocab) = logits.dims2()?;
+        let dev = device(logits)?;
+        // 16-byte loads need the rows to start 16-byte aligned; a view elsewhere gets a copy.
+        let logits = if aligned(logits)? && logits.is_contiguous() {
+            logits.clone()
+        } else {
+            logits.copy()?
+        };
+        let out = Tensor::zeros(rows, DType::U32, &logits.device().clone())?;
+        let tensors = [Some(&logits), Some(&out)];
+        // SAFETY: one block per row of `vocab` f32 values; out has one u32 per row.
+        unsafe {
+            launch(
+                &dev,
+                "argmax_rows",
+                DType::F32,
+                (rows as u32, 1, 1),
+                1024,
+                &tensors,
+                &[vocab as i32],
+                None,
+            )
+        }?;
+        Ok(out)
+    }
+
     /// Copies `src` into `dst` (same dtype and element count, both contiguous), on the stream:
     /// a graph's result goes to a buffer that outlives it.
     pub fn copy_into(dst: &Tensor, src: &Tensor) -> Result<()> {
@@ -900,6 +967,7 @@ pub(crate) mod cuda {
         (2 * sms)
             .div_ceil(blocks.max(1))
             .min(span.div_ceil(32))
+            .min(256) // ATT_MAX_SPLITS in decode.cu
             .max(1)
     }
 

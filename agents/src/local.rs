@@ -11,6 +11,7 @@ use crate::engine::{
     phi4_prompt, ChatRequest, Completion, Engine, EngineError, EngineIdentity, FinishReason,
     Sampling, TokenLogprob,
 };
+use crate::kernels::Kernels;
 use crate::phi3::Model;
 use crate::tokenizer::Codec;
 use candle_core::{Device, Tensor, D};
@@ -182,6 +183,7 @@ fn schedule(model: Model, codec: Arc<dyn Codec>, rx: mpsc::Receiver<Vec<Job>>, l
             .and_then(|logits| {
                 choose(
                     &logits,
+                    model.kernels().unwrap_or(Kernels::NONE),
                     &mut active[first..],
                     &stop_ids,
                     limits.prefill_chunk,
@@ -308,9 +310,11 @@ fn finish(a: Active, outcome: Result<FinishReason, EngineError>, codec: &dyn Cod
 /// change in place. Greedy rows are decided on the device (only the token, and its
 /// log-probability when asked for, come back); sampled rows are copied back and drawn on the
 /// host. Below `min_tokens`, stop tokens are excluded. Rows still being prefilled (more than
-/// `chunk` tokens pending) get no token.
+/// `chunk` tokens pending) get no token. `kernels` decides how the greedy tokens are found
+/// ([`crate::kernels::argmax`]).
 fn choose(
     logits: &Tensor,
+    kernels: Kernels,
     group: &mut [Active],
     stop_ids: &[u32],
     chunk: usize,
@@ -321,6 +325,19 @@ fn choose(
         .iter()
         .map(|a| (a.generated.len() as u32) < a.job.sampling.min_tokens)
         .collect();
+    // Rows still being prefilled take the cheap greedy path and leave their random state alone.
+    let (greedy, sampled): (Vec<usize>, Vec<usize>) = (0..n)
+        .partition(|&i| group[i].job.sampling.temperature <= 0.0 || group[i].pending.len() > chunk);
+    let wants_logprobs = greedy.iter().any(|&i| group[i].job.sampling.logprobs);
+    // Every row greedy, no log-probabilities: the unmasked maximum stands unless it is a stop
+    // token its row may not take yet (masking the stop tokens cannot move any other maximum), so
+    // the stop tokens are masked only then.
+    if sampled.is_empty() && !wants_logprobs {
+        let best = crate::kernels::argmax(kernels, logits)?.to_vec1::<u32>()?;
+        if !(0..n).any(|i| banned[i] && stop_ids.contains(&best[i])) {
+            return Ok(best.into_iter().map(|t| (t, 0.0)).collect());
+        }
+    }
     if !stop_ids.is_empty() && banned.iter().any(|&b| b) {
         // Only the stop tokens' entries are touched: read them, add -inf where banned (0
         // elsewhere), write them back.
@@ -336,17 +353,13 @@ fn choose(
         logits.scatter_set(&ids, &masked, 1)?;
     }
     let mut out = vec![(0u32, 0f32); n];
-    // Rows still being prefilled take the cheap greedy path and leave their random state alone.
-    let (greedy, sampled): (Vec<usize>, Vec<usize>) = (0..n)
-        .partition(|&i| group[i].job.sampling.temperature <= 0.0 || group[i].pending.len() > chunk);
-    let wants_logprobs = greedy.iter().any(|&i| group[i].job.sampling.logprobs);
     let logp = if !sampled.is_empty() || wants_logprobs {
         Some(candle_nn::ops::log_softmax(logits, D::Minus1)?)
     } else {
         None
     };
     if !greedy.is_empty() {
-        let best = logits.argmax_keepdim(D::Minus1)?;
+        let best = crate::kernels::argmax(kernels, logits)?.reshape((n, 1))?;
         let lp = match (&logp, wants_logprobs) {
             (Some(logp), true) => Some(logp.gather(&best, 1)?.flatten_all()?.to_vec1::<f32>()?),
             _ => None,
