@@ -60,7 +60,7 @@ step phiforge-candle-ops 120 "$BIN" bench-engine --device cuda --batch 1,128 --p
 step phiforge-no-graphs 90 "$BIN" bench-engine --device cuda --batch 1,8 --prompt-len "$P" \
   --gen-len "$G" --no-graphs
 step phiforge-cublas 60 "$BIN" bench-engine --device cuda --batch 1 --prompt-len "$P" \
-  --gen-len "$G" --kernels norm,rope,attn,silu
+  --gen-len "$G" --kernels norm,rope,attn,silu,argmax
 # Where the time goes (every phase synchronized, so slower than the figures above, and no graphs).
 if [ -n "${PROFILE:-}" ]; then
   step profile 90 "$BIN" bench-engine --device cuda --batch 1,8,128 --prompt-len "$P" --gen-len 64 \

@@ -135,8 +135,8 @@ struct BenchArgs {
     #[arg(long)]
     profile: bool,
     /// The decode step's fused kernels: `all` (the default on a GPU), `none` (candle's
-    /// operations, as for prompts), or some of norm,rope,attn,silu,gemv (candle's operations
-    /// for the others), to measure what each brings.
+    /// operations, as for prompts), or some of norm,rope,attn,silu,gemv,argmax (candle's
+    /// operations for the others), to measure what each brings.
     #[arg(long)]
     kernels: Option<String>,
     /// Launch every decode step directly instead of replaying it as a CUDA graph (graphs are

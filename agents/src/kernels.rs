@@ -967,8 +967,7 @@ pub(crate) mod cuda {
         (2 * sms)
             .div_ceil(blocks.max(1))
             .min(span.div_ceil(32))
-            .min(256) // ATT_MAX_SPLITS in decode.cu
-            .max(1)
+            .clamp(1, 256) // at most ATT_MAX_SPLITS (decode.cu)
     }
 
     /// The split counters of the device's decode attention: one per (sequence, KV head), zero
@@ -1344,9 +1343,18 @@ mod tests {
         assert_eq!(Kernels::parse("all"), Ok(Kernels::ALL));
         assert_eq!(Kernels::parse("none"), Ok(Kernels::NONE));
         let k = Kernels::parse("rope, attn").unwrap();
-        assert!(k.rope && k.attn && !k.norm && !k.silu && !k.gemv);
+        assert!(k.rope && k.attn && !k.norm && !k.silu && !k.gemv && !k.argmax);
         assert_eq!(k.to_string(), "rope,attn");
         assert_eq!(Kernels::ALL.to_string(), "all");
+        let all_but_gemv = Kernels::parse("norm,rope,attn,silu,argmax").unwrap();
+        assert_eq!(
+            all_but_gemv,
+            Kernels {
+                gemv: false,
+                ..Kernels::ALL
+            }
+        );
+        assert_eq!(all_but_gemv.to_string(), "norm,rope,attn,silu,argmax");
         assert_eq!(
             Kernels::parse(&Kernels::parse("norm,gemv").unwrap().to_string()),
             Kernels::parse("gemv,norm")
@@ -1369,6 +1377,9 @@ mod tests {
         for (g, w) in got[0].iter().zip(want) {
             assert!((g - w).abs() < 1e-6, "{g} vs {w}");
         }
+        let logits = Tensor::new(&[[1f32, 3.0, 2.0], [0.0, -1.0, 4.0]], &dev).unwrap();
+        let best = argmax(Kernels::ALL, &logits).unwrap();
+        assert_eq!(best.to_vec1::<u32>().unwrap(), [1, 2]);
         assert!(check(
             &dev,
             Heads {
