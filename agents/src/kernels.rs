@@ -711,6 +711,7 @@ pub(crate) mod cuda {
                 DType::F32 => CudaStorageSlice::F32(dev.alloc::<f32>(n)?),
                 DType::F16 => CudaStorageSlice::F16(dev.alloc::<half::f16>(n)?),
                 DType::BF16 => CudaStorageSlice::BF16(dev.alloc::<half::bf16>(n)?),
+                DType::U32 => CudaStorageSlice::U32(dev.alloc::<u32>(n)?),
                 d => bail!("fused decode kernels: unsupported dtype {d:?}"),
             }
         };
@@ -797,12 +798,12 @@ pub(crate) mod cuda {
         let (rows, vocab) = logits.dims2()?;
         let dev = device(logits)?;
         // 16-byte loads need the rows to start 16-byte aligned; a view elsewhere gets a copy.
-        let logits = if aligned(logits)? && logits.is_contiguous() {
+        let logits = if logits.is_contiguous() && aligned(logits)? {
             logits.clone()
         } else {
             logits.copy()?
         };
-        let out = Tensor::zeros(rows, DType::U32, &logits.device().clone())?;
+        let out = alloc(&dev, DType::U32, rows)?;
         let tensors = [Some(&logits), Some(&out)];
         // SAFETY: one block per row of `vocab` f32 values; out has one u32 per row.
         unsafe {
