@@ -65,9 +65,12 @@ enum Command {
     #[command(hide = true)]
     RunUnit {
         manifest: PathBuf,
-        /// The unit (default: SLURM_ARRAY_TASK_ID).
+        /// The unit, counted from --offset (default: SLURM_ARRAY_TASK_ID).
         #[arg(long)]
         unit: Option<usize>,
+        /// Added to the unit's number (each job array covers a block of the manifest's units).
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
     },
     /// Generates completions with an OpenAI-compatible server: a prompt, or JSON lines of
     /// `prompt`/`messages` records, in; one JSON line per completion (or error) out.
@@ -314,7 +317,7 @@ fn run(cli: Cli) -> Result<()> {
                 executor: Executor::Local,
                 force,
                 dry_run: true,
-                progress: &pipeline::build::NoProgress,
+                progress: &pipeline::report::NoProgress,
             };
             let report = pipeline::build::build(&r, &recipe, &opts)?;
             print!("{}", report.plan_summary());
@@ -344,10 +347,21 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Lineage { recipe, id } => {
             let r = Recipe::load(&recipe)?;
-            let store = pipeline::store::Store::open(&pipeline::build::store_path(&r))?;
-            let chain = store.lineage(&id)?;
+            let path = pipeline::build::store_path(&r);
+            let Some(store) = pipeline::store::Store::open_existing(&path)? else {
+                anyhow::bail!(
+                    "{} has not been built yet (no {})",
+                    recipe.display(),
+                    path.display()
+                );
+            };
+            let root = pipeline::build::output_dir(&r);
+            let chain = pipeline::lineage::trace(&store, &root, &id)?;
             if chain.is_empty() {
-                anyhow::bail!("no sample with id {id} in {}", store.path().display());
+                anyhow::bail!(
+                    "no sample with id {id} in the last build of {}",
+                    recipe.display()
+                );
             }
             for s in chain {
                 let from = match &s.lineage.source {
@@ -366,7 +380,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::RunUnit { manifest, unit } => Ok(pipeline::executor::run_unit(&manifest, unit)?),
+        Command::RunUnit {
+            manifest,
+            unit,
+            offset,
+        } => Ok(pipeline::executor::slurm::run_task(
+            &manifest, unit, offset,
+        )?),
         Command::Generate(a) => generate(a),
         Command::Serve {
             model_dir,
@@ -417,7 +437,7 @@ impl StageBar {
     }
 }
 
-impl pipeline::build::Progress for StageBar {
+impl pipeline::report::Progress for StageBar {
     fn stage(&self, name: &str, units: usize) {
         self.bar.set_prefix(name.to_string());
         self.bar.set_length(units as u64);
@@ -595,9 +615,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     bar.finish_and_clear();
     match &a.output {
         Some(path) => {
-            let tmp = path.with_extension("phiforge-tmp");
-            std::fs::write(&tmp, &body).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+            corpus::atomic::write(path, &body)?;
         }
         None => {
             use std::io::Write;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const RECIPE: &str = r#"
+pub(crate) const RECIPE: &str = r#"
 name: test-build
 seed: 1
 sources:
@@ -31,10 +31,20 @@ mix:
 output:
   path: out
   shards: 2
+  format: jsonl
 "#;
 
+/// Small units, several dedup partitions and small job arrays: every kind of unit many times over.
+pub(crate) const SMALL_UNITS: &str = "
+execution:
+  unit_mb: 0.01
+  dedup_partition_rows: 50
+  slurm:
+    max_array_size: 4
+";
+
 /// Real documents, one per paragraph of the example docs, with a duplicate and a GSM8K leak.
-fn seeds(n: usize) -> Vec<Value> {
+pub(crate) fn seeds(n: usize) -> Vec<Value> {
     let mut docs: Vec<Value> = Vec::new();
     for d in python_docs() {
         for (k, para) in d["text"].as_str().unwrap().split("\n\n").enumerate() {
@@ -50,12 +60,12 @@ fn seeds(n: usize) -> Vec<Value> {
     docs
 }
 
-fn setup(dir: &Dir, n: usize) {
+pub(crate) fn setup(dir: &Dir, n: usize) {
     dir.write("recipe.yaml", RECIPE);
     dir.write_jsonl("seeds.jsonl", &seeds(n));
 }
 
-fn report(dir: &Dir) -> Value {
+pub(crate) fn report(dir: &Dir) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.path("out/report.json")).unwrap()).unwrap()
 }
 
@@ -80,7 +90,7 @@ fn stage<'a>(w: &'a [(String, u64, u64)], name: &str) -> &'a (String, u64, u64) 
 }
 
 /// The output files and their bytes.
-fn outputs(root: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn outputs(root: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v = Vec::new();
     for e in std::fs::read_dir(root.join("out/shout")).unwrap() {
         let e = e.unwrap();
@@ -208,23 +218,34 @@ fn force_redoes_a_stage_and_everything_after_it() {
 }
 
 /// Kills builds with SIGKILL at many points; the build that finally completes writes the same
-/// bytes as an uninterrupted one, with no sample lost or duplicated.
+/// bytes as an uninterrupted one, with no sample lost or duplicated. The builds cut their work into
+/// hundreds of small units, so the kills land between and inside many units; the kills come within
+/// a third of an uninterrupted build's time, so many land whatever the machine's speed.
 #[test]
 fn builds_killed_at_random_points_finish_with_identical_outputs() {
     let reference = Dir::new();
     setup(&reference, 2000);
+    reference.write("recipe.yaml", format!("{RECIPE}{SMALL_UNITS}"));
+    let t0 = std::time::Instant::now();
     reference.ok(&["build", "recipe.yaml"]);
+    let window = (t0.elapsed().as_millis() as u64 / 3).max(50);
     let want = outputs(reference.tmp.path());
+    // The same as a build in a few large units.
+    let few = Dir::new();
+    setup(&few, 2000);
+    few.ok(&["build", "recipe.yaml"]);
+    assert!(outputs(few.tmp.path()) == want);
 
     let dir = Dir::new();
     setup(&dir, 2000);
+    dir.write("recipe.yaml", format!("{RECIPE}{SMALL_UNITS}"));
     let mut state: u64 = 0x2545f4914f6cdd1d;
     let mut killed = 0;
     for _ in 0..20 {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let delay = Duration::from_millis(5 + state % 450);
+        let delay = Duration::from_millis(5 + state % window);
         let mut child = Command::new(env!("CARGO_BIN_EXE_phiforge"))
             .args(["build", "recipe.yaml"])
             .current_dir(dir.tmp.path())
@@ -395,10 +416,45 @@ fn slurm_builds_match_local_builds() {
     local.ok(&["build", "recipe.yaml"]);
     let slurm = Dir::new();
     setup(&slurm, 200);
+    slurm.write("recipe.yaml", format!("{RECIPE}{SMALL_UNITS}"));
     let out = slurm.ok(&["build", "recipe.yaml", "--executor", "slurm"]);
     assert!(out.contains("units"), "{out}");
     assert_eq!(report(&slurm)["executor"], "slurm");
     assert_eq!(outputs(slurm.tmp.path()), outputs(local.tmp.path()));
+    // Every node ran as tasks: sources, both kinds of dedup unit (by partition, by view), the
+    // per-sample stages and the output files, in arrays of at most 4 tasks.
+    let stages = report(&slurm)["stages"].as_array().unwrap().clone();
+    let logs = |fp: &str| -> Vec<String> {
+        std::fs::read_dir(slurm.path(&format!("out/slurm/{fp}")))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".log"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (stage, phase) in [
+        ("seeds", "units"),
+        ("unique", "scan"),
+        ("unique", "apply"),
+        ("clean", "units"),
+        ("shout", "units"),
+    ] {
+        let s = stages.iter().find(|s| s["name"] == stage).unwrap();
+        let l = logs(s["fingerprint"].as_str().unwrap());
+        assert!(
+            l.iter().any(|n| n.starts_with(&format!("{phase}-"))),
+            "{stage}: {l:?}"
+        );
+    }
+    let unique = stages.iter().find(|s| s["name"] == "unique").unwrap();
+    assert!(unique["units_run"].as_u64().unwrap() > 5, "{unique}");
+    let clean = stages.iter().find(|s| s["name"] == "clean").unwrap();
+    let clean_logs = logs(clean["fingerprint"].as_str().unwrap());
+    assert!(
+        clean_logs.iter().any(|n| n.starts_with("units-4-")),
+        "more units than one array holds go in several arrays: {clean_logs:?}"
+    );
     let again = slurm.ok(&["build", "recipe.yaml", "--executor", "slurm"]);
     assert!(again.contains("nothing to do"), "{again}");
 

@@ -5,6 +5,7 @@ mod util;
 mod audit;
 mod bad_input;
 mod build;
+mod build_units;
 mod decontaminate;
 mod generate;
 mod planted;

@@ -10,6 +10,9 @@
 //!   expensive part (JSON parsing) runs on the caller's worker threads.
 //! - [`StagedDir`] and [`open_writer`] write outputs under temporary names and move them into place
 //!   only when complete; [`TableWriter`] writes small analysis tables as Parquet.
+//! - [`atomic`] is the workspace's one atomic file write (temporary name, fsync, rename, checksum).
+//! - [`sample`] is the sample a build moves between stages (content id, class, text or messages,
+//!   lineage), and [`shard`] the Parquet files it moves in.
 //!
 //! It owns the heavy Arrow/Parquet dependency; no other crate links it directly.
 //!
@@ -25,15 +28,20 @@
 //! }
 //! ```
 
+pub mod atomic;
 mod error;
 mod format;
 mod read;
+pub mod sample;
+pub mod shard;
 mod table;
 mod write;
 
 pub use error::Error;
 pub use format::{expand_inputs, Compression, Format};
-pub use read::{read_all, read_json_records, Batch, BatchReader, Doc, Raw, TextSpec, BATCH_BYTES};
+pub use read::{
+    read_all, read_json_records, text_files, Batch, BatchReader, Doc, Raw, TextSpec, BATCH_BYTES,
+};
 pub use table::{Column, ColumnKind, TableWriter};
 pub use write::{open_writer, FormatWriter, LineSink, StagedDir};
 

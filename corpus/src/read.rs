@@ -255,14 +255,9 @@ impl BatchReader {
                 )]
                 .into_iter(),
             },
-            Format::TextDir => {
-                let mut files = Vec::new();
-                walk_text_files(path, path, &mut files)?;
-                files.sort();
-                Inner::Files {
-                    pending: files.into_iter(),
-                }
-            }
+            Format::TextDir => Inner::Files {
+                pending: text_files(path)?.into_iter(),
+            },
         };
         Ok(BatchReader {
             path: Arc::new(path.to_path_buf()),
@@ -419,6 +414,15 @@ pub(crate) fn open_reader(path: &Path, c: Compression) -> Result<Box<dyn BufRead
             zstd::stream::read::Decoder::new(file).map_err(|e| Error::io(path, e))?,
         )),
     })
+}
+
+/// The `.txt`/`.md` files under folder `dir` (each one document of a text-folder input), with
+/// their paths relative to it, sorted.
+pub fn text_files(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut files = Vec::new();
+    walk_text_files(dir, dir, &mut files)?;
+    files.sort();
+    Ok(files)
 }
 
 fn walk_text_files(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<()> {

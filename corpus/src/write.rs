@@ -61,6 +61,8 @@ impl StagedDir {
     /// Moves the staged entries into the target. `last` (if staged) is moved after all others, so
     /// its presence marks a complete output.
     pub fn commit(mut self, last: Option<&str>) -> Result<()> {
+        // Everything staged reaches the disk before any of it is moved into place.
+        sync_tree(&self.staging)?;
         if !self.target.exists() {
             std::fs::rename(&self.staging, &self.target).map_err(|e| Error::io(&self.target, e))?;
         } else {
@@ -84,9 +86,28 @@ impl StagedDir {
             }
             std::fs::remove_dir_all(&self.staging).map_err(|e| Error::io(&self.staging, e))?;
         }
+        crate::atomic::sync_dir(&self.target)?;
+        if let Some(parent) = self.target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::atomic::sync_dir(parent)?;
+        }
         self.committed = true;
         Ok(())
     }
+}
+
+/// Fsyncs every file and folder under `dir`.
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    crate::atomic::sync_dir(dir)
 }
 
 impl Drop for StagedDir {

@@ -124,41 +124,93 @@ pub struct BenchmarkSet {
     pub items: Vec<Item>,
 }
 
+/// One place benchmark items come from, as a spec resolves to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BenchSource {
+    /// A set bundled in the binary: its name, licence and gzipped JSON lines.
+    Bundled {
+        name: &'static str,
+        licence: &'static str,
+        bytes: &'static [u8],
+    },
+    /// A JSON-lines or Parquet file.
+    File(PathBuf),
+}
+
+/// What `spec` names, with relative paths taken from `base` (the current folder when `None`):
+/// a file or folder that exists there comes first, then `standard` and the bundled sets' names.
+/// A folder yields its JSON-lines and Parquet files, sorted (other files, such as a README, are
+/// not benchmarks); a folder inside it is refused, not passed over. Loading and fingerprinting
+/// both resolve through here, so they always agree.
+pub fn resolve(spec: &str, base: Option<&Path>) -> Result<Vec<BenchSource>> {
+    let path = match base {
+        Some(b) if !Path::new(spec).is_absolute() && !b.as_os_str().is_empty() => b.join(spec),
+        _ => PathBuf::from(spec),
+    };
+    if path.is_dir() {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&path).map_err(|e| Error::io(&path, e))? {
+            let p = entry.map_err(|e| Error::io(&path, e))?.path();
+            if p.is_dir() {
+                return Err(Error::BenchmarkSubfolder { path, sub: p });
+            }
+            if matches!(
+                corpus::Format::detect(&p),
+                Ok(corpus::Format::JsonLines(_) | corpus::Format::Parquet)
+            ) {
+                files.push(p);
+            }
+        }
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::NoBenchmarkFiles { path });
+        }
+        return Ok(files.into_iter().map(BenchSource::File).collect());
+    }
+    if path.exists() {
+        return Ok(vec![BenchSource::File(path)]);
+    }
+    let bundled = |&(name, licence, bytes): &(&'static str, &'static str, &'static [u8])| {
+        BenchSource::Bundled {
+            name,
+            licence,
+            bytes,
+        }
+    };
+    if spec == "standard" {
+        return Ok(STANDARD.iter().map(bundled).collect());
+    }
+    match STANDARD.iter().find(|s| s.0 == spec) {
+        Some(s) => Ok(vec![bundled(s)]),
+        None => Err(Error::UnknownBenchmark {
+            spec: spec.into(),
+            known: STANDARD.iter().map(|s| s.0).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
 impl BenchmarkSet {
-    /// Loads each spec: `standard` (all bundled sets), a bundled set's name, a file or a folder.
+    /// Loads each spec: `standard` (all bundled sets), a bundled set's name, a file or a folder
+    /// (see [`resolve`]; relative paths from the current folder).
     pub fn load<S: AsRef<str>>(specs: &[S], fields: &FieldMap) -> Result<BenchmarkSet> {
-        let mut set = BenchmarkSet::default();
+        let mut sources = Vec::new();
         for spec in specs {
-            let spec = spec.as_ref();
-            let path = Path::new(spec);
-            if path.exists() {
-                if path.is_dir() {
-                    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                        .map_err(|e| Error::io(path, e))?
-                        .filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| p.is_file() && corpus::Format::detect(p).is_ok())
-                        .collect();
-                    files.sort();
-                    if files.is_empty() {
-                        return Err(Error::NoBenchmarkFiles { path: path.into() });
-                    }
-                    for f in files {
-                        set.load_file(&f, fields)?;
-                    }
-                } else {
-                    set.load_file(path, fields)?;
-                }
-            } else if spec == "standard" {
-                for (name, licence, bytes) in STANDARD {
-                    set.load_bundled(name, licence, bytes)?;
-                }
-            } else if let Some((name, licence, bytes)) = STANDARD.iter().find(|s| s.0 == spec) {
-                set.load_bundled(name, licence, bytes)?;
-            } else {
-                return Err(Error::UnknownBenchmark {
-                    spec: spec.into(),
-                    known: STANDARD.iter().map(|s| s.0).collect::<Vec<_>>().join(", "),
-                });
+            sources.extend(resolve(spec.as_ref(), None)?);
+        }
+        BenchmarkSet::load_sources(&sources, fields)
+    }
+
+    /// Loads resolved sources, in order.
+    pub fn load_sources(sources: &[BenchSource], fields: &FieldMap) -> Result<BenchmarkSet> {
+        let mut set = BenchmarkSet::default();
+        for s in sources {
+            match s {
+                BenchSource::Bundled {
+                    name,
+                    licence,
+                    bytes,
+                } => set.load_bundled(name, licence, bytes)?,
+                BenchSource::File(path) => set.load_file(path, fields)?,
             }
         }
         Ok(set)
@@ -286,6 +338,41 @@ mod tests {
         );
         assert_eq!(set.items[0].id, "gsm8k/0");
         assert!(set.items[0].question.starts_with("Janet"));
+    }
+
+    #[test]
+    fn folders_resolve_before_bundled_names_and_subfolders_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let gsm = dir.path().join("gsm8k");
+        std::fs::create_dir(&gsm).unwrap();
+        std::fs::write(
+            gsm.join("b.jsonl"),
+            "{\"question\": \"q\", \"answer\": \"a\"}\n",
+        )
+        .unwrap();
+        std::fs::write(gsm.join("a.parquet"), "").unwrap();
+        std::fs::write(gsm.join("README.md"), "not a benchmark").unwrap();
+        // Beside `base`, `gsm8k` is the folder (its data files, sorted); elsewhere the bundled set.
+        let got = resolve("gsm8k", Some(dir.path())).unwrap();
+        assert_eq!(
+            got,
+            [
+                BenchSource::File(gsm.join("a.parquet")),
+                BenchSource::File(gsm.join("b.jsonl"))
+            ]
+        );
+        assert!(matches!(
+            resolve("gsm8k", Some(Path::new("/nonexistent"))).unwrap()[..],
+            [BenchSource::Bundled { name: "gsm8k", .. }]
+        ));
+        assert_eq!(resolve("standard", None).unwrap().len(), STANDARD.len());
+        std::fs::create_dir(gsm.join("more")).unwrap();
+        let e = resolve("gsm8k", Some(dir.path())).unwrap_err().to_string();
+        assert!(e.contains("holds the folder") && e.contains("more"), "{e}");
+        let e = resolve("nothing", Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown benchmark `nothing`"), "{e}");
     }
 
     #[test]

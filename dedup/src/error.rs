@@ -19,6 +19,9 @@ pub enum Error {
     UnknownBenchmark { spec: String, known: String },
     #[error("{path}: no benchmark files (.jsonl, .jsonl.gz, .jsonl.zst, .parquet) in this folder")]
     NoBenchmarkFiles { path: PathBuf },
+    /// A benchmark folder holds a folder: its files are not read, so the folder is refused.
+    #[error("{path}: a benchmark folder must hold benchmark files only, but it holds the folder `{sub}`; name that folder (or its files) as a benchmark of its own")]
+    BenchmarkSubfolder { path: PathBuf, sub: PathBuf },
     /// No record of a benchmark file has the field the mapping names.
     #[error("{path}: no record has the field `{field}`; name the right one with --field-map (e.g. question=problem,answer=solution)")]
     MissingBenchmarkField { path: PathBuf, field: String },

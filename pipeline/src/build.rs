@@ -1,175 +1,28 @@
-//! Planning and running builds.
+//! Running (or, for a plan, counting) a build.
 //!
-//! A build walks the stage graph in order. Sources are read file by file (a file whose bytes have
-//! not changed is not read again); each stage's inputs are its upstream outputs, and only inputs
-//! without a committed result under the stage's fingerprint run. They are split into units with a
-//! fixed assignment (by input id); each unit's results are committed in one transaction, so a build
-//! killed at any moment and run again finishes with the same outputs. The final samples (those of
-//! stages no other stage reads) are written sorted by id, to temporary names renamed into place.
+//! The build walks the plan's nodes in order. For each it lists the units its inputs call for
+//! (sources: a unit per file; per-sample stages: a unit per input view; exact dedup: scans, then a
+//! unit per view), asks the store which are done, takes in completion records a killed build or a
+//! Slurm task left on disk, and hands the rest to the executor. The node's output views are its
+//! units' views, in order; they are the next nodes' inputs. Then the final stages' output files are
+//! units too, and the manifest, the report and the run record are written. A successful build
+//! forgets (and deletes the files of) every unit it did not use.
+//!
+//! Memory holds unit records, never samples; a build with nothing to do reads the store once per
+//! unit and `stat`s each file.
 
-use crate::executor::{run_units, Executor, Unit};
+use crate::executor::{self, Batch, Executor};
+use crate::plan::{Graph, NodeKind};
 use crate::recipe::{Recipe, StageConfig};
-use crate::sample::Sample;
-use crate::stage::{build_stage, source_fingerprint, source_sample, stage_fingerprint, Shape};
-use crate::store::{ItemResult, Store};
-use crate::{Error, Result};
-use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use crate::report::{Progress, Reason, RunReport, StageReport};
+use crate::stages::{self, dedup_exact, source, Runner};
+use crate::store::Store;
+use crate::unit::{Done, UnitCtx, UnitSpec, Work, WORK_DIR};
+use crate::view::View;
+use crate::{output, Error, Result};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
-
-/// Inputs per unit of a per-item stage.
-pub const UNIT_ITEMS: usize = 64;
-
-/// Reports progress to whoever shows it.
-pub trait Progress: Sync {
-    fn stage(&self, _name: &str, _units: usize) {}
-    fn unit_done(&self) {}
-    fn stage_done(&self) {}
-}
-
-/// Shows nothing.
-pub struct NoProgress;
-impl Progress for NoProgress {}
-
-/// Why a stage has work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    UpToDate,
-    NewInputs,
-    ChangedConfig,
-    Forced,
-    FirstRun,
-    /// Upstream has work, so this stage's inputs are not known yet.
-    AfterUpstream,
-}
-
-impl Reason {
-    pub fn describe(self) -> &'static str {
-        match self {
-            Reason::UpToDate => "up to date",
-            Reason::NewInputs => "new inputs",
-            Reason::ChangedConfig => "changed configuration (its own or upstream)",
-            Reason::Forced => "forced",
-            Reason::FirstRun => "first run",
-            Reason::AfterUpstream => "inputs known after upstream runs",
-        }
-    }
-}
-
-/// What one stage did (or, in a plan, will do).
-#[derive(Debug, Clone, Serialize)]
-pub struct StageReport {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub fingerprint: String,
-    pub reason: Reason,
-    /// Inputs with a committed result before this build.
-    pub cached: usize,
-    /// Inputs run (in a plan: to run; `None` when not known before upstream runs).
-    pub run: Option<usize>,
-    pub units_run: usize,
-    pub units_failed: usize,
-    pub samples_in: usize,
-    pub samples_out: usize,
-    /// Dropped inputs by reason.
-    pub dropped: BTreeMap<String, usize>,
-    pub seconds: f64,
-}
-
-impl StageReport {
-    /// Records how many inputs are cached and how many must run (and so that the stage has work).
-    fn pending(&mut self, cached: usize, todo: usize, forced: bool) {
-        self.cached = cached;
-        self.run = Some(todo);
-        if todo > 0 {
-            self.reason = if forced {
-                Reason::Forced
-            } else {
-                Reason::NewInputs
-            };
-        }
-    }
-}
-
-/// What a build did.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    pub recipe: String,
-    pub executor: String,
-    pub stages: Vec<StageReport>,
-    /// Output files written (relative to the output folder); unchanged ones are not rewritten.
-    pub outputs: Vec<String>,
-    pub outputs_unchanged: usize,
-    pub did_work: bool,
-    pub seconds: f64,
-}
-
-impl RunReport {
-    /// The readable summary of a build: a line per stage, then what was written.
-    pub fn summary(&self) -> String {
-        let mut out = String::new();
-        for s in &self.stages {
-            let dropped: Vec<String> = s.dropped.iter().map(|(k, v)| format!("{v} {k}")).collect();
-            out.push_str(&format!(
-                "{:<16} {:<14} {:>6} cached {:>6} run {:>4} units {:>7} in {:>7} out  {:.1}s{}\n",
-                s.name,
-                s.kind,
-                s.cached,
-                s.run.unwrap_or(0),
-                s.units_run,
-                s.samples_in,
-                s.samples_out,
-                s.seconds,
-                if dropped.is_empty() {
-                    String::new()
-                } else {
-                    format!("  dropped: {}", dropped.join(", "))
-                },
-            ));
-        }
-        if self.did_work {
-            out.push_str(&format!(
-                "built in {:.1}s; wrote {} output files ({} unchanged)\n",
-                self.seconds,
-                self.outputs.len(),
-                self.outputs_unchanged
-            ));
-        } else {
-            out.push_str(&format!(
-                "nothing to do: every stage is up to date ({} output files unchanged)\n",
-                self.outputs_unchanged
-            ));
-        }
-        out
-    }
-
-    /// The readable form of a plan: per stage, inputs cached and to run, and why.
-    pub fn plan_summary(&self) -> String {
-        let mut out = format!(
-            "{:<16} {:<14} {:>8} {:>8}  why\n",
-            "stage", "type", "cached", "to run"
-        );
-        for s in &self.stages {
-            let run = s.run.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
-            out.push_str(&format!(
-                "{:<16} {:<14} {:>8} {:>8}  {}\n",
-                s.name,
-                s.kind,
-                s.cached,
-                run,
-                s.reason.describe()
-            ));
-        }
-        if !self.did_work {
-            out.push_str("nothing to do: every stage is up to date\n");
-        }
-        out
-    }
-}
 
 /// Options of a build.
 pub struct BuildOptions<'a> {
@@ -181,229 +34,33 @@ pub struct BuildOptions<'a> {
     pub progress: &'a dyn Progress,
 }
 
+/// The output folder of a recipe.
+pub fn output_dir(recipe: &Recipe) -> PathBuf {
+    recipe.resolve(&recipe.output.path)
+}
+
 /// The store of a recipe.
 pub fn store_path(recipe: &Recipe) -> PathBuf {
-    recipe.resolve(&recipe.output.path).join("store.sqlite")
+    output_dir(recipe).join("store.sqlite")
 }
 
-/// A stage node: a source or a declared stage.
-enum Node<'a> {
-    Source(&'a str),
-    Stage(&'a StageConfig),
+/// The runner for a unit of node `i` doing `work`.
+pub fn runner(recipe: &Recipe, graph: &Graph, i: usize, work: &Work) -> Result<Runner> {
+    let node = &graph.nodes[i];
+    Ok(match (work, node.kind) {
+        (Work::Output { .. }, _) => Runner::Output,
+        (_, NodeKind::Source(_)) => Runner::Source(node.name.clone()),
+        (_, NodeKind::Stage(c)) => stages::build(recipe, c, &node.fingerprint)?,
+    })
 }
 
-/// Sources, then stages in dependency order.
-fn order(recipe: &Recipe) -> Vec<Node<'_>> {
-    let mut out: Vec<Node> = recipe.sources.keys().map(|k| Node::Source(k)).collect();
-    let mut done: HashSet<&str> = recipe.sources.keys().map(String::as_str).collect();
-    let mut left: Vec<&StageConfig> = recipe.stages.iter().collect();
-    while !left.is_empty() {
-        let before = left.len();
-        left.retain(|s| {
-            if s.inputs().iter().all(|i| done.contains(i.as_str())) {
-                done.insert(s.name());
-                out.push(Node::Stage(s));
-                false
-            } else {
-                true
-            }
-        });
-        if left.len() == before {
-            break; // a cycle: the recipe check reports it
-        }
+/// The fingerprint a unit of node `i` doing `work` runs under.
+pub fn unit_fingerprint(recipe: &Recipe, graph: &Graph, i: usize, work: &Work) -> String {
+    let fp = &graph.nodes[i].fingerprint;
+    match work {
+        Work::Output { .. } => output::fingerprint(fp, recipe.output.format, recipe.output.shards),
+        _ => fp.clone(),
     }
-    out
-}
-
-/// Names of `force` and every stage downstream of them.
-fn forced_set(recipe: &Recipe, force: &[String]) -> Result<HashSet<String>> {
-    let mut set: HashSet<String> = HashSet::new();
-    for f in force {
-        if !recipe.stages.iter().any(|s| s.name() == f) && !recipe.sources.contains_key(f) {
-            return Err(Error::UnknownStage(f.clone()));
-        }
-        set.insert(f.clone());
-    }
-    loop {
-        let before = set.len();
-        for s in &recipe.stages {
-            if s.inputs().iter().any(|i| set.contains(i)) {
-                set.insert(s.name().to_string());
-            }
-        }
-        if set.len() == before {
-            return Ok(set);
-        }
-    }
-}
-
-/// Inputs with a committed result under `fp`; none for a forced stage (whose results a build
-/// forgets first, and a plan counts as gone).
-fn cached_inputs(store: &Store, fp: &str, ids: &[&str], forced: bool) -> Result<HashSet<String>> {
-    if forced {
-        return Ok(HashSet::new());
-    }
-    store.cached(fp, ids)
-}
-
-/// One source file: its input id is its path and the hash of its bytes.
-fn file_input_id(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok(format!("{}#{:016x}", path.display(), xxh3_64(&bytes)))
-}
-
-/// Plans (`dry_run`) or runs a build of `recipe`.
-pub fn build(recipe: &Recipe, recipe_path: &Path, opts: &BuildOptions) -> Result<RunReport> {
-    let started = Instant::now();
-    let mut store = Store::open(&store_path(recipe))?;
-    store.check_source_classes(recipe)?;
-    let forced = forced_set(recipe, &opts.force)?;
-    let run_id = if opts.dry_run {
-        None
-    } else {
-        Some(store.start_run(&now())?)
-    };
-
-    let mut fps: HashMap<String, String> = HashMap::new();
-    // Outputs of each node; `None` when not known (a plan whose upstream has work).
-    let mut outputs: HashMap<String, Option<Vec<Sample>>> = HashMap::new();
-    let mut reports = Vec::new();
-    let mut consumed: HashSet<&str> = HashSet::new();
-    for s in &recipe.stages {
-        consumed.extend(s.inputs().iter().map(String::as_str));
-    }
-
-    for node in order(recipe) {
-        let t0 = Instant::now();
-        let (name, kind, fp) = match &node {
-            Node::Source(n) => (
-                n.to_string(),
-                "source".to_string(),
-                source_fingerprint(n, &recipe.sources[*n]),
-            ),
-            Node::Stage(s) => {
-                let inputs: Vec<String> = s.inputs().iter().map(|i| fps[i].clone()).collect();
-                (
-                    s.name().to_string(),
-                    s.type_name().to_string(),
-                    stage_fingerprint(recipe, s, &inputs)?,
-                )
-            }
-        };
-        fps.insert(name.clone(), fp.clone());
-        let is_forced = forced.contains(&name);
-        if is_forced && !opts.dry_run {
-            store.forget(&fp)?;
-        }
-        let changed = store.ran_with_other_fingerprint(&name, &fp)?;
-        let ran_before = store.ran_with(&name, &fp)?;
-        let mut report = StageReport {
-            name: name.clone(),
-            kind,
-            fingerprint: fp.clone(),
-            reason: Reason::UpToDate,
-            cached: 0,
-            run: Some(0),
-            units_run: 0,
-            units_failed: 0,
-            samples_in: 0,
-            samples_out: 0,
-            dropped: BTreeMap::new(),
-            seconds: 0.0,
-        };
-
-        // The inputs: source files, or upstream samples.
-        let produced: Option<Vec<Sample>> = match &node {
-            Node::Source(n) => {
-                read_source(recipe, n, &fp, &mut store, opts, &mut report, is_forced)?
-            }
-            Node::Stage(s) => {
-                let mut inputs = Vec::new();
-                let mut known = true;
-                for i in s.inputs() {
-                    match outputs.get(i).and_then(|o| o.as_ref()) {
-                        Some(v) => inputs.extend(v.iter().cloned()),
-                        None => known = false,
-                    }
-                }
-                if !known {
-                    report.reason = Reason::AfterUpstream;
-                    report.run = None;
-                    None
-                } else {
-                    report.samples_in = inputs.len();
-                    let stage = build_stage(recipe, s, &fp)?;
-                    run_stage(
-                        &*stage,
-                        s,
-                        &fp,
-                        &inputs,
-                        &mut store,
-                        opts,
-                        recipe_path,
-                        &mut report,
-                        is_forced,
-                    )?
-                }
-            }
-        };
-        if report.reason != Reason::UpToDate && report.reason != Reason::AfterUpstream && !is_forced
-        {
-            report.reason = if ran_before {
-                Reason::NewInputs
-            } else if changed {
-                Reason::ChangedConfig
-            } else {
-                Reason::FirstRun
-            };
-        }
-        if let Some(p) = &produced {
-            report.samples_out = p.len();
-        }
-        if !opts.dry_run {
-            store.note_stage(&name, &fp)?;
-        }
-        report.seconds = t0.elapsed().as_secs_f64();
-        outputs.insert(name, produced);
-        reports.push(report);
-        opts.progress.stage_done();
-    }
-
-    // Final samples: nodes no stage reads.
-    let mut written = Vec::new();
-    let mut unchanged = 0;
-    if !opts.dry_run {
-        let out_dir = recipe.resolve(&recipe.output.path);
-        for r in &reports {
-            if consumed.contains(r.name.as_str()) {
-                continue;
-            }
-            let Some(Some(samples)) = outputs.get(&r.name) else {
-                continue;
-            };
-            let (files, same) = write_outputs(&out_dir, &r.name, samples, recipe.output.shards)?;
-            written.extend(files);
-            unchanged += same;
-        }
-    }
-    let did_work = reports.iter().any(|r| r.reason != Reason::UpToDate);
-    let report = RunReport {
-        recipe: recipe.name.clone(),
-        executor: opts.executor.name().into(),
-        stages: reports,
-        outputs: written,
-        outputs_unchanged: unchanged,
-        did_work,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    if let Some(id) = run_id {
-        let json = serde_json::to_string_pretty(&report).unwrap_or_default();
-        let out_dir = recipe.resolve(&recipe.output.path);
-        atomic_write(&out_dir.join("report.json"), format!("{json}\n").as_bytes())?;
-        atomic_write(&out_dir.join("report.txt"), report.summary().as_bytes())?;
-        store.finish_run(id, &now(), "ok", &json)?;
-    }
-    Ok(report)
 }
 
 fn now() -> String {
@@ -414,265 +71,552 @@ fn now() -> String {
     format!("{secs}")
 }
 
-/// Reads a source's files; a file already read with the same bytes comes from the store.
-fn read_source(
-    recipe: &Recipe,
-    name: &str,
-    fp: &str,
-    store: &mut Store,
-    opts: &BuildOptions,
-    report: &mut StageReport,
-    forced: bool,
-) -> Result<Option<Vec<Sample>>> {
-    let source = &recipe.sources[name];
-    let pattern = recipe.resolve(&source.path).to_string_lossy().into_owned();
-    let files = corpus::expand_inputs(&[pattern])?;
-    let ids: Vec<String> = files
-        .iter()
-        .map(|f| file_input_id(f))
-        .collect::<Result<_>>()?;
-    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let cached = cached_inputs(store, fp, &id_refs, forced)?;
-    let todo: Vec<usize> = (0..files.len())
-        .filter(|&k| !cached.contains(&ids[k]))
-        .collect();
-    report.pending(cached.len(), todo.len(), forced);
-    if opts.dry_run {
-        return Ok(if todo.is_empty() {
-            Some(load(store, fp, &ids, report)?)
-        } else {
-            None
-        });
-    }
-    opts.progress.stage(&format!("source {name}"), todo.len());
-    let spec = corpus::TextSpec {
-        text_field: source.text_field.clone(),
-        id_field: source.id_field.clone(),
+/// Plans (`dry_run`) or runs a build of `recipe`.
+pub fn build(recipe: &Recipe, recipe_path: &Path, opts: &BuildOptions) -> Result<RunReport> {
+    let graph = Graph::new(recipe)?;
+    let forced = graph.forced(&opts.force)?;
+    let root = output_dir(recipe);
+    let mut store = if opts.dry_run {
+        match Store::open_existing(&store_path(recipe))? {
+            Some(s) => s,
+            None => Store::in_memory()?,
+        }
+    } else {
+        Store::open(&store_path(recipe))?
     };
-    for k in todo {
-        let file = &files[k];
-        let rel = file
-            .strip_prefix(&recipe.dir)
-            .unwrap_or(file)
-            .to_string_lossy()
-            .into_owned();
-        let mut samples = Vec::new();
-        for batch in corpus::BatchReader::open(file, &spec, false)? {
-            let batch = batch?;
-            for i in 0..batch.len() {
-                let doc = batch.doc(i, &spec)?;
-                samples.push(source_sample(
-                    name, source, fp, &rel, doc.line, &doc.id, &doc.text,
-                ));
-            }
-        }
-        store.commit(fp, &[(ids[k].clone(), ItemResult::Keep(samples))])?;
-        report.units_run += 1;
-        opts.progress.unit_done();
+    store.check_source_classes(recipe)?;
+    let mut b = Builder {
+        recipe,
+        recipe_path,
+        graph: &graph,
+        forced,
+        root: &root,
+        store: &mut store,
+        opts,
+        keep: HashSet::new(),
+    };
+    if opts.dry_run {
+        return b.run();
     }
-    Ok(Some(load(store, fp, &ids, report)?))
+    // The store is held exclusively: what temporary files lie in the output folder, a killed
+    // process left.
+    corpus::atomic::remove_stale_temporaries(&root)?;
+    let run_id = b.store.start_run(&now())?;
+    let result = b.run();
+    match &result {
+        Ok(report) => {
+            let json = serde_json::to_string_pretty(report).unwrap_or_default();
+            store.finish_run(run_id, &now(), "ok", &json)?;
+        }
+        Err(e) => store.finish_run(run_id, &now(), "failed", &e.to_string())?,
+    }
+    result
 }
 
-/// The outputs of `ids` under `fp`, in order, counting drops.
-fn load(store: &Store, fp: &str, ids: &[String], report: &mut StageReport) -> Result<Vec<Sample>> {
-    let mut out = Vec::new();
-    for id in ids {
-        match store.result(fp, id)? {
-            Some(ItemResult::Keep(s)) => out.extend(s),
-            Some(ItemResult::Drop(reason)) => *report.dropped.entry(reason).or_insert(0) += 1,
-            None => {
-                return Err(Error::Stage {
-                    stage: report.name.clone(),
-                    message: format!("no result for input {id} after the run"),
-                })
-            }
-        }
-    }
-    Ok(out)
+/// Units of one kind of a node, after the store and the executor had their say.
+struct Phase {
+    /// Every unit's record, in unit order (`None`: not done, in a plan).
+    done: Vec<Option<Done>>,
+    /// Which units ran in this build.
+    fresh: Vec<bool>,
+    /// Units done before this build.
+    cached: usize,
+    /// Units run (in a plan: to run).
+    run: usize,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_stage(
-    stage: &dyn crate::stage::Stage,
-    config: &StageConfig,
-    fp: &str,
-    inputs: &[Sample],
-    store: &mut Store,
-    opts: &BuildOptions,
-    recipe_path: &Path,
-    report: &mut StageReport,
-    forced: bool,
-) -> Result<Option<Vec<Sample>>> {
-    let name = config.name();
-    match stage.shape() {
-        Shape::WholeSet => {
-            let mut h = Vec::new();
-            for s in inputs {
-                h.extend_from_slice(s.id.as_bytes());
-                h.push(b'\n');
-            }
-            let key = format!("set:{:032x}", xxh3_128(&h));
-            let ids = vec![key.clone()];
-            let cached = cached_inputs(store, fp, &[key.as_str()], forced)?;
-            let todo = if cached.is_empty() { inputs.len() } else { 0 };
-            report.pending(cached.len(), todo, forced);
-            if cached.is_empty() {
-                if opts.dry_run {
-                    return Ok(None);
+impl Phase {
+    /// All records, when every unit is done.
+    fn complete(&self) -> Option<Vec<&Done>> {
+        self.done.iter().map(Option::as_ref).collect()
+    }
+
+    /// The views the units contribute, in order, when every unit is done.
+    fn views(&self) -> Option<Vec<View>> {
+        self.complete()
+            .map(|d| d.iter().flat_map(|d| d.views.iter().cloned()).collect())
+    }
+}
+
+struct Builder<'a> {
+    recipe: &'a Recipe,
+    recipe_path: &'a Path,
+    graph: &'a Graph<'a>,
+    forced: HashSet<usize>,
+    root: &'a Path,
+    store: &'a mut Store,
+    opts: &'a BuildOptions<'a>,
+    /// Keys of every unit this build uses.
+    keep: HashSet<String>,
+}
+
+impl Builder<'_> {
+    fn run(&mut self) -> Result<RunReport> {
+        let started = Instant::now();
+        let n = self.graph.nodes.len();
+        let mut views: Vec<Option<Vec<View>>> = vec![None; n];
+        let mut reports = Vec::with_capacity(n);
+        for i in 0..n {
+            let t0 = Instant::now();
+            let node = &self.graph.nodes[i];
+            let mut rep = StageReport::new(&node.name, node.type_name(), &node.fingerprint);
+            let inputs = self.inputs(i, &views);
+            let out = match (node.kind, inputs) {
+                (NodeKind::Source(_), _) => self.source(i, &mut rep)?,
+                (NodeKind::Stage(_), None) => {
+                    rep.reason = Reason::AfterUpstream;
+                    rep.run = None;
+                    None
                 }
-                opts.progress.stage(name, 1);
-                let results = stage.process_set(inputs)?;
-                let mut kept = Vec::new();
-                let mut dropped: BTreeMap<String, usize> = BTreeMap::new();
-                for r in results {
-                    match r {
-                        ItemResult::Keep(s) => kept.extend(s),
-                        ItemResult::Drop(reason) => *dropped.entry(reason).or_insert(0) += 1,
+                (NodeKind::Stage(StageConfig::DedupExact(_)), Some(inputs)) => {
+                    self.dedup(i, inputs, &mut rep)?
+                }
+                (NodeKind::Stage(_), Some(inputs)) => self.per_sample(i, inputs, &mut rep)?,
+            };
+            if let Some(v) = &out {
+                rep.samples_out = v.iter().map(|v| v.rows).sum();
+            }
+            if rep.reason != Reason::AfterUpstream && rep.units_run > 0 {
+                rep.reason = self.reason(i)?;
+            }
+            if !self.opts.dry_run {
+                self.store.note_stage(&node.name, &node.fingerprint)?;
+            }
+            rep.seconds = t0.elapsed().as_secs_f64();
+            views[i] = out;
+            reports.push(rep);
+            self.opts.progress.stage_done();
+        }
+        let mut report = RunReport {
+            recipe: self.recipe.name.clone(),
+            recipe_fingerprint: self.graph.recipe_fingerprint(self.recipe),
+            executor: self.opts.executor.name().into(),
+            did_work: reports.iter().any(|r| r.reason != Reason::UpToDate),
+            stages: reports,
+            outputs: Vec::new(),
+            outputs_unchanged: 0,
+            seconds: 0.0,
+        };
+        if !self.opts.dry_run {
+            self.outputs(&views, &mut report)?;
+            report.seconds = started.elapsed().as_secs_f64();
+            let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+            corpus::atomic::write(
+                &self.root.join("report.json"),
+                format!("{json}\n").as_bytes(),
+            )?;
+            corpus::atomic::write(&self.root.join("report.txt"), report.summary().as_bytes())?;
+            let named: Vec<(String, String, Vec<View>)> = self
+                .graph
+                .nodes
+                .iter()
+                .zip(views)
+                .map(|(n, v)| (n.name.clone(), n.fingerprint.clone(), v.unwrap_or_default()))
+                .collect();
+            self.store.set_views(&named)?;
+            self.collect_garbage()?;
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// Why node `i` has work.
+    fn reason(&self, i: usize) -> Result<Reason> {
+        let node = &self.graph.nodes[i];
+        Ok(if self.forced.contains(&i) {
+            Reason::Forced
+        } else if self.store.ran_before(&node.name, &node.fingerprint, true)? {
+            Reason::NewInputs
+        } else if self
+            .store
+            .ran_before(&node.name, &node.fingerprint, false)?
+        {
+            Reason::ChangedConfig
+        } else {
+            Reason::FirstRun
+        })
+    }
+
+    /// The views node `i` reads, in order, or `None` while one of its inputs is not known. Where a
+    /// node has several inputs, slots are prefixed with the input's name.
+    fn inputs(&self, i: usize, views: &[Option<Vec<View>>]) -> Option<Vec<View>> {
+        let node = &self.graph.nodes[i];
+        let several = node.inputs.len() > 1;
+        let mut out = Vec::new();
+        for &j in &node.inputs {
+            for v in views[j].as_ref()? {
+                out.push(if several {
+                    v.in_slot(format!("{}/{}", self.graph.nodes[j].name, v.slot))
+                } else {
+                    v.clone()
+                });
+            }
+        }
+        Some(out)
+    }
+
+    fn source(&mut self, i: usize, rep: &mut StageReport) -> Result<Option<Vec<View>>> {
+        let node = &self.graph.nodes[i];
+        let mut units = Vec::new();
+        for file in source::files(self.recipe, &node.name)? {
+            let rel = source::relative(self.recipe, &file);
+            let abs = std::fs::canonicalize(&file).map_err(|e| Error::io(&file, e))?;
+            let abs = abs.to_string_lossy();
+            let sig = source::signature(&file)?;
+            let hash = match self.store.source_hash(&abs, &sig)? {
+                Some(h) => h,
+                None => {
+                    let h = source::content_hash(&file)?;
+                    if !self.opts.dry_run {
+                        self.store.set_source_hash(&abs, &sig, &h)?;
+                    }
+                    h
+                }
+            };
+            units.push(UnitSpec::new(
+                &node.name,
+                &node.fingerprint,
+                rel.clone(),
+                Work::Source { file: rel, hash },
+            ));
+        }
+        let phase = self.run_units(i, units, "units")?;
+        rep.cached = phase.cached as u64;
+        rep.run = Some(phase.run as u64);
+        rep.units_cached = phase.cached;
+        rep.units_run = phase.run;
+        let views = phase.views();
+        if let (NodeKind::Source(s), Some(_), false) = (node.kind, &views, self.opts.dry_run) {
+            self.store
+                .record_source_class(&node.name, s.class.as_str())?;
+        }
+        rep.samples_in = views.iter().flatten().map(|v| v.rows).sum();
+        Ok(views)
+    }
+
+    fn per_sample(
+        &mut self,
+        i: usize,
+        inputs: Vec<View>,
+        rep: &mut StageReport,
+    ) -> Result<Option<Vec<View>>> {
+        let node = &self.graph.nodes[i];
+        rep.samples_in = inputs.iter().map(|v| v.rows).sum();
+        let units: Vec<UnitSpec> = inputs
+            .into_iter()
+            .map(|view| {
+                UnitSpec::new(
+                    &node.name,
+                    &node.fingerprint,
+                    view.slot.clone(),
+                    Work::PerSample { view, memo: None },
+                )
+            })
+            .collect();
+        let rows: Vec<u64> = units
+            .iter()
+            .map(|u| match &u.work {
+                Work::PerSample { view, .. } => view.rows,
+                _ => 0,
+            })
+            .collect();
+        let phase = self.run_units(i, units, "units")?;
+        self.count(&phase, rep, |k| rows[k]);
+        Ok(phase.views())
+    }
+
+    fn dedup(
+        &mut self,
+        i: usize,
+        inputs: Vec<View>,
+        rep: &mut StageReport,
+    ) -> Result<Option<Vec<View>>> {
+        let node = &self.graph.nodes[i];
+        let rows: u64 = inputs.iter().map(|v| v.rows).sum();
+        rep.samples_in = rows;
+        let parts = dedup_exact::partitions(rows, self.recipe.execution.dedup_partition_rows);
+        let scans: Vec<UnitSpec> = (0..parts)
+            .map(|part| {
+                UnitSpec::new(
+                    &node.name,
+                    &node.fingerprint,
+                    format!("scan {part} of {parts}"),
+                    Work::DedupScan {
+                        views: inputs.clone(),
+                        part,
+                        parts,
+                    },
+                )
+            })
+            .collect();
+        let scanned = self.run_units(i, scans, "scan")?;
+        let Some(scan_files) = scanned.complete().map(|d| {
+            d.iter()
+                .flat_map(|d| d.files.iter().cloned())
+                .collect::<Vec<_>>()
+        }) else {
+            rep.run = Some(rows);
+            rep.units_run = scanned.run;
+            return Ok(None);
+        };
+        let applies: Vec<UnitSpec> = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(index, view)| {
+                UnitSpec::new(
+                    &node.name,
+                    &node.fingerprint,
+                    view.slot.clone(),
+                    Work::DedupApply {
+                        view,
+                        index: index as u32,
+                        scans: scan_files.clone(),
+                    },
+                )
+            })
+            .collect();
+        let applied = self.run_units(i, applies, "apply")?;
+        // Dedup compares every input with every other: a change anywhere re-examines them all.
+        let ran = scanned.run + applied.run > 0;
+        rep.cached = if ran { 0 } else { rows };
+        rep.run = Some(if ran { rows } else { 0 });
+        rep.units_cached = scanned.cached + applied.cached;
+        rep.units_run = scanned.run + applied.run;
+        rep.dropped = dropped(&applied);
+        Ok(applied.views())
+    }
+
+    /// Fills a per-sample stage's counts from its units: `pending(k)` gives unit `k`'s inputs,
+    /// counted as to run in a plan.
+    fn count(&self, phase: &Phase, rep: &mut StageReport, pending: impl Fn(usize) -> u64) {
+        let (mut cached, mut run) = (0, 0);
+        for (k, d) in phase.done.iter().enumerate() {
+            match d {
+                Some(d) if !phase.fresh[k] => cached += d.rows_in,
+                Some(d) => {
+                    cached += d.cached;
+                    run += d.run;
+                }
+                None => run += pending(k),
+            }
+        }
+        rep.cached = cached;
+        rep.run = Some(run);
+        rep.units_cached = phase.cached;
+        rep.units_run = phase.run;
+        rep.dropped = dropped(phase);
+    }
+
+    /// Runs what is not done of `units` (all of node `i`, one kind): records in the store whose
+    /// files are present count as done, records left on disk are checked and taken in, and the
+    /// executor runs the rest. In a plan, nothing runs.
+    fn run_units(&mut self, i: usize, mut units: Vec<UnitSpec>, phase: &str) -> Result<Phase> {
+        let node = &self.graph.nodes[i];
+        let forced = self.forced.contains(&i);
+        let mut done: Vec<Option<Done>> = vec![None; units.len()];
+        let mut todo = Vec::new();
+        for (k, u) in units.iter().enumerate() {
+            self.keep.insert(u.key.clone());
+            if !forced {
+                if let Some(d) = self.store.unit(&u.key)? {
+                    if d.files_present(self.root) {
+                        done[k] = Some(d);
+                        continue;
                     }
                 }
-                // A whole-set result is stored as its kept samples plus its drop counts.
-                let summary = serde_json::to_string(&dropped).unwrap_or_default();
-                store.commit(
-                    fp,
-                    &[
-                        (key.clone(), ItemResult::Keep(kept)),
-                        (format!("{key}:dropped"), ItemResult::Drop(summary)),
-                    ],
-                )?;
-                report.units_run = 1;
-                opts.progress.unit_done();
             }
-            if let Some(ItemResult::Drop(summary)) = store.result(fp, &format!("{key}:dropped"))? {
-                let counts: BTreeMap<String, usize> =
-                    serde_json::from_str(&summary).unwrap_or_default();
-                report.dropped = counts;
-            }
-            Ok(Some(load(store, fp, &ids, report)?))
+            todo.push(k);
         }
-        Shape::PerItem => {
-            // Distinct inputs, in order.
-            let mut seen = HashSet::new();
-            let distinct: Vec<&Sample> = inputs
-                .iter()
-                .filter(|s| seen.insert(s.id.as_str()))
-                .collect();
-            let ids: Vec<&str> = distinct.iter().map(|s| s.id.as_str()).collect();
-            let cached = cached_inputs(store, fp, &ids, forced)?;
-            let todo: Vec<&Sample> = distinct
-                .iter()
-                .copied()
-                .filter(|s| !cached.contains(&s.id))
-                .collect();
-            report.pending(cached.len(), todo.len(), forced);
-            if opts.dry_run {
-                if !todo.is_empty() {
-                    return Ok(None);
-                }
-            } else if !todo.is_empty() {
-                let units = make_units(&todo);
-                opts.progress.stage(name, units.len());
-                let (run, failed) = run_units(
-                    opts.executor,
-                    stage,
-                    name,
-                    fp,
-                    &units,
-                    store,
-                    recipe_path,
-                    opts.progress,
-                )?;
-                report.units_run = run;
-                report.units_failed = failed;
-                if failed > 0 {
-                    return Err(Error::Stage {
-                        stage: name.to_string(),
-                        message: format!("{failed} of {} units failed; the others are kept, run the build again to retry", units.len()),
-                    });
+        let mut fresh = vec![false; units.len()];
+        if self.opts.dry_run {
+            let cached = units.len() - todo.len();
+            return Ok(Phase {
+                done,
+                fresh,
+                cached,
+                run: todo.len(),
+            });
+        }
+        if !forced {
+            // What a killed build or a Slurm task finished, but the store has not recorded.
+            let mut recovered = Vec::new();
+            for &k in &todo {
+                if let Some(d) = Done::read_verified(self.root, &units[k])? {
+                    recovered.push(d.clone());
+                    done[k] = Some(d);
                 }
             }
-            let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-            Ok(Some(load(store, fp, &ids, report)?))
+            self.store.insert_units(&recovered)?;
+            todo.retain(|&k| done[k].is_none());
         }
-    }
-}
-
-/// Splits inputs into units with a fixed assignment: by input id, so the same inputs always land in
-/// the same unit for the same set of work.
-fn make_units(todo: &[&Sample]) -> Vec<Unit> {
-    let n = todo.len().div_ceil(UNIT_ITEMS).max(1);
-    let mut units: Vec<Unit> = (0..n)
-        .map(|k| Unit {
-            index: k,
-            items: Vec::new(),
+        let cached = units.len() - todo.len();
+        if todo.is_empty() {
+            return Ok(Phase {
+                done,
+                fresh,
+                cached,
+                run: 0,
+            });
+        }
+        if !forced {
+            // Inputs this stage has seen in the same slot take their earlier results.
+            for &k in &todo {
+                let u = &mut units[k];
+                if let Work::PerSample { memo, .. } = &mut u.work {
+                    if let Some(d) =
+                        self.store
+                            .last_in_slot(&u.stage, &u.fingerprint, &u.slot, &u.key)?
+                    {
+                        if d.files_present(self.root) {
+                            *memo = d.files.first().cloned();
+                        }
+                    }
+                }
+            }
+        }
+        // A record left from before (a forced unit's, or one whose files no longer match) must
+        // not pass for the new run's.
+        for &k in &todo {
+            let path = Done::path(self.root, &units[k].stage, &units[k].key);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&path, e))
+                }
+                _ => {}
+            }
+        }
+        let batch_units: Vec<UnitSpec> = todo.iter().map(|&k| units[k].clone()).collect();
+        self.opts.progress.stage(&node.name, batch_units.len());
+        let work = &batch_units[0].work;
+        let runner = runner(self.recipe, self.graph, i, work)?;
+        let fingerprint = unit_fingerprint(self.recipe, self.graph, i, work);
+        if self.opts.executor == Executor::Local {
+            runner.prepare()?;
+        }
+        let ctx = UnitCtx {
+            root: self.root,
+            recipe: self.recipe,
+            runner: &runner,
+        };
+        let batch = Batch {
+            stage: &node.name,
+            fingerprint: &fingerprint,
+            phase,
+            units: &batch_units,
+        };
+        let results = executor::run(
+            self.opts.executor,
+            &batch,
+            &ctx,
+            self.recipe_path,
+            &self.recipe.execution.slurm,
+            self.opts.progress,
+        )?;
+        let mut ok = Vec::new();
+        let mut failures = Vec::new();
+        for (&k, r) in todo.iter().zip(results) {
+            match r {
+                Ok(d) => {
+                    ok.push(d.clone());
+                    done[k] = Some(d);
+                    fresh[k] = true;
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        // The units that finished are kept even when others failed.
+        self.store.insert_units(&ok)?;
+        if let Some(first) = failures.first() {
+            return Err(Error::UnitsFailed {
+                stage: node.name.clone(),
+                failed: failures.len(),
+                total: todo.len(),
+                first: first.clone(),
+            });
+        }
+        Ok(Phase {
+            done,
+            fresh,
+            cached,
+            run: todo.len(),
         })
-        .collect();
-    let mut sorted: Vec<&Sample> = todo.to_vec();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    for (k, s) in sorted.into_iter().enumerate() {
-        units[k * n / todo.len().max(1)].items.push(s.clone());
     }
-    units.retain(|u| !u.items.is_empty());
-    units
-}
 
-/// Writes `data` to `path` through a temporary name.
-pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    /// Writes the final stages' output files (units too) and the manifest.
+    fn outputs(&mut self, views: &[Option<Vec<View>>], report: &mut RunReport) -> Result<()> {
+        let format = self.recipe.output.format;
+        let shards = self.recipe.output.shards;
+        let mut stages = Vec::new();
+        let mut wrote = false;
+        for i in self.graph.finals() {
+            let node = &self.graph.nodes[i];
+            let Some(v) = &views[i] else { continue };
+            let fp = output::fingerprint(&node.fingerprint, format, shards);
+            let units = output::units(&node.name, &fp, v, shards, format);
+            let phase = self.run_units(i, units, "output")?;
+            let done: Vec<Done> = phase.done.into_iter().flatten().collect();
+            let mut names = Vec::new();
+            for (d, fresh) in done.iter().zip(&phase.fresh) {
+                for f in &d.files {
+                    let name = f.path.to_string_lossy().into_owned();
+                    if *fresh {
+                        report.outputs.push(name.clone());
+                    } else {
+                        report.outputs_unchanged += 1;
+                    }
+                    names.push(name);
+                }
+            }
+            wrote |= phase.run > 0;
+            report.did_work |= phase.run > 0;
+            output::remove_stale_parts(self.root, &node.name, &names)?;
+            stages.push((node.name.clone(), node.fingerprint.clone(), done));
+        }
+        if wrote || !self.root.join("manifest.json").exists() {
+            output::write_manifest(
+                self.root,
+                &self.recipe.name,
+                &report.recipe_fingerprint,
+                format,
+                &stages,
+            )?;
+        }
+        Ok(())
     }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let written = std::fs::write(&tmp, data)
-        .map_err(|e| Error::io(&tmp, e))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
-    if written.is_err() {
-        // A full disk or a failed rename leaves nothing half-written behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
-}
 
-/// Writes a final stage's samples, sorted by id, as `NAME/part-K-of-N.jsonl`; a file whose bytes
-/// would not change is left alone. Returns the files written and the number left unchanged.
-fn write_outputs(
-    out_dir: &Path,
-    name: &str,
-    samples: &[Sample],
-    shards: usize,
-) -> Result<(Vec<String>, usize)> {
-    let mut sorted: Vec<&Sample> = samples.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    sorted.dedup_by(|a, b| a.id == b.id);
-    let dir = out_dir.join(name);
-    let mut written = Vec::new();
-    let mut unchanged = 0;
-    let mut keep = HashSet::new();
-    for k in 0..shards {
-        let file = format!("part-{k:05}-of-{shards:05}.jsonl");
-        let mut body = Vec::new();
-        for s in sorted.iter().skip(k).step_by(shards) {
-            serde_json::to_writer(&mut body, s).map_err(|e| Error::Stage {
-                stage: name.to_string(),
-                message: e.to_string(),
-            })?;
-            body.push(b'\n');
-        }
-        let path = dir.join(&file);
-        keep.insert(file.clone());
-        if std::fs::read(&path).ok().as_deref() == Some(body.as_slice()) {
-            unchanged += 1;
-            continue;
-        }
-        atomic_write(&path, &body)?;
-        written.push(format!("{name}/{file}"));
-    }
-    // Parts of an earlier shard count are stale.
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("part-") && !keep.contains(&n) {
-                let _ = std::fs::remove_file(e.path());
+    /// Forgets the units this build did not use and deletes their files.
+    fn collect_garbage(&mut self) -> Result<()> {
+        let stale = self.store.forget_units_except(&self.keep)?;
+        let units = self.root.join(WORK_DIR).join("units");
+        let Ok(stages) = std::fs::read_dir(&units) else {
+            return Ok(());
+        };
+        let mut removed = 0;
+        for stage in stages.flatten() {
+            let Ok(files) = std::fs::read_dir(stage.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                let key = name.get(..32).unwrap_or_default();
+                if !self.keep.contains(key) {
+                    std::fs::remove_file(f.path()).map_err(|e| Error::io(f.path(), e))?;
+                    removed += 1;
+                }
             }
         }
+        tracing::debug!("forgot {} units, removed {removed} files", stale.len());
+        Ok(())
     }
-    Ok((written, unchanged))
+}
+
+/// Drops by reason over a phase's units.
+fn dropped(phase: &Phase) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for d in phase.done.iter().flatten() {
+        for (reason, n) in &d.dropped {
+            *out.entry(reason.clone()).or_insert(0) += n;
+        }
+    }
+    out
 }

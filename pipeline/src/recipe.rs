@@ -13,47 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The mix class of a source's documents (and of the samples made from them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MixClass {
-    Synthetic,
-    WebRewrite,
-    Web,
-    Code,
-    Targeted,
-}
-
-impl MixClass {
-    pub const ALL: [MixClass; 5] = [
-        MixClass::Synthetic,
-        MixClass::WebRewrite,
-        MixClass::Web,
-        MixClass::Code,
-        MixClass::Targeted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MixClass::Synthetic => "synthetic",
-            MixClass::WebRewrite => "web_rewrite",
-            MixClass::Web => "web",
-            MixClass::Code => "code",
-            MixClass::Targeted => "targeted",
-        }
-    }
-
-    /// Phi-4's shares by tokens: 40% synthetic, 15% web rewrites, 15% web, 20% code, 10% targeted.
-    pub fn default_weight(self) -> f64 {
-        match self {
-            MixClass::Synthetic => 0.40,
-            MixClass::WebRewrite => 0.15,
-            MixClass::Web => 0.15,
-            MixClass::Code => 0.20,
-            MixClass::Targeted => 0.10,
-        }
-    }
-}
+pub use corpus::sample::MixClass;
 
 /// Formats a source may declare (else told from the file name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,19 +147,97 @@ impl Default for MixConfig {
     }
 }
 
+/// The file format of a build's final outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// Parquet, zstd-compressed: `id`, `class`, `text`, `messages`, `lineage` (JSON).
+    #[default]
+    Parquet,
+    /// JSON lines, one sample per line.
+    Jsonl,
+}
+
+impl OutputFormat {
+    /// The output files' extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Parquet => "parquet",
+            OutputFormat::Jsonl => "jsonl",
+        }
+    }
+}
+
 /// Where the build writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
     /// The output folder, relative to the recipe (the store lives in `PATH/store.sqlite`).
     pub path: String,
-    /// Output shards (the final samples are split into this many JSON-lines files).
+    /// Output shards: each final stage's samples are split into this many files.
     #[serde(default = "default_shards")]
     pub shards: usize,
+    /// The final outputs' format.
+    #[serde(default)]
+    pub format: OutputFormat,
 }
 
 fn default_shards() -> usize {
     1
+}
+
+/// How a build splits and runs its work. None of it changes what a build writes, so none of it is
+/// part of a fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionConfig {
+    /// Megabytes of text per unit of work: a source file is cut into parts of this size, and each
+    /// part is one unit of every per-sample stage after it.
+    #[serde(default = "default_unit_mb")]
+    pub unit_mb: f64,
+    /// Rows whose ids one exact-dedup task holds at once; more rows are split by id hash into
+    /// partitions of this size, one task each.
+    #[serde(default = "default_partition_rows")]
+    pub dedup_partition_rows: u64,
+    /// Settings of `--executor slurm`.
+    #[serde(default)]
+    pub slurm: SlurmConfig,
+}
+
+fn default_unit_mb() -> f64 {
+    16.0
+}
+fn default_partition_rows() -> u64 {
+    4_000_000
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        ExecutionConfig {
+            unit_mb: default_unit_mb(),
+            dedup_partition_rows: default_partition_rows(),
+            slurm: SlurmConfig::default(),
+        }
+    }
+}
+
+impl ExecutionConfig {
+    /// Text bytes per unit.
+    pub fn unit_bytes(&self) -> u64 {
+        ((self.unit_mb * 1e6) as u64).max(1)
+    }
+}
+
+/// Settings of the Slurm executor.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmConfig {
+    /// Tasks per job array (default: the cluster's `MaxArraySize` less one, from `scontrol`).
+    #[serde(default)]
+    pub max_array_size: Option<u32>,
+    /// Extra `sbatch` arguments (`--partition=cpu`, `--time=2:00:00`, `--mem=8G`, ...).
+    #[serde(default)]
+    pub sbatch_args: Vec<String>,
 }
 
 /// Training on the mixed shards (used by the trainer; checked here).
@@ -291,6 +329,7 @@ pub struct Recipe {
     pub mix: MixConfig,
     pub output: OutputConfig,
     pub train: Option<TrainConfig>,
+    pub execution: ExecutionConfig,
     /// The recipe file's folder: relative paths are resolved against it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -346,6 +385,7 @@ const TOP_LEVEL: &[&str] = &[
     "mix",
     "output",
     "train",
+    "execution",
 ];
 
 /// Collects diagnostics while reading a recipe.
@@ -492,6 +532,7 @@ impl Recipe {
         }
         let decontaminate: DecontaminateConfig = c.section(&root, "decontaminate");
         let mix: MixConfig = c.section(&root, "mix");
+        let execution: ExecutionConfig = c.section(&root, "execution");
         let output = match top.get("output") {
             Some(v) => c.typed::<OutputConfig>("output", v),
             None => {
@@ -511,8 +552,18 @@ impl Recipe {
             Some(Value::Object(m)) => m.keys().cloned().collect(),
             _ => Vec::new(),
         };
+        check_names(&mut c, &source_names, &stages);
         check_stages(&mut c, &source_names, &stages);
         check_values(&mut c, &decontaminate, &mix, output.as_ref(), &stages, dir);
+        if !(execution.unit_mb.is_finite() && execution.unit_mb > 0.0) {
+            c.error("execution.unit_mb", "must be more than 0");
+        }
+        if execution.dedup_partition_rows == 0 {
+            c.error("execution.dedup_partition_rows", "must be at least 1");
+        }
+        if execution.slurm.max_array_size == Some(0) {
+            c.error("execution.slurm.max_array_size", "must be at least 1");
+        }
 
         if !c.found.is_empty() {
             let mut found = c.found;
@@ -531,8 +582,10 @@ impl Recipe {
             output: output.unwrap_or(OutputConfig {
                 path: String::new(),
                 shards: 1,
+                format: OutputFormat::Parquet,
             }),
             train,
+            execution,
             dir: dir.to_path_buf(),
         })
     }
@@ -602,6 +655,45 @@ fn format_matches(found: corpus::Format, want: SourceFormat) -> bool {
                 SourceFormat::Text
             )
     )
+}
+
+/// Names the build writes to disk: output folders, unit folders.
+const RESERVED: &[&str] = &[
+    "slurm",
+    "store.sqlite",
+    "report.json",
+    "report.txt",
+    "manifest.json",
+];
+
+/// Source and stage names name folders, so they are kept to letters, digits, `_`, `-` and `.`.
+fn check_names(c: &mut Checker, sources: &[String], stages: &[(usize, StageConfig)]) {
+    let bad = |name: &str| -> Option<String> {
+        let ok = name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
+        if name.is_empty() {
+            None // reported as a missing name
+        } else if !ok || name.starts_with(['.', '-']) {
+            Some(format!("`{name}`: a name may hold letters, digits, `_`, `-` and `.`, and starts with a letter, digit or `_` (it names folders)"))
+        } else if RESERVED.contains(&name) {
+            Some(format!(
+                "`{name}` is a name the build itself writes in the output folder; choose another"
+            ))
+        } else {
+            None
+        }
+    };
+    for name in sources {
+        if let Some(m) = bad(name) {
+            c.error(&format!("sources.{name}"), m);
+        }
+    }
+    for (i, s) in stages {
+        if let Some(m) = bad(s.name()) {
+            c.error(&format!("stages[{i}].name"), m);
+        }
+    }
 }
 
 fn check_stages(c: &mut Checker, sources: &[String], stages: &[(usize, StageConfig)]) {
@@ -729,12 +821,10 @@ fn check_values(
     }
     for (path, list) in benchmark_lists {
         for (j, b) in list.iter().enumerate() {
-            let known = b == "standard" || dedup::benchmark::STANDARD.iter().any(|s| s.0 == b);
-            if !known && !resolve(dir, b).exists() {
-                c.error(
-                    &format!("{path}[{j}]"),
-                    format!("`{b}` is neither a bundled benchmark set (standard, gsm8k, math, mmlu, humaneval, mbpp, arc_challenge, arc_easy) nor a file"),
-                );
+            // Resolved as the stage resolves it: a file or folder beside the recipe, else a
+            // bundled set.
+            if let Err(e) = dedup::benchmark::resolve(b, Some(dir)) {
+                c.error(&format!("{path}[{j}]"), e.to_string());
             }
         }
     }
