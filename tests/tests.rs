@@ -9,3 +9,4 @@ mod build_units;
 mod decontaminate;
 mod generate;
 mod planted;
+mod slurm;

@@ -12,7 +12,8 @@
 //!   only when complete; [`TableWriter`] writes small analysis tables as Parquet.
 //! - [`atomic`] is the workspace's one atomic file write (temporary name, fsync, rename, checksum).
 //! - [`sample`] is the sample a build moves between stages (content id, class, text or messages,
-//!   lineage), and [`shard`] the Parquet files it moves in.
+//!   lineage), [`shard`] the Parquet files it moves in between stages, and [`output`] the final
+//!   output files (copied from shards without decoding where they can be).
 //!
 //! It owns the heavy Arrow/Parquet dependency; no other crate links it directly.
 //!
@@ -31,6 +32,7 @@
 pub mod atomic;
 mod error;
 mod format;
+pub mod output;
 mod read;
 pub mod sample;
 pub mod shard;

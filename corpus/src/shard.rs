@@ -72,16 +72,17 @@ fn messages_type() -> DataType {
 }
 
 /// The Arrow schema of a shard of `kind`.
+/// Every column is nullable in both kinds, so the sample columns of a work shard can be copied
+/// into an output shard as they are (see [`crate::output::OutputWriter`]).
 pub fn schema(kind: ShardKind) -> Schema {
-    let work = kind == ShardKind::Work;
     let mut fields = vec![
-        Field::new("id", DataType::Utf8, work),
-        Field::new("class", DataType::Utf8, work),
+        Field::new("id", DataType::Utf8, true),
+        Field::new("class", DataType::Utf8, true),
         Field::new("text", DataType::Utf8, true),
         Field::new("messages", messages_type(), true),
-        Field::new("lineage", DataType::Utf8, work),
+        Field::new("lineage", DataType::Utf8, true),
     ];
-    if work {
+    if kind == ShardKind::Work {
         fields.push(Field::new("input", DataType::Utf8, true));
         fields.push(Field::new("dropped", DataType::Utf8, true));
     }
@@ -99,7 +100,7 @@ pub struct FileInfo {
 }
 
 /// Columns of rows not yet handed to the Parquet writer.
-struct Pending {
+pub(crate) struct Pending {
     id: StringBuilder,
     class: StringBuilder,
     text: StringBuilder,
@@ -110,12 +111,12 @@ struct Pending {
     lineage: StringBuilder,
     input: StringBuilder,
     dropped: StringBuilder,
-    rows: usize,
-    bytes: usize,
+    pub(crate) rows: usize,
+    pub(crate) bytes: usize,
 }
 
 impl Pending {
-    fn new() -> Pending {
+    pub(crate) fn new() -> Pending {
         Pending {
             id: StringBuilder::new(),
             class: StringBuilder::new(),
@@ -132,13 +133,47 @@ impl Pending {
         }
     }
 
+    /// Buffers a sample's row.
+    pub(crate) fn push_sample(&mut self, s: &Sample, input: Option<&str>) -> Result<(), String> {
+        let lineage = serde_json::to_string(&s.lineage).map_err(|e| format!("lineage: {e}"))?;
+        self.id.append_value(&s.id);
+        self.class.append_value(s.class.as_str());
+        match &s.content {
+            Content::Text { text } => {
+                self.text.append_value(text);
+                self.no_messages();
+                self.bytes += text.len();
+            }
+            Content::Messages { messages } => {
+                self.text.append_null();
+                for m in messages {
+                    self.roles.append_value(&m.role);
+                    self.contents.append_value(&m.content);
+                    self.bytes += m.content.len();
+                }
+                let last = *self.msg_offsets.last().unwrap_or(&0);
+                self.msg_offsets.push(last + messages.len() as i32);
+                self.msg_valid.push(true);
+            }
+        }
+        self.lineage.append_value(&lineage);
+        self.input.append_option(input);
+        self.dropped.append_null();
+        self.rows += 1;
+        Ok(())
+    }
+
     fn no_messages(&mut self) {
         let last = *self.msg_offsets.last().unwrap_or(&0);
         self.msg_offsets.push(last);
         self.msg_valid.push(false);
     }
 
-    fn batch(&mut self, schema: &Arc<Schema>, kind: ShardKind) -> Result<RecordBatch, String> {
+    pub(crate) fn batch(
+        &mut self,
+        schema: &Arc<Schema>,
+        kind: ShardKind,
+    ) -> Result<RecordBatch, String> {
         let roles: ArrayRef = Arc::new(self.roles.finish());
         let contents: ArrayRef = Arc::new(self.contents.finish());
         let structs = StructArray::try_new(message_fields(), vec![roles, contents], None)
@@ -174,9 +209,8 @@ impl Pending {
     }
 }
 
-/// Writes a shard; see the module documentation for its rows.
+/// Writes a work shard; see the module documentation for its rows.
 pub struct ShardWriter {
-    kind: ShardKind,
     path: PathBuf,
     schema: Arc<Schema>,
     writer: ArrowWriter<AtomicFile>,
@@ -184,7 +218,7 @@ pub struct ShardWriter {
     rows: u64,
 }
 
-fn properties() -> Result<WriterProperties, String> {
+pub(crate) fn properties() -> Result<WriterProperties, String> {
     let level = ZstdLevel::try_new(ZSTD_LEVEL).map_err(|e| e.to_string())?;
     Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
@@ -193,19 +227,22 @@ fn properties() -> Result<WriterProperties, String> {
         .set_column_dictionary_enabled(ColumnPath::from("class"), true)
         .set_column_dictionary_enabled(ColumnPath::from("dropped"), true)
         .set_statistics_enabled(EnabledStatistics::None)
+        // Pages of about 128 KB (checked every 32 rows): zstd then compresses each in one block
+        // sequence, without its streaming mode's window copies.
+        .set_data_page_size_limit(128 << 10)
+        .set_write_batch_size(32)
         .build())
 }
 
 impl ShardWriter {
-    /// Starts a shard at `path` (written under a temporary name until [`ShardWriter::finish`]).
-    pub fn create(path: &Path, kind: ShardKind) -> Result<ShardWriter> {
-        let schema = Arc::new(schema(kind));
+    /// Starts a work shard at `path` (under a temporary name until [`ShardWriter::finish`]).
+    pub fn create(path: &Path) -> Result<ShardWriter> {
+        let schema = Arc::new(schema(ShardKind::Work));
         let file = AtomicFile::create(path)?;
         let props = properties().map_err(|e| Error::parquet(path, e))?;
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
             .map_err(|e| Error::parquet(path, e))?;
         Ok(ShardWriter {
-            kind,
             path: path.to_path_buf(),
             schema,
             writer,
@@ -219,37 +256,15 @@ impl ShardWriter {
         self.rows
     }
 
-    /// Appends a sample; `input` (work shards) names the input it was made from.
+    /// Appends a sample; `input` names the input it was made from.
     pub fn push_sample(&mut self, s: &Sample, input: Option<&str>) -> Result<()> {
-        let lineage = serde_json::to_string(&s.lineage).map_err(|e| Error::BadRecord {
-            path: self.path.clone(),
-            line: self.rows + 1,
-            reason: format!("lineage: {e}"),
-        })?;
-        let p = &mut self.pending;
-        p.id.append_value(&s.id);
-        p.class.append_value(s.class.as_str());
-        match &s.content {
-            Content::Text { text } => {
-                p.text.append_value(text);
-                p.no_messages();
-                p.bytes += text.len();
-            }
-            Content::Messages { messages } => {
-                p.text.append_null();
-                for m in messages {
-                    p.roles.append_value(&m.role);
-                    p.contents.append_value(&m.content);
-                    p.bytes += m.content.len();
-                }
-                let last = *p.msg_offsets.last().unwrap_or(&0);
-                p.msg_offsets.push(last + messages.len() as i32);
-                p.msg_valid.push(true);
-            }
-        }
-        p.lineage.append_value(&lineage);
-        p.input.append_option(input);
-        p.dropped.append_null();
+        self.pending
+            .push_sample(s, input)
+            .map_err(|reason| Error::BadRecord {
+                path: self.path.clone(),
+                line: self.rows + 1,
+                reason,
+            })?;
         self.row_added()
     }
 
@@ -269,12 +284,6 @@ impl ShardWriter {
         input: Option<&str>,
         dropped: Option<&str>,
     ) -> Result<()> {
-        if self.kind == ShardKind::Output {
-            return Err(Error::parquet(
-                &self.path,
-                "an output shard holds samples only",
-            ));
-        }
         let p = &mut self.pending;
         p.id.append_option(id);
         p.class.append_null();
@@ -284,12 +293,12 @@ impl ShardWriter {
         p.input.append_option(input);
         p.dropped.append_option(dropped);
         p.bytes += 64;
+        p.rows += 1;
         self.row_added()
     }
 
     fn row_added(&mut self) -> Result<()> {
         self.rows += 1;
-        self.pending.rows += 1;
         if self.pending.bytes >= BATCH_BYTES {
             self.flush_pending()?;
         }
@@ -302,7 +311,7 @@ impl ShardWriter {
         }
         let batch = self
             .pending
-            .batch(&self.schema, self.kind)
+            .batch(&self.schema, ShardKind::Work)
             .map_err(|e| Error::parquet(&self.path, e))?;
         self.writer
             .write(&batch)
@@ -561,7 +570,7 @@ mod tests {
     fn rows_of_every_kind_round_trip_with_masks() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("u/a.parquet");
-        let mut w = ShardWriter::create(&p, ShardKind::Work).unwrap();
+        let mut w = ShardWriter::create(&p).unwrap();
         let a = sample("alpha");
         let chat = Sample::new(
             MixClass::Synthetic,
@@ -612,24 +621,5 @@ mod tests {
             .unwrap()
             .with_mask(vec![true])
             .is_err());
-    }
-
-    #[test]
-    fn output_shards_hold_samples_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("o.parquet");
-        let mut w = ShardWriter::create(&p, ShardKind::Output).unwrap();
-        assert!(w.push_tombstone("x", "y").is_err());
-        for k in 0..3000 {
-            w.push_sample(&sample(&format!("text {k}")), None).unwrap();
-        }
-        w.finish().unwrap();
-        let mut r = ShardReader::open(&p, Projection::Full).unwrap();
-        let mut n = 0;
-        while let Some(e) = r.next_entries().unwrap() {
-            n += e.len();
-            assert!(e.iter().all(|e| e.sample.is_some() && e.input.is_none()));
-        }
-        assert_eq!(n, 3000);
     }
 }

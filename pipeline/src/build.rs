@@ -20,8 +20,9 @@ use crate::store::Store;
 use crate::unit::{Done, UnitCtx, UnitSpec, Work, WORK_DIR};
 use crate::view::View;
 use crate::{output, Error, Result};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Options of a build.
@@ -94,6 +95,7 @@ pub fn build(recipe: &Recipe, recipe_path: &Path, opts: &BuildOptions) -> Result
         store: &mut store,
         opts,
         keep: HashSet::new(),
+        runners: HashMap::new(),
     };
     if opts.dry_run {
         return b.run();
@@ -148,9 +150,25 @@ struct Builder<'a> {
     opts: &'a BuildOptions<'a>,
     /// Keys of every unit this build uses.
     keep: HashSet<String>,
+    /// Each node's runner, made once (so one-time set-up, such as a benchmark index, is shared
+    /// by all its units).
+    runners: HashMap<usize, Arc<Runner>>,
 }
 
 impl Builder<'_> {
+    /// The runner of node `i` for `work` (output files have their own).
+    fn runner(&mut self, i: usize, work: &Work) -> Result<Arc<Runner>> {
+        if matches!(work, Work::Output { .. }) {
+            return Ok(Arc::new(Runner::Output));
+        }
+        if let Some(r) = self.runners.get(&i) {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(runner(self.recipe, self.graph, i, work)?);
+        self.runners.insert(i, r.clone());
+        Ok(r)
+    }
+
     fn run(&mut self) -> Result<RunReport> {
         let started = Instant::now();
         let n = self.graph.nodes.len();
@@ -488,7 +506,7 @@ impl Builder<'_> {
         let batch_units: Vec<UnitSpec> = todo.iter().map(|&k| units[k].clone()).collect();
         self.opts.progress.stage(&node.name, batch_units.len());
         let work = &batch_units[0].work;
-        let runner = runner(self.recipe, self.graph, i, work)?;
+        let runner = self.runner(i, work)?;
         let fingerprint = unit_fingerprint(self.recipe, self.graph, i, work);
         if self.opts.executor == Executor::Local {
             runner.prepare()?;
@@ -496,7 +514,7 @@ impl Builder<'_> {
         let ctx = UnitCtx {
             root: self.root,
             recipe: self.recipe,
-            runner: &runner,
+            runner: &*runner,
         };
         let batch = Batch {
             stage: &node.name,

@@ -12,7 +12,8 @@ use crate::unit::{Done, Produced, Slice, UnitSpec, Work};
 use crate::view::View;
 use crate::{Error, Result};
 use corpus::atomic::AtomicFile;
-use corpus::shard::{FileInfo, Projection, ShardKind, ShardWriter};
+use corpus::output::OutputWriter;
+use corpus::shard::{FileInfo, Projection};
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
@@ -68,7 +69,7 @@ pub fn units(
 
 /// Where an output unit writes its samples.
 enum Sink {
-    Parquet(Box<ShardWriter>),
+    Parquet(Box<OutputWriter>),
     Jsonl(Box<AtomicFile>, u64),
 }
 
@@ -81,12 +82,22 @@ pub fn write_part(
 ) -> Result<Produced> {
     let path = root.join(dest);
     let mut sink = match format {
-        OutputFormat::Parquet => {
-            Sink::Parquet(Box::new(ShardWriter::create(&path, ShardKind::Output)?))
-        }
+        OutputFormat::Parquet => Sink::Parquet(Box::new(OutputWriter::create(&path)?)),
         OutputFormat::Jsonl => Sink::Jsonl(Box::new(AtomicFile::create(&path)?), 0),
     };
     for slice in slices {
+        let v = &slice.view;
+        if let Sink::Parquet(w) = &mut sink {
+            // A whole shard of samples only is copied as it is encoded.
+            if v.filters.is_empty()
+                && v.rows == v.base.rows
+                && slice.skip == 0
+                && slice.take == v.rows
+            {
+                w.copy_shard(&root.join(&v.base.path))?;
+                continue;
+            }
+        }
         let mut reader = slice.view.open(root, Projection::Full)?;
         let (mut seen, end) = (0u64, slice.skip + slice.take);
         'view: while let Some(entries) = reader.next_entries()? {
@@ -100,7 +111,7 @@ pub fn write_part(
                 }
                 let Some(s) = e.sample else { continue };
                 match &mut sink {
-                    Sink::Parquet(w) => w.push_sample(&s, None)?,
+                    Sink::Parquet(w) => w.push_sample(&s)?,
                     Sink::Jsonl(f, rows) => {
                         serde_json::to_writer(&mut **f, &s)
                             .map_err(|e| Error::stage("output", format!("{dest}: {e}")))?;

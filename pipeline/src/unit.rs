@@ -15,7 +15,7 @@ use crate::recipe::{OutputFormat, Recipe};
 use crate::stages::Runner;
 use crate::view::View;
 use crate::{Error, Result};
-use corpus::shard::{FileInfo, ShardKind, ShardWriter};
+use corpus::shard::{FileInfo, ShardWriter};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -290,7 +290,7 @@ pub fn run(spec: &UnitSpec, ctx: &UnitCtx) -> Result<Done> {
 
 /// Starts a work shard at `rel` (relative to `root`).
 pub(crate) fn create_shard(root: &Path, rel: &Path) -> Result<ShardWriter> {
-    Ok(ShardWriter::create(&root.join(rel), ShardKind::Work)?)
+    Ok(ShardWriter::create(&root.join(rel))?)
 }
 
 /// Completes a shard started with [`create_shard`]; its record names it relative to `root`.
