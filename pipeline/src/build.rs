@@ -11,13 +11,13 @@
 //! Memory holds unit records, never samples; a build with nothing to do reads the store once per
 //! unit and `stat`s each file.
 
-use crate::executor::{self, Batch, Executor};
+use crate::executor::{self, Batch, Executor, UnitCtx};
 use crate::plan::{Graph, NodeKind};
 use crate::recipe::{Recipe, StageConfig};
 use crate::report::{Progress, Reason, RunReport, StageReport};
-use crate::stages::{self, dedup_exact, source, Runner};
+use crate::stages::{dedup_exact, source, Runner};
 use crate::store::Store;
-use crate::unit::{Done, UnitCtx, UnitSpec, Work, WORK_DIR};
+use crate::unit::{Done, UnitSpec, Work, WORK_DIR};
 use crate::view::View;
 use crate::{output, Error, Result};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -43,25 +43,6 @@ pub fn output_dir(recipe: &Recipe) -> PathBuf {
 /// The store of a recipe.
 pub fn store_path(recipe: &Recipe) -> PathBuf {
     output_dir(recipe).join("store.sqlite")
-}
-
-/// The runner for a unit of node `i` doing `work`.
-pub fn runner(recipe: &Recipe, graph: &Graph, i: usize, work: &Work) -> Result<Runner> {
-    let node = &graph.nodes[i];
-    Ok(match (work, node.kind) {
-        (Work::Output { .. }, _) => Runner::Output,
-        (_, NodeKind::Source(_)) => Runner::Source(node.name.clone()),
-        (_, NodeKind::Stage(c)) => stages::build(recipe, c, &node.fingerprint)?,
-    })
-}
-
-/// The fingerprint a unit of node `i` doing `work` runs under.
-pub fn unit_fingerprint(recipe: &Recipe, graph: &Graph, i: usize, work: &Work) -> String {
-    let fp = &graph.nodes[i].fingerprint;
-    match work {
-        Work::Output { .. } => output::fingerprint(fp, recipe.output.format, recipe.output.shards),
-        _ => fp.clone(),
-    }
 }
 
 fn now() -> String {
@@ -164,7 +145,7 @@ impl Builder<'_> {
         if let Some(r) = self.runners.get(&i) {
             return Ok(r.clone());
         }
-        let r = Arc::new(runner(self.recipe, self.graph, i, work)?);
+        let r = Arc::new(self.graph.runner(self.recipe, i, work)?);
         self.runners.insert(i, r.clone());
         Ok(r)
     }
@@ -507,7 +488,7 @@ impl Builder<'_> {
         self.opts.progress.stage(&node.name, batch_units.len());
         let work = &batch_units[0].work;
         let runner = self.runner(i, work)?;
-        let fingerprint = unit_fingerprint(self.recipe, self.graph, i, work);
+        let fingerprint = self.graph.unit_fingerprint(self.recipe, i, work);
         if self.opts.executor == Executor::Local {
             runner.prepare()?;
         }

@@ -5,9 +5,11 @@
 //! folder a build starts from. So a Slurm task recomputes its stage's fingerprint from the recipe
 //! and refuses to run when it differs from the one it was submitted with.
 
+use crate::output;
 use crate::recipe::{Recipe, Source, StageConfig};
 use crate::stages::source::source_fingerprint;
-use crate::stages::{fingerprint, stage_fingerprint};
+use crate::stages::{self, fingerprint, stage_fingerprint, Runner};
+use crate::unit::Work;
 use crate::{Error, Result};
 use serde_json::json;
 use std::collections::HashSet;
@@ -129,6 +131,28 @@ impl<'r> Graph<'r> {
             }
         }
         Ok(set)
+    }
+
+    /// The runner for a unit of node `i` doing `work`.
+    pub fn runner(&self, recipe: &Recipe, i: usize, work: &Work) -> Result<Runner> {
+        let node = &self.nodes[i];
+        Ok(match (work, node.kind) {
+            (Work::Output { .. }, _) => Runner::Output,
+            (_, NodeKind::Source(_)) => Runner::Source(node.name.clone()),
+            (_, NodeKind::Stage(c)) => stages::build(recipe, c, &node.fingerprint)?,
+        })
+    }
+
+    /// The fingerprint a unit of node `i` doing `work` runs under (output files: the node's with
+    /// the output settings).
+    pub fn unit_fingerprint(&self, recipe: &Recipe, i: usize, work: &Work) -> String {
+        let fp = &self.nodes[i].fingerprint;
+        match work {
+            Work::Output { .. } => {
+                output::fingerprint(fp, recipe.output.format, recipe.output.shards)
+            }
+            _ => fp.clone(),
+        }
     }
 
     /// The fingerprint of the whole build: every node's and the output settings.

@@ -11,15 +11,13 @@
 //! disk that the store has not seen (a build killed just after a unit finished, a Slurm task) is
 //! checked against its files' checksums and taken in, not run again.
 
-use crate::recipe::{OutputFormat, Recipe};
-use crate::stages::Runner;
+use crate::recipe::OutputFormat;
 use crate::view::View;
 use crate::{Error, Result};
 use corpus::shard::{FileInfo, ShardWriter};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use xxhash_rust::xxh3::Xxh3;
 
 /// The folder, inside the output folder, that holds the build's work.
@@ -178,7 +176,7 @@ impl Done {
     }
 
     /// Writes the record (after the unit's files are in place).
-    fn write(&self, root: &Path) -> Result<()> {
+    pub(crate) fn write(&self, root: &Path) -> Result<()> {
         let body = serde_json::to_vec_pretty(self).map_err(|e| Error::stage(&self.stage, e))?;
         corpus::atomic::write(&Done::path(root, &self.stage, &self.key), &body)?;
         Ok(())
@@ -229,63 +227,6 @@ impl Done {
                 .unwrap_or(false)
         })
     }
-}
-
-/// What every unit of one stage shares while it runs.
-pub struct UnitCtx<'a> {
-    /// The output folder (every path in specs and records is relative to it).
-    pub root: &'a Path,
-    pub recipe: &'a Recipe,
-    pub runner: &'a Runner,
-}
-
-/// Runs one unit, writes its files and its completion record, and returns the record.
-pub fn run(spec: &UnitSpec, ctx: &UnitCtx) -> Result<Done> {
-    let t0 = Instant::now();
-    let p = match (&spec.work, ctx.runner) {
-        (Work::Source { file, hash }, Runner::Source(name)) => {
-            crate::stages::source::run(spec, ctx, name, file, hash)?
-        }
-        (Work::PerSample { view, memo }, Runner::PerSample(stage)) => {
-            crate::stages::per_sample::run(spec, ctx.root, &**stage, view, memo.as_ref())?
-        }
-        (Work::DedupScan { views, part, parts }, Runner::DedupExact) => {
-            crate::stages::dedup_exact::scan(spec, ctx.root, views, *part, *parts)?
-        }
-        (Work::DedupApply { view, index, scans }, Runner::DedupExact) => {
-            crate::stages::dedup_exact::apply(spec, ctx.root, view, *index, scans)?
-        }
-        (
-            Work::Output {
-                slices,
-                dest,
-                format,
-            },
-            _,
-        ) => crate::output::write_part(ctx.root, slices, dest, *format)?,
-        _ => {
-            return Err(Error::stage(
-                &spec.stage,
-                "this kind of unit does not belong to this stage",
-            ))
-        }
-    };
-    let done = Done {
-        key: spec.key.clone(),
-        stage: spec.stage.clone(),
-        fingerprint: spec.fingerprint.clone(),
-        slot: spec.slot.clone(),
-        files: p.files,
-        views: p.views,
-        rows_in: p.rows_in,
-        rows_out: p.rows_out,
-        cached: p.cached,
-        run: p.run,
-        dropped: p.dropped,
-        seconds: t0.elapsed().as_secs_f64(),
-    };
-    done.write(ctx.root)?;
-    Ok(done)
 }
 
 /// Starts a work shard at `rel` (relative to `root`).

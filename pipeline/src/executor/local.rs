@@ -1,7 +1,8 @@
 //! Running units on this machine: one unit per core at a time.
 
+use super::{run_unit, UnitCtx};
 use crate::report::Progress;
-use crate::unit::{self, Done, UnitCtx, UnitSpec};
+use crate::unit::{Done, UnitSpec};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -22,7 +23,7 @@ pub fn run(
             scope.spawn(|| loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
                 let Some(spec) = units.get(k) else { break };
-                let r = unit::run(spec, ctx).map_err(|e| {
+                let r = run_unit(spec, ctx).map_err(|e| {
                     tracing::error!(stage = %spec.stage, unit = %spec.key, "unit failed: {e}");
                     e.to_string()
                 });

@@ -6,17 +6,21 @@
 //!   its unit's files and completion record into the (shared) output folder, and the submitting
 //!   process checks them and records them.
 //!
-//! Either way a batch returns, per unit, its completion record or why it failed; the build records
-//! the successes even when some failed, so a rerun does only what is missing.
+//! Either way a unit runs through [`run_unit`], and a batch returns, per unit, its completion
+//! record or why it failed; the build records the successes even when some failed, so a rerun
+//! does only what is missing.
 
 mod local;
 pub mod slurm;
 
-use crate::recipe::SlurmConfig;
+use crate::output;
+use crate::recipe::{Recipe, SlurmConfig};
 use crate::report::Progress;
-use crate::unit::{Done, UnitCtx, UnitSpec};
-use crate::Result;
+use crate::stages::{dedup_exact, per_sample, source, Runner};
+use crate::unit::{Done, UnitSpec, Work};
+use crate::{Error, Result};
 use std::path::Path;
+use std::time::Instant;
 
 /// Where units run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +36,63 @@ impl Executor {
             Executor::Slurm => "slurm",
         }
     }
+}
+
+/// What every unit of one stage shares while it runs.
+pub struct UnitCtx<'a> {
+    /// The output folder (every path in specs and records is relative to it).
+    pub root: &'a Path,
+    pub recipe: &'a Recipe,
+    pub runner: &'a Runner,
+}
+
+/// Runs one unit, writes its files and its completion record, and returns the record.
+pub fn run_unit(spec: &UnitSpec, ctx: &UnitCtx) -> Result<Done> {
+    let t0 = Instant::now();
+    let p = match (&spec.work, ctx.runner) {
+        (Work::Source { file, hash }, Runner::Source(name)) => {
+            source::run(spec, ctx.root, ctx.recipe, name, file, hash)?
+        }
+        (Work::PerSample { view, memo }, Runner::PerSample(stage)) => {
+            per_sample::run(spec, ctx.root, &**stage, view, memo.as_ref())?
+        }
+        (Work::DedupScan { views, part, parts }, Runner::DedupExact) => {
+            dedup_exact::scan(spec, ctx.root, views, *part, *parts)?
+        }
+        (Work::DedupApply { view, index, scans }, Runner::DedupExact) => {
+            dedup_exact::apply(spec, ctx.root, view, *index, scans)?
+        }
+        (
+            Work::Output {
+                slices,
+                dest,
+                format,
+            },
+            _,
+        ) => output::write_part(ctx.root, slices, dest, *format)?,
+        _ => {
+            return Err(Error::stage(
+                &spec.stage,
+                "this kind of unit does not belong to this stage",
+            ))
+        }
+    };
+    let done = Done {
+        key: spec.key.clone(),
+        stage: spec.stage.clone(),
+        fingerprint: spec.fingerprint.clone(),
+        slot: spec.slot.clone(),
+        files: p.files,
+        views: p.views,
+        rows_in: p.rows_in,
+        rows_out: p.rows_out,
+        cached: p.cached,
+        run: p.run,
+        dropped: p.dropped,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    done.write(ctx.root)?;
+    Ok(done)
 }
 
 /// Units of one stage to run together.

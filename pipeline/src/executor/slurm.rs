@@ -13,10 +13,11 @@
 //! Units without a good record are submitted once more; those still missing are failures, reported
 //! with the end of their task's log.
 
+use super::{run_unit, UnitCtx};
 use crate::plan::Graph;
 use crate::recipe::{Recipe, SlurmConfig};
 use crate::report::Progress;
-use crate::unit::{self, Done, UnitCtx, UnitSpec};
+use crate::unit::{Done, UnitSpec};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -228,8 +229,8 @@ pub fn run_task(manifest_path: &Path, index: Option<usize>, offset: usize) -> Re
     let node = graph
         .index(&m.stage)
         .ok_or_else(|| Error::UnknownStage(m.stage.clone()))?;
-    let runner = crate::build::runner(&recipe, &graph, node, &spec.work)?;
-    let now = crate::build::unit_fingerprint(&recipe, &graph, node, &spec.work);
+    let runner = graph.runner(&recipe, node, &spec.work)?;
+    let now = graph.unit_fingerprint(&recipe, node, &spec.work);
     if now != m.fingerprint || spec.fingerprint != m.fingerprint {
         return Err(Error::Slurm(format!(
             "stage `{}`: the recipe {} changed since this job was submitted (fingerprint {} then, {now} now); not running, so no result of the old recipe is kept under the new one. Run the build again",
@@ -238,7 +239,7 @@ pub fn run_task(manifest_path: &Path, index: Option<usize>, offset: usize) -> Re
             m.fingerprint
         )));
     }
-    unit::run(
+    run_unit(
         spec,
         &UnitCtx {
             root: &m.root,

@@ -12,7 +12,7 @@
 use crate::recipe::{Recipe, Source};
 use crate::sample::{Content, Lineage, Sample, SourceRef};
 use crate::stages::fingerprint;
-use crate::unit::{create_shard, finish_shard, Produced, UnitCtx, UnitSpec};
+use crate::unit::{create_shard, finish_shard, Produced, UnitSpec};
 use crate::view::View;
 use crate::{Error, Result};
 use corpus::{BatchReader, TextSpec};
@@ -107,13 +107,19 @@ fn source_sample(name: &str, source: &Source, fp: &str, file: &str, doc: corpus:
 }
 
 /// Runs a source unit: reads `file` (relative to the recipe's folder) into parts.
-pub fn run(spec: &UnitSpec, ctx: &UnitCtx, name: &str, file: &str, hash: &str) -> Result<Produced> {
-    let source = ctx
-        .recipe
+pub fn run(
+    spec: &UnitSpec,
+    root: &Path,
+    recipe: &Recipe,
+    name: &str,
+    file: &str,
+    hash: &str,
+) -> Result<Produced> {
+    let source = recipe
         .sources
         .get(name)
         .ok_or_else(|| Error::stage(name, "no such source in the recipe"))?;
-    let path = ctx.recipe.resolve(file);
+    let path = recipe.resolve(file);
     if content_hash(&path)? != hash {
         return Err(Error::stage(
             name,
@@ -124,7 +130,7 @@ pub fn run(spec: &UnitSpec, ctx: &UnitCtx, name: &str, file: &str, hash: &str) -
         text_field: source.text_field.clone(),
         id_field: source.id_field.clone(),
     };
-    let unit_bytes = ctx.recipe.execution.unit_bytes();
+    let unit_bytes = recipe.execution.unit_bytes();
     let mut out = Produced::default();
     let mut part: Option<(corpus::shard::ShardWriter, PathBuf)> = None;
     let mut part_bytes = 0u64;
@@ -159,7 +165,7 @@ pub fn run(spec: &UnitSpec, ctx: &UnitCtx, name: &str, file: &str, hash: &str) -
             }
             if part.is_none() {
                 let rel = spec.file(&format!("-{}.parquet", out.views.len()));
-                part = Some((create_shard(ctx.root, &rel)?, rel));
+                part = Some((create_shard(root, &rel)?, rel));
             }
             if let Some((w, _)) = part.as_mut() {
                 w.push_sample(s, None)?;
