@@ -199,7 +199,7 @@ mod tests {
     use crate::shard::{Projection, ShardReader, ShardWriter};
 
     fn sample(k: usize) -> Sample {
-        let content = if k % 3 == 0 {
+        let content = if k.is_multiple_of(3) {
             Content::Messages {
                 messages: vec![Message {
                     role: "user".into(),

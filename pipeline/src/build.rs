@@ -495,7 +495,7 @@ impl Builder<'_> {
         let ctx = UnitCtx {
             root: self.root,
             recipe: self.recipe,
-            runner: &*runner,
+            runner: &runner,
         };
         let batch = Batch {
             stage: &node.name,
