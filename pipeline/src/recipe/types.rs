@@ -1,0 +1,378 @@
+//! The recipe's declared types (serde, strict: unknown keys are errors), one per section, and
+//! the diagnostics that report problems in them.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use corpus::sample::MixClass;
+
+/// Formats a source may declare (else told from the file name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceFormat {
+    Jsonl,
+    Parquet,
+    Text,
+}
+
+/// Documents read into the build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// A file, folder or glob, relative to the recipe's folder.
+    pub path: String,
+    /// The format; by default told from each file's name.
+    #[serde(default)]
+    pub format: Option<SourceFormat>,
+    /// The text field (a chat `messages` array is kept as messages).
+    #[serde(default = "default_text_field")]
+    pub text_field: String,
+    /// The id field, kept as the sample's `source_id`.
+    #[serde(default = "default_id_field")]
+    pub id_field: String,
+    /// The mix class of every document of this source.
+    pub class: MixClass,
+}
+
+fn default_text_field() -> String {
+    "text".into()
+}
+fn default_id_field() -> String {
+    "id".into()
+}
+
+/// An LLM engine, used by the generation stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Engine {
+    /// Any OpenAI-compatible server (vLLM, SGLang, llama.cpp).
+    Openai {
+        model: String,
+        endpoints: Vec<String>,
+        /// Name of the environment variable holding the API key (never the key itself).
+        #[serde(default)]
+        api_key_env: Option<String>,
+        #[serde(default)]
+        max_concurrency: Option<u32>,
+    },
+    /// The built-in candle engine on a local model folder or GGUF file.
+    Local {
+        model: String,
+        #[serde(default)]
+        device: Option<String>,
+    },
+}
+
+/// Decontamination settings (the defaults are the `dedup` crate's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecontaminateConfig {
+    /// `standard`, bundled names, or files/folders relative to the recipe.
+    #[serde(default = "default_benchmarks")]
+    pub benchmarks: Vec<String>,
+    #[serde(default)]
+    pub info_threshold: Option<f64>,
+    #[serde(default)]
+    pub contamination_threshold: Option<f64>,
+    #[serde(default)]
+    pub allow_min_items: Option<usize>,
+    /// Remove partial matches too (default: only contaminated samples are dropped).
+    #[serde(default)]
+    pub remove_partial: bool,
+}
+
+fn default_benchmarks() -> Vec<String> {
+    vec!["standard".into()]
+}
+
+impl Default for DecontaminateConfig {
+    fn default() -> Self {
+        DecontaminateConfig {
+            benchmarks: default_benchmarks(),
+            info_threshold: None,
+            contamination_threshold: None,
+            allow_min_items: None,
+            remove_partial: false,
+        }
+    }
+}
+
+impl DecontaminateConfig {
+    /// The rule settings these fields make.
+    pub fn settings(&self) -> dedup::index::Settings {
+        let d = dedup::index::Settings::default();
+        dedup::index::Settings {
+            info_threshold: self.info_threshold.unwrap_or(d.info_threshold),
+            contamination_threshold: self
+                .contamination_threshold
+                .unwrap_or(d.contamination_threshold),
+            allow_min_items: self.allow_min_items.unwrap_or(d.allow_min_items),
+            ..d
+        }
+    }
+}
+
+/// Mixing: weights by class (by tokens) and the target size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixConfig {
+    #[serde(default = "default_weights")]
+    pub weights: BTreeMap<MixClass, f64>,
+    #[serde(default)]
+    pub target_tokens: Option<u64>,
+}
+
+fn default_weights() -> BTreeMap<MixClass, f64> {
+    MixClass::ALL
+        .iter()
+        .map(|c| (*c, c.default_weight()))
+        .collect()
+}
+
+impl Default for MixConfig {
+    fn default() -> Self {
+        MixConfig {
+            weights: default_weights(),
+            target_tokens: None,
+        }
+    }
+}
+
+/// The file format of a build's final outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// Parquet, zstd-compressed: `id`, `class`, `text`, `messages`, `lineage` (JSON).
+    #[default]
+    Parquet,
+    /// JSON lines, one sample per line.
+    Jsonl,
+}
+
+impl OutputFormat {
+    /// The output files' extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Parquet => "parquet",
+            OutputFormat::Jsonl => "jsonl",
+        }
+    }
+}
+
+/// Where the build writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// The output folder, relative to the recipe (the store lives in `PATH/store.sqlite`).
+    pub path: String,
+    /// Output shards: each final stage's samples are split into this many files.
+    #[serde(default = "default_shards")]
+    pub shards: usize,
+    /// The final outputs' format.
+    #[serde(default)]
+    pub format: OutputFormat,
+}
+
+fn default_shards() -> usize {
+    1
+}
+
+/// How a build splits and runs its work. None of it changes what a build writes, so none of it is
+/// part of a fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionConfig {
+    /// Megabytes of text per unit of work: a source file is cut into parts of this size, and each
+    /// part is one unit of every per-sample stage after it.
+    #[serde(default = "default_unit_mb")]
+    pub unit_mb: f64,
+    /// Rows whose ids one exact-dedup task holds at once; more rows are split by id hash into
+    /// partitions of this size, one task each.
+    #[serde(default = "default_partition_rows")]
+    pub dedup_partition_rows: u64,
+    /// Settings of `--executor slurm`.
+    #[serde(default)]
+    pub slurm: SlurmConfig,
+}
+
+fn default_unit_mb() -> f64 {
+    16.0
+}
+fn default_partition_rows() -> u64 {
+    4_000_000
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        ExecutionConfig {
+            unit_mb: default_unit_mb(),
+            dedup_partition_rows: default_partition_rows(),
+            slurm: SlurmConfig::default(),
+        }
+    }
+}
+
+impl ExecutionConfig {
+    /// Text bytes per unit.
+    pub fn unit_bytes(&self) -> u64 {
+        ((self.unit_mb * 1e6) as u64).max(1)
+    }
+}
+
+/// Settings of the Slurm executor.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmConfig {
+    /// Tasks per job array (default: the cluster's `MaxArraySize` less one, from `scontrol`).
+    #[serde(default)]
+    pub max_array_size: Option<u32>,
+    /// Extra `sbatch` arguments (`--partition=cpu`, `--time=2:00:00`, `--mem=8G`, ...).
+    #[serde(default)]
+    pub sbatch_args: Vec<String>,
+}
+
+/// Training on the mixed shards (used by the trainer; checked here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: u64,
+    #[serde(default)]
+    pub batch_size: Option<u32>,
+    #[serde(default)]
+    pub sequence_length: Option<u32>,
+    #[serde(default)]
+    pub learning_rate: Option<f64>,
+}
+
+/// Exact deduplication by content id: the first sample of each content is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupExactStage {
+    pub name: String,
+    pub inputs: Vec<String>,
+}
+
+/// Drops samples that overlap benchmarks (settings default to the recipe's `decontaminate`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecontaminateStage {
+    pub name: String,
+    pub inputs: Vec<String>,
+    #[serde(default)]
+    pub benchmarks: Option<Vec<String>>,
+    #[serde(default)]
+    pub remove_partial: Option<bool>,
+}
+
+/// Rewrites each sample's text with a MiniJinja template (`{{ text }}`, `{{ id }}`, `{{ class }}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateStage {
+    pub name: String,
+    pub inputs: Vec<String>,
+    pub template: String,
+}
+
+/// A stage of the build, by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StageConfig {
+    DedupExact(DedupExactStage),
+    Decontaminate(DecontaminateStage),
+    Template(TemplateStage),
+}
+
+impl StageConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            StageConfig::DedupExact(s) => &s.name,
+            StageConfig::Decontaminate(s) => &s.name,
+            StageConfig::Template(s) => &s.name,
+        }
+    }
+
+    pub fn inputs(&self) -> &[String] {
+        match self {
+            StageConfig::DedupExact(s) => &s.inputs,
+            StageConfig::Decontaminate(s) => &s.inputs,
+            StageConfig::Template(s) => &s.inputs,
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            StageConfig::DedupExact(_) => "dedup_exact",
+            StageConfig::Decontaminate(_) => "decontaminate",
+            StageConfig::Template(_) => "template",
+        }
+    }
+}
+
+/// A whole recipe, as declared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    pub name: String,
+    pub seed: u64,
+    pub sources: BTreeMap<String, Source>,
+    pub engines: BTreeMap<String, Engine>,
+    pub stages: Vec<StageConfig>,
+    pub decontaminate: DecontaminateConfig,
+    pub mix: MixConfig,
+    pub output: OutputConfig,
+    pub train: Option<TrainConfig>,
+    pub execution: ExecutionConfig,
+    /// The recipe file's folder: relative paths are resolved against it.
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// One problem in a recipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    /// The field path (`stages[1].inputs[0]`); empty for the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.col)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a recipe, in file order.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "{n} problem{} in the recipe:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for d in &self.0 {
+            writeln!(f, "  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn resolve(dir: &Path, rel: &str) -> PathBuf {
+    let p = Path::new(rel);
+    if p.is_absolute() || dir.as_os_str().is_empty() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
