@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::xxh3_128;
 
 /// The mix class of a sample (and of the source it came from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -71,17 +71,10 @@ pub enum Content {
     Messages { messages: Vec<Message> },
 }
 
-/// Feeds written bytes to a hasher (so a canonical form is hashed without being held).
-struct HashWriter(Xxh3);
-
-impl std::io::Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+thread_local! {
+    /// Where a content's canonical JSON is written to be hashed (reused, so hashing allocates
+    /// nothing once it has grown).
+    static CANONICAL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Content {
@@ -109,10 +102,18 @@ impl Content {
 
     /// The content id: xxh3-128 of the canonical JSON, as 32 hex digits.
     pub fn id(&self) -> String {
-        let mut w = HashWriter(Xxh3::new());
-        // Writing into a hasher cannot fail, and these types always serialise.
-        let _ = serde_json::to_writer(&mut w, self);
-        format!("{:032x}", w.0.digest128())
+        CANONICAL.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            // Writing into memory cannot fail, and these types always serialise.
+            let _ = serde_json::to_writer(&mut *buf, self);
+            let id = format!("{:032x}", xxh3_128(&buf));
+            // A huge document does not keep its buffer's memory.
+            if buf.capacity() > 16 << 20 {
+                *buf = Vec::new();
+            }
+            id
+        })
     }
 }
 
@@ -195,7 +196,7 @@ mod tests {
         // The id is the xxh3-128 of the canonical JSON, as it always was.
         assert_eq!(
             a.id,
-            format!("{:032x}", xxhash_rust::xxh3::xxh3_128(br#"{"text":"hi"}"#))
+            format!("{:032x}", xxh3_128(br#"{"text":"hi"}"#))
         );
         let c = Content::Messages {
             messages: vec![Message {
