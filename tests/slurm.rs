@@ -56,6 +56,24 @@ impl Drop for Drained {
     }
 }
 
+/// Starts `build --executor slurm --force clean` in `dir`, in the background.
+fn force_clean(dir: &Dir) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_phiforge"))
+        .args([
+            "build",
+            "recipe.yaml",
+            "--executor",
+            "slurm",
+            "--force",
+            "clean",
+        ])
+        .current_dir(dir.tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits (up to 12 s) for a job named `name` to be queued; its task ids.
 fn queued(name: &str) -> Vec<String> {
     for _ in 0..600 {
@@ -130,20 +148,7 @@ fn slurm_builds_match_local_builds() {
     assert!(again.contains("nothing to do"), "{again}");
 
     // A task cancelled mid-run: its unit is submitted again and the result is the same.
-    let child = Command::new(env!("CARGO_BIN_EXE_phiforge"))
-        .args([
-            "build",
-            "recipe.yaml",
-            "--executor",
-            "slurm",
-            "--force",
-            "clean",
-        ])
-        .current_dir(slurm.tmp.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = force_clean(&slurm);
     let mut cancelled = None;
     for _ in 0..600 {
         let q = Command::new("squeue")
@@ -185,20 +190,7 @@ fn slurm_builds_match_local_builds() {
     // A recipe edited while the jobs wait: the tasks refuse to run under the new recipe, so
     // nothing computed for the old one is kept for the new.
     let drained = Drained::new();
-    let child = Command::new(env!("CARGO_BIN_EXE_phiforge"))
-        .args([
-            "build",
-            "recipe.yaml",
-            "--executor",
-            "slurm",
-            "--force",
-            "clean",
-        ])
-        .current_dir(slurm.tmp.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = force_clean(&slurm);
     assert!(
         !queued("phiforge-clean").is_empty(),
         "no clean job was queued"

@@ -194,10 +194,7 @@ mod tests {
         assert_eq!(a.id, b.id);
         assert_eq!(a.id.len(), 32);
         // The id is the xxh3-128 of the canonical JSON, as it always was.
-        assert_eq!(
-            a.id,
-            format!("{:032x}", xxh3_128(br#"{"text":"hi"}"#))
-        );
+        assert_eq!(a.id, format!("{:032x}", xxh3_128(br#"{"text":"hi"}"#)));
         let c = Content::Messages {
             messages: vec![Message {
                 role: "user".into(),

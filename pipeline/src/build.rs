@@ -300,7 +300,8 @@ impl Builder<'_> {
         rep: &mut StageReport,
     ) -> Result<Option<Vec<View>>> {
         let node = &self.graph.nodes[i];
-        rep.samples_in = inputs.iter().map(|v| v.rows).sum();
+        let rows: Vec<u64> = inputs.iter().map(|v| v.rows).collect();
+        rep.samples_in = rows.iter().sum();
         let units: Vec<UnitSpec> = inputs
             .into_iter()
             .map(|view| {
@@ -310,13 +311,6 @@ impl Builder<'_> {
                     view.slot.clone(),
                     Work::PerSample { view, memo: None },
                 )
-            })
-            .collect();
-        let rows: Vec<u64> = units
-            .iter()
-            .map(|u| match &u.work {
-                Work::PerSample { view, .. } => view.rows,
-                _ => 0,
             })
             .collect();
         let phase = self.run_units(i, units, "units")?;
