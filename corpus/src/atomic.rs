@@ -8,8 +8,10 @@
 //! what a killed process left.
 //!
 //! ```no_run
-//! let info = corpus::atomic::write("out/report.json".as_ref(), b"{}\n").unwrap();
+//! # fn main() -> Result<(), corpus::Error> {
+//! let info = corpus::atomic::write("out/report.json".as_ref(), b"{}\n")?;
 //! assert_eq!(info.bytes, 3);
+//! # Ok(()) }
 //! ```
 
 use crate::{Error, Result};

@@ -15,22 +15,26 @@
 //!   lineage), [`shard`] the Parquet files it moves in between stages, and [`output`] the final
 //!   output files (copied from shards without decoding where they can be).
 //!
-//! It owns the heavy Arrow/Parquet dependency; no other crate links it directly.
+//! It owns the heavy Arrow/Parquet dependency; no other crate links it directly. JSON-lines
+//! records are picked apart by `extract` (only the text and id fields are materialised).
 //!
 //! ```no_run
 //! use corpus::{BatchReader, TextSpec};
+//! # fn main() -> Result<(), corpus::Error> {
 //! let spec = TextSpec::default();
-//! let mut reader = BatchReader::open("docs.jsonl.gz".as_ref(), &spec, false).unwrap();
-//! while let Some(batch) = reader.next_batch().unwrap() {
+//! let mut reader = BatchReader::open("docs.jsonl.gz".as_ref(), &spec, false)?;
+//! while let Some(batch) = reader.next_batch()? {
 //!     for i in 0..batch.len() {
-//!         let doc = batch.doc(i, &spec).unwrap();
+//!         let doc = batch.doc(i, &spec)?;
 //!         println!("{} {}", doc.id, doc.text.len());
 //!     }
 //! }
+//! # Ok(()) }
 //! ```
 
 pub mod atomic;
 mod error;
+mod extract;
 mod format;
 pub mod output;
 mod read;
@@ -40,9 +44,10 @@ mod table;
 mod write;
 
 pub use error::Error;
+pub use extract::TextSpec;
 pub use format::{expand_inputs, Compression, Format};
 pub use read::{
-    read_all, read_json_records, text_files, Batch, BatchReader, Doc, Raw, TextSpec, BATCH_BYTES,
+    read_all, read_json_records, text_files, Batch, BatchReader, Doc, Raw, BATCH_BYTES,
 };
 pub use table::{Column, ColumnKind, TableWriter};
 pub use write::{open_writer, FormatWriter, LineSink, StagedDir};

@@ -1,0 +1,433 @@
+//! The engine commands: `generate`, `serve`'s engine, `bench-engine`.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// A Hugging Face model folder of the Phi-3/Phi-4 architecture, a repository id in the local
+    /// Hugging Face cache, or a `phi3` .gguf file (default: random weights).
+    #[arg(long, conflicts_with_all = ["shape", "layers"])]
+    model_dir: Option<PathBuf>,
+    /// The shape of the random weights: Phi-4's, or a tiny one for CPU smoke runs.
+    #[arg(long, value_enum, default_value = "phi4")]
+    shape: ShapeArg,
+    /// Random weights: this many layers instead of the shape's.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    batch: Vec<usize>,
+    /// Prompt tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    prompt_len: usize,
+    /// New tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    gen_len: usize,
+    /// Where to run: the GPU when there is one (auto), or this one.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Weights' dtype (auto: bf16 on a GPU, f32 on the CPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    dtype: DTypeArg,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also time every phase of the decode passes (synchronizes the device after each phase,
+    /// so the throughput figures drop): where the time goes.
+    #[arg(long)]
+    profile: bool,
+    /// The decode step's fused kernels: `all` (the default on a GPU), `none` (candle's
+    /// operations, as for prompts), or some of norm,rope,attn,silu,gemv,argmax (candle's
+    /// operations for the others), to measure what each brings.
+    #[arg(long)]
+    kernels: Option<String>,
+    /// Launch every decode step directly instead of replaying it as a CUDA graph (graphs are
+    /// recorded per batch shape up to 8 sequences, on a GPU, on the fused path).
+    #[arg(long)]
+    no_graphs: bool,
+    /// Before timing, check the fused kernels against candle's operations (each kernel on random
+    /// inputs, then a decode step of the model on both paths); stops if any is out of tolerance.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+pub(crate) enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum DTypeArg {
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum ShapeArg {
+    Phi4,
+    Tiny,
+}
+
+#[derive(Args)]
+pub(crate) struct GenerateArgs {
+    /// Base URL of an OpenAI-compatible server (repeat to spread load), e.g. http://127.0.0.1:8000/v1.
+    #[arg(
+        long,
+        required_unless_present = "model_dir",
+        conflicts_with = "model_dir"
+    )]
+    endpoint: Vec<String>,
+    /// The model name the server knows.
+    #[arg(long, required_unless_present = "model_dir")]
+    model: Option<String>,
+    /// Run the local engine on a Hugging Face model folder of the Phi-3/Phi-4 architecture
+    /// (config.json, *.safetensors, tokenizer.json or else Phi-4's tokenizer), a repository id in
+    /// the local Hugging Face cache (`microsoft/phi-4[@revision]`), or a `phi3` .gguf file
+    /// (quantized, for CPU use).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Local engine: context positions per sequence.
+    #[arg(long, default_value_t = 4096)]
+    context: usize,
+    /// Environment variable holding the API key.
+    #[arg(long)]
+    api_key_env: Option<String>,
+    /// One prompt (else --input).
+    #[arg(long, conflicts_with = "input")]
+    prompt: Option<String>,
+    /// JSON lines with `prompt` or `messages` (and optional `id`).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Output JSON lines (default: standard output).
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// A system message put before every prompt.
+    #[arg(long)]
+    system: Option<String>,
+    #[arg(long, default_value_t = 512)]
+    max_tokens: u32,
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long)]
+    top_k: Option<u32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop strings (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Retries per request (429, 5xx, timeouts, dropped connections, malformed replies).
+    #[arg(long, default_value_t = 6)]
+    retries: u32,
+}
+
+pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
+    use agents::generate::{generate, read_prompts, Prompt};
+    use agents::openai::{OpenAiConfig, OpenAiEngine};
+    let prompts = match (&a.prompt, &a.input) {
+        (Some(p), None) => {
+            let mut messages = Vec::new();
+            if let Some(s) = &a.system {
+                messages.push(agents::engine::Message::new("system", s.clone()));
+            }
+            messages.push(agents::engine::Message::new("user", p.clone()));
+            vec![Prompt {
+                id: "1".into(),
+                messages,
+            }]
+        }
+        (None, Some(path)) => read_prompts(path, a.system.as_deref())?,
+        _ => anyhow::bail!("give --prompt TEXT or --input FILE.jsonl"),
+    };
+    let engine: Box<dyn agents::engine::Engine> = match &a.model_dir {
+        Some(dir) => Box::new(local_engine(dir, a.concurrency.clamp(1, 64), a.context)?.0),
+        None => Box::new(OpenAiEngine::new(OpenAiConfig {
+            endpoints: a.endpoint.clone(),
+            api_key_env: a.api_key_env.clone(),
+            max_concurrency: a.concurrency,
+            timeout_s: a.timeout,
+            max_retries: a.retries,
+            ..OpenAiConfig::new(&a.endpoint[0], a.model.as_deref().unwrap_or("default"))
+        })?),
+    };
+    let sampling = agents::engine::Sampling {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+        max_tokens: a.max_tokens,
+        stop: a.stop.clone(),
+        min_tokens: 0,
+        seed: a.seed,
+        logprobs: false,
+    };
+    let bar = ProgressBar::new(prompts.len() as u64).with_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} completions",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut body = Vec::new();
+    let summary = runtime.block_on(generate(&*engine, &prompts, &sampling, &mut body, &|| {
+        bar.inc(1)
+    }))?;
+    bar.finish_and_clear();
+    match &a.output {
+        Some(path) => {
+            corpus::atomic::write(path, &body)?;
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(&body)?;
+        }
+    }
+    eprintln!(
+        "{} completed, {} failed; {} prompt and {} completion tokens in {:.1} s",
+        summary.completed,
+        summary.failed,
+        summary.prompt_tokens,
+        summary.completion_tokens,
+        summary.seconds
+    );
+    if summary.failed > 0 {
+        anyhow::bail!(
+            "{} of {} requests failed (each is in the output with its error)",
+            summary.failed,
+            prompts.len()
+        );
+    }
+    Ok(())
+}
+
+/// `phiforge bench-engine`: builds the engine, then prints a JSON line per batch size.
+pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
+    if a.batch.is_empty() || a.batch.contains(&0) || a.prompt_len == 0 || a.gen_len == 0 {
+        anyhow::bail!("--batch sizes, --prompt-len and --gen-len must be at least 1");
+    }
+    let device = match a.device {
+        DeviceArg::Auto => agents::local::default_device(),
+        DeviceArg::Cpu => candle_core::Device::Cpu,
+        DeviceArg::Cuda => candle_core::Device::new_cuda(0)
+            .context("--device cuda (is this binary built with `--features cuda`?)")?,
+    };
+    let dtype = match a.dtype {
+        DTypeArg::Auto => model_dtype(&device),
+        DTypeArg::F32 => candle_core::DType::F32,
+        DTypeArg::Bf16 => candle_core::DType::BF16,
+        DTypeArg::F16 => candle_core::DType::F16,
+    };
+    let slots = a.batch.iter().copied().max().unwrap_or(1);
+    let context = a.prompt_len + a.gen_len + 1;
+    let started = std::time::Instant::now();
+    let (mut model, codec): (_, Box<dyn agents::tokenizer::Codec>) = match &a.model_dir {
+        Some(spec) => {
+            let (model, codec, _) = load_model(spec, &device, dtype, slots, context)?;
+            (model, codec)
+        }
+        None => {
+            let mut cfg = match a.shape {
+                ShapeArg::Phi4 => agents::phi3::Config::phi4(),
+                ShapeArg::Tiny => agents::bench::tiny_config(),
+            };
+            if let Some(n) = a.layers {
+                cfg.num_hidden_layers = n;
+            }
+            let model = agents::bench::random_model(&cfg, dtype, &device, slots, context, a.seed)
+                .context("making random weights")?;
+            (model, Box::new(agents::tokenizer::Phi4Tokenizer::new()?))
+        }
+    };
+    let cfg = model.config().clone();
+    if let Some(spec) = &a.kernels {
+        let k =
+            agents::kernels::Kernels::parse(spec).map_err(|e| anyhow::anyhow!("--kernels: {e}"))?;
+        model
+            .set_kernels(k.any().then_some(k))
+            .context("--kernels")?;
+    }
+    if a.no_graphs {
+        model.set_graphs(false);
+    }
+    if a.check {
+        check_kernels(&mut model, &device, slots)?;
+    }
+    let kernels = model
+        .kernels()
+        .map_or("none".to_string(), |k| k.to_string());
+    let graphs = model.graphs();
+    let profile = a.profile.then(|| model.enable_profiling());
+    let dev_name = if device.is_cpu() { "cpu" } else { "cuda" };
+    eprintln!(
+        "{} layers, hidden {}, {dtype:?} on {dev_name}, fused decode kernels: {kernels}, CUDA \
+         graphs: {}, ready in {:.1}s",
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        if graphs { "on" } else { "off" },
+        started.elapsed().as_secs_f64()
+    );
+    let engine = agents::local::LocalEngine::new(model, codec.into(), "bench");
+    let plan = agents::bench::Plan {
+        batches: a.batch.clone(),
+        prompt_len: a.prompt_len,
+        gen_len: a.gen_len,
+        seed: a.seed,
+        profile,
+        kernels,
+        graphs,
+    };
+    let bar = ProgressBar::new(plan.batches.len() as u64).with_style(
+        ProgressStyle::with_template("{elapsed_precise} batch sizes {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("(measuring batch {})", plan.batches[0]));
+    agents::bench::run(&engine, &cfg, dev_name, dtype, &plan, |r| {
+        if let Ok(line) = serde_json::to_string(r) {
+            bar.suspend(|| println!("{line}"));
+        }
+        bar.inc(1);
+        if let Some(next) = plan.batches.get(bar.position() as usize) {
+            bar.set_message(format!("(measuring batch {next})"));
+        }
+    })?;
+    bar.finish_and_clear();
+    // How the products of a few rows were done (timed at their first use), for the record.
+    for line in agents::kernels::gemv_choices() {
+        println!("{}", serde_json::json!({ "gemv": line }));
+    }
+    #[cfg(feature = "cuda")]
+    for line in agents::graph::summary() {
+        println!("{}", serde_json::json!({ "cuda_graphs": line }));
+    }
+    Ok(())
+}
+
+/// `bench-engine --check`: every kernel against its reference, then the model's decode step on
+/// both paths; one JSON line each on standard output.
+fn check_kernels(
+    model: &mut agents::phi3::Model,
+    device: &candle_core::Device,
+    slots: usize,
+) -> Result<()> {
+    let cfg = model.config().clone();
+    let heads = agents::kernels::Heads {
+        h: cfg.num_attention_heads,
+        kvh: cfg.num_key_value_heads,
+        hd: cfg.head_dim(),
+        ctx: model.context(),
+    };
+    let mut results = agents::kernels::check(
+        device,
+        heads,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        model.dtype(),
+    )
+    .context("checking the fused kernels")?;
+    // The model's kernels, or all of them when it is on the general path.
+    let kernels = model.kernels().unwrap_or(agents::kernels::Kernels::ALL);
+    if model.supports_kernels() {
+        let mut batches = vec![1, slots.min(4)];
+        batches.dedup();
+        for b in batches {
+            results.push(
+                agents::bench::check_paths(model, kernels, b, 7)
+                    .context("checking the fused decode path")?,
+            );
+        }
+    }
+    let failed = agents::kernels::failures(&results);
+    for r in &results {
+        println!("{}", serde_json::json!({ "check": r }));
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("fused kernels out of tolerance: {}", failed.join("; "));
+    }
+    eprintln!("{} kernel checks passed", results.len());
+    Ok(())
+}
+
+/// bf16 on a GPU, f32 on the CPU.
+fn model_dtype(device: &candle_core::Device) -> candle_core::DType {
+    if device.is_cpu() {
+        candle_core::DType::F32
+    } else {
+        candle_core::DType::BF16
+    }
+}
+
+/// The local engine on a model folder (bf16 on a GPU, f32 on the CPU), and the model's name.
+pub(crate) fn local_engine(
+    spec: &Path,
+    slots: usize,
+    context: usize,
+) -> Result<(agents::local::LocalEngine, String)> {
+    let device = agents::local::default_device();
+    let (model, codec, name) = load_model(spec, &device, model_dtype(&device), slots, context)?;
+    Ok((
+        agents::local::LocalEngine::new(model, codec.into(), &name),
+        name,
+    ))
+}
+
+/// The model `--model-dir` names (see [`model_path`]) with a cache of `slots` × `context`, its
+/// tokenizer, and its name.
+fn load_model(
+    spec: &Path,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+    slots: usize,
+    context: usize,
+) -> Result<(
+    agents::phi3::Model,
+    Box<dyn agents::tokenizer::Codec>,
+    String,
+)> {
+    let (dir, name) = model_path(spec)?;
+    let dir = dir.as_path();
+    // A .gguf file (quantized, for CPU use) or a Hugging Face folder; the tokenizer.json beside a
+    // GGUF file, or in the folder, else Phi-4's own.
+    let gguf = dir.extension().is_some_and(|e| e == "gguf");
+    let model = if gguf {
+        agents::phi3::Model::from_gguf(dir, device, slots.max(1), context)
+    } else {
+        agents::phi3::Model::load(dir, dtype, device, slots.max(1), context)
+    }
+    .with_context(|| format!("loading the model in {}", dir.display()))?;
+    let codec = agents::tokenizer::for_model(if gguf {
+        dir.parent().unwrap_or(Path::new("."))
+    } else {
+        dir
+    })?;
+    Ok((model, codec, name))
+}
+
+/// `--model-dir`: a folder or .gguf file, or a repository id (`owner/name[@revision]`) in the
+/// local Hugging Face cache; and the model's name (the file's or folder's, or the id).
+fn model_path(spec: &Path) -> Result<(PathBuf, String)> {
+    let text = spec.to_string_lossy();
+    let path = agents::hub::resolve(&text)?;
+    let name = if spec.exists() {
+        spec.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "local".into())
+    } else {
+        text.split('@').next().unwrap_or(&text).to_string()
+    };
+    Ok((path, name))
+}
