@@ -195,6 +195,14 @@ pub(super) fn check_stages(c: &mut Checker, sources: &[String], stages: &[(usize
                 "a stage needs at least one input",
             );
         }
+        for (j, input) in s.inputs().iter().enumerate() {
+            if s.inputs()[..j].contains(input) {
+                c.error(
+                    &format!("stages[{i}].inputs[{j}]"),
+                    format!("`{input}` is listed twice"),
+                );
+            }
+        }
     }
     let known: Vec<&str> = sources
         .iter()

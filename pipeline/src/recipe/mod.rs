@@ -234,7 +234,7 @@ stages:
     inputs: [b]
   - name: b
     type: dedup_exact
-    inputs: [a, ghost]
+    inputs: [a, ghost, a]
   - name: c
     type: shuffle
     inputs: [a]
@@ -257,6 +257,7 @@ extra: 1
             (10, "sources.more.colour"),
             (14, "stages[0].inputs"),
             (17, "stages[1].inputs[1]"),
+            (17, "stages[1].inputs[2]"),
             (19, "stages[2].type"),
             (24, "stages[3].template"),
             (26, "mix.weights.web"),
@@ -271,6 +272,7 @@ extra: 1
             "{text}"
         );
         assert!(text.contains("unknown input `ghost`"), "{text}");
+        assert!(text.contains("`a` is listed twice"), "{text}");
         assert!(text.contains("unknown variant `shuffle`"), "{text}");
     }
 }
