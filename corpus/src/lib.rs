@@ -33,6 +33,7 @@
 //! ```
 
 pub mod atomic;
+mod canonical;
 mod error;
 mod extract;
 mod format;

@@ -105,8 +105,7 @@ impl Content {
         CANONICAL.with(|buf| {
             let mut buf = buf.borrow_mut();
             buf.clear();
-            // Writing into memory cannot fail, and these types always serialise.
-            let _ = serde_json::to_writer(&mut *buf, self);
+            crate::canonical::write(&mut buf, self);
             let id = format!("{:032x}", xxh3_128(&buf));
             // A huge document does not keep its buffer's memory.
             if buf.capacity() > 16 << 20 {
