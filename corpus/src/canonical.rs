@@ -43,7 +43,7 @@ fn string(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.push(b'"');
     let (mut start, mut i) = (0, 0);
-    let mut emit = |out: &mut Vec<u8>, at: usize, start: &mut usize| {
+    let emit = |out: &mut Vec<u8>, at: usize, start: &mut usize| {
         let b = bytes[at];
         let e = escape(b);
         if e == 0 {

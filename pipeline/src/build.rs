@@ -117,7 +117,7 @@ impl Phase {
     /// The views the units contribute, in order, when every unit is done.
     fn views(&self) -> Option<Vec<View>> {
         self.complete()
-            .map(|d| d.iter().flat_map(|d| d.views.iter().cloned()).collect())
+            .map(|d| d.iter().flat_map(|d| d.out.views.iter().cloned()).collect())
     }
 }
 
@@ -345,7 +345,7 @@ impl Builder<'_> {
         let scanned = self.run_units(i, scans, "scan")?;
         let Some(scan_files) = scanned.complete().map(|d| {
             d.iter()
-                .flat_map(|d| d.files.iter().cloned())
+                .flat_map(|d| d.out.files.iter().cloned())
                 .collect::<Vec<_>>()
         }) else {
             rep.run = Some(rows);
@@ -385,10 +385,10 @@ impl Builder<'_> {
         let (mut cached, mut run) = (0, 0);
         for (k, d) in phase.done.iter().enumerate() {
             match d {
-                Some(d) if !phase.fresh[k] => cached += d.rows_in,
+                Some(d) if !phase.fresh[k] => cached += d.out.rows_in,
                 Some(d) => {
-                    cached += d.cached;
-                    run += d.run;
+                    cached += d.out.cached;
+                    run += d.out.run;
                 }
                 None => run += pending(k),
             }
@@ -461,7 +461,7 @@ impl Builder<'_> {
                             .last_in_slot(&u.stage, &u.fingerprint, &u.slot, &u.key)?
                     {
                         if d.files_present(self.root) {
-                            *memo = d.files.first().cloned();
+                            *memo = d.out.files.first().cloned();
                         }
                     }
                 }
@@ -550,7 +550,7 @@ impl Builder<'_> {
             let done: Vec<Done> = phase.done.into_iter().flatten().collect();
             let mut names = Vec::new();
             for (d, fresh) in done.iter().zip(&phase.fresh) {
-                for f in &d.files {
+                for f in &d.out.files {
                     let name = f.path.to_string_lossy().into_owned();
                     if *fresh {
                         report.outputs.push(name.clone());
@@ -607,7 +607,7 @@ impl Builder<'_> {
 fn dropped(phase: &Phase) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for d in phase.done.iter().flatten() {
-        for (reason, n) in &d.dropped {
+        for (reason, n) in &d.out.dropped {
             *out.entry(reason.clone()).or_insert(0) += n;
         }
     }

@@ -199,7 +199,7 @@ pub fn write_manifest(
             .map(|(name, fp, done)| {
                 let files: Vec<ManifestFile> = done
                     .iter()
-                    .flat_map(|d| &d.files)
+                    .flat_map(|d| &d.out.files)
                     .map(|f| ManifestFile {
                         path: f.path.to_string_lossy().into_owned(),
                         bytes: f.bytes,

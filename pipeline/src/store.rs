@@ -417,13 +417,13 @@ mod tests {
             stage: "s".into(),
             fingerprint: "fp".into(),
             slot: slot.into(),
-            files: Vec::new(),
-            views: Vec::new(),
-            rows_in: 3,
-            rows_out: 2,
-            cached: 0,
-            run: 3,
-            dropped: BTreeMap::from([("x".to_string(), 1)]),
+            out: crate::unit::Produced {
+                rows_in: 3,
+                rows_out: 2,
+                run: 3,
+                dropped: BTreeMap::from([("x".to_string(), 1)]),
+                ..Default::default()
+            },
             seconds: 0.1,
         }
     }

@@ -130,25 +130,9 @@ impl UnitSpec {
     }
 }
 
-/// What a unit produced, before it is a [`Done`] record.
-#[derive(Debug, Clone, Default)]
+/// What a unit produced: its files, views and counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Produced {
-    pub files: Vec<FileInfo>,
-    pub views: Vec<View>,
-    pub rows_in: u64,
-    pub rows_out: u64,
-    pub cached: u64,
-    pub run: u64,
-    pub dropped: BTreeMap<String, u64>,
-}
-
-/// A finished unit's completion record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Done {
-    pub key: String,
-    pub stage: String,
-    pub fingerprint: String,
-    pub slot: String,
     /// Every file the unit wrote (paths relative to the output folder).
     pub files: Vec<FileInfo>,
     /// The views the unit contributes to its stage's output, in order.
@@ -163,6 +147,17 @@ pub struct Done {
     pub run: u64,
     /// Inputs dropped, by reason.
     pub dropped: BTreeMap<String, u64>,
+}
+
+/// A finished unit's completion record: the unit, and what it produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Done {
+    pub key: String,
+    pub stage: String,
+    pub fingerprint: String,
+    pub slot: String,
+    #[serde(flatten)]
+    pub out: Produced,
     pub seconds: f64,
 }
 
@@ -201,7 +196,7 @@ impl Done {
         if done.key != spec.key || done.fingerprint != spec.fingerprint {
             return Ok(None);
         }
-        for f in &done.files {
+        for f in &done.out.files {
             let ok = match corpus::atomic::hash_file(&root.join(&f.path)) {
                 Ok(w) => w.bytes == f.bytes && w.checksum() == f.checksum,
                 Err(_) => false,
@@ -221,7 +216,7 @@ impl Done {
     /// Whether the unit's files are all present with their recorded sizes (what a build checks of
     /// units its store records: one `stat` each).
     pub fn files_present(&self, root: &Path) -> bool {
-        self.files.iter().all(|f| {
+        self.out.files.iter().all(|f| {
             std::fs::metadata(root.join(&f.path))
                 .map(|m| m.len() == f.bytes)
                 .unwrap_or(false)

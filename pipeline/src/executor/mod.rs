@@ -82,13 +82,7 @@ pub fn run_unit(spec: &UnitSpec, ctx: &UnitCtx) -> Result<Done> {
         stage: spec.stage.clone(),
         fingerprint: spec.fingerprint.clone(),
         slot: spec.slot.clone(),
-        files: p.files,
-        views: p.views,
-        rows_in: p.rows_in,
-        rows_out: p.rows_out,
-        cached: p.cached,
-        run: p.run,
-        dropped: p.dropped,
+        out: p,
         seconds: t0.elapsed().as_secs_f64(),
     };
     done.write(ctx.root)?;
