@@ -18,10 +18,10 @@
 
 use crate::benchmark::{BenchmarkSet, Item};
 use crate::normalize::{tokenize, TokenSink, Tokenizer, Tokens};
+use crate::table::{SortedTable, WordFilter};
 use crate::{Error, Result};
 use rayon::prelude::*;
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::HashSet;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// Seeds of the n-gram hashes ("phiforge" xor n), fixed so results are reproducible.
@@ -108,26 +108,6 @@ pub fn ngram_hash(tokens: &[u64]) -> u64 {
     xxh3_64_with_seed(bytes, SEED ^ tokens.len() as u64)
 }
 
-/// Keys are already hashes: use them as they are.
-#[derive(Default, Clone, Copy)]
-pub struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | b as u64;
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-pub(crate) type HashIndex<V> = HashMap<u64, V, BuildHasherDefault<IdentityHasher>>;
-
 /// A benchmark item that cannot be checked, and why.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Uncheckable {
@@ -172,13 +152,16 @@ pub struct BenchIndex {
     pub items: Vec<ItemInfo>,
     pub uncheckable: Vec<Uncheckable>,
     pub stats: IndexStats,
-    pub(crate) short_map: HashIndex<Range>,
+    pub(crate) short_map: SortedTable<Range>,
+    /// Every key of `short_map`, in a filter small enough for the CPU's caches: clean text (nearly
+    /// every 7-gram of a scan) is answered without the map.
+    pub(crate) short_filter: WordFilter,
     /// (item << 3) | part mask, grouped by 7-gram.
     pub(crate) short_postings: Vec<u32>,
-    pub(crate) long_map: HashIndex<Range>,
+    pub(crate) long_map: SortedTable<Range>,
     pub(crate) long_postings: Vec<u32>,
     /// Whole-run hashes of items shorter than `short_n`, by run length.
-    pub(crate) exact_map: HashIndex<Range>,
+    pub(crate) exact_map: SortedTable<Range>,
     pub(crate) exact_postings: Vec<u32>,
     pub(crate) exact_lens: Vec<usize>,
     /// One bit per low 16 bits of a token hash that starts an exact run.
@@ -194,55 +177,62 @@ struct ItemGrams {
     uncheckable: Option<String>,
 }
 
-/// Token hashes of an item's text, with the hash of every number token (`2024`, `3`).
-#[derive(Default)]
+/// Token hashes of an item's text, with whether each token is a number (`2024`, `3`).
+#[derive(Default, Clone)]
 struct ItemTokens {
     hashes: Vec<u64>,
+    number: Vec<bool>,
 }
 
 impl TokenSink for ItemTokens {
     fn token(&mut self, bytes: &[u8], _: usize, _: usize) {
-        let h = xxhash_rust::xxh3::xxh3_64(bytes);
-        self.hashes.push(h);
+        self.hashes.push(xxhash_rust::xxh3::xxh3_64(bytes));
+        self.number.push(bytes.iter().all(u8::is_ascii_digit));
     }
 }
 
-fn item_tokens(text: &str, numbers: &mut HashSet<u64>) -> Vec<u64> {
-    let mut t = ItemTokens::default();
-    let mut numeric = NumericTokens {
-        inner: &mut t,
-        numbers,
-    };
-    Tokenizer::default().run(text, &mut numeric);
-    t.hashes
-}
+impl ItemTokens {
+    fn of(text: &str) -> ItemTokens {
+        let mut t = ItemTokens::default();
+        Tokenizer::default().run(text, &mut t);
+        t
+    }
 
-struct NumericTokens<'a> {
-    inner: &'a mut ItemTokens,
-    numbers: &'a mut HashSet<u64>,
-}
+    fn append(&mut self, other: &ItemTokens) {
+        self.hashes.extend_from_slice(&other.hashes);
+        self.number.extend_from_slice(&other.number);
+    }
 
-impl TokenSink for NumericTokens<'_> {
-    fn token(&mut self, bytes: &[u8], start: usize, end: usize) {
-        self.inner.token(bytes, start, end);
-        if bytes.iter().all(u8::is_ascii_digit) {
-            self.numbers.insert(*self.inner.hashes.last().unwrap_or(&0));
+    /// For each window of `n` tokens, whether it is numbers with at most one word; `words` is
+    /// scratch for the running count of words.
+    fn numbers_only<'w>(
+        &self,
+        n: usize,
+        words: &'w mut Vec<u32>,
+    ) -> impl Iterator<Item = bool> + 'w {
+        words.clear();
+        words.push(0);
+        let mut count = 0;
+        for &number in &self.number {
+            count += u32::from(!number);
+            words.push(count);
         }
+        let words = &*words;
+        (0..words.len().saturating_sub(n)).map(move |a| words[a + n] - words[a] < 2)
     }
 }
 
 fn grams(item: &Item, s: &Settings) -> ItemGrams {
-    let mut numbers = HashSet::new();
-    let question = item_tokens(&item.question, &mut numbers);
-    let answer = item_tokens(&item.answer, &mut numbers);
+    let question = ItemTokens::of(&item.question);
+    let answer = ItemTokens::of(&item.answer);
     let mut full = question.clone();
     for c in &item.choices {
-        full.extend(item_tokens(c, &mut numbers));
+        full.append(&ItemTokens::of(c));
     }
-    full.extend_from_slice(&answer);
+    full.append(&answer);
     // An n-gram of numbers with at most one word (a run of integers, a table of values, `primes =
     // [2, 3, 5, ...`) is no evidence: such runs are everywhere in code and documents.
-    let all_numbers = |w: &[u64]| w.iter().filter(|h| !numbers.contains(h)).count() < 2;
+    let mut words = Vec::new();
     let mut out = ItemGrams {
         short: Vec::new(),
         long: Vec::new(),
@@ -251,13 +241,13 @@ fn grams(item: &Item, s: &Settings) -> ItemGrams {
         exact_first: 0,
         uncheckable: None,
     };
-    if full.is_empty() {
+    if full.hashes.is_empty() {
         out.uncheckable = Some("empty: no words in question, choices or answer".into());
         return out;
     }
-    if full.len() < s.short_n {
-        let mut run = question;
-        run.extend_from_slice(&answer);
+    if full.hashes.len() < s.short_n {
+        let mut run = question.hashes;
+        run.extend_from_slice(&answer.hashes);
         let distinct: HashSet<u64> = run.iter().copied().collect();
         if distinct.len() >= s.short_item_min_words {
             out.exact = Some(ngram_hash(&run));
@@ -266,7 +256,7 @@ fn grams(item: &Item, s: &Settings) -> ItemGrams {
         } else {
             out.uncheckable = Some(format!(
                 "too short: {} tokens, {} distinct words (needs {} tokens, or {} distinct words)",
-                full.len(),
+                full.hashes.len(),
                 distinct.len(),
                 s.short_n,
                 s.short_item_min_words
@@ -279,18 +269,24 @@ fn grams(item: &Item, s: &Settings) -> ItemGrams {
         (PART_QUESTION, &question),
         (PART_ANSWER, &answer),
     ] {
-        if toks.len() >= s.short_n {
-            out.short.extend(toks.windows(s.short_n).map(|w| {
-                // Numbers-only 7-grams stay in the index as boilerplate (part 0), so the 13-gram
-                // check still looks where they start.
-                (ngram_hash(w), if all_numbers(w) { 0 } else { part })
-            }));
+        let hashes = &toks.hashes;
+        if hashes.len() >= s.short_n {
+            let numbers = toks.numbers_only(s.short_n, &mut words);
+            out.short
+                .extend(hashes.windows(s.short_n).zip(numbers).map(|(w, numbers)| {
+                    // Numbers-only 7-grams stay in the index as boilerplate (part 0), so the 13-gram
+                    // check still looks where they start.
+                    (ngram_hash(w), if numbers { 0 } else { part })
+                }));
         }
-        if toks.len() >= s.long_n {
+        if hashes.len() >= s.long_n {
+            let numbers = toks.numbers_only(s.long_n, &mut words);
             out.long.extend(
-                toks.windows(s.long_n)
-                    .filter(|w| !all_numbers(w))
-                    .map(ngram_hash),
+                hashes
+                    .windows(s.long_n)
+                    .zip(numbers)
+                    .filter(|(_, numbers)| !numbers)
+                    .map(|(w, _)| ngram_hash(w)),
             );
         }
     }
@@ -309,37 +305,30 @@ fn grams(item: &Item, s: &Settings) -> ItemGrams {
     out
 }
 
-/// Groups `(hash, posting)` pairs (sorted by hash) into a map of ranges over a postings array.
+/// Groups `(hash, posting)` pairs (sorted by hash) into ranges over a postings array, in hash
+/// order. A run that `keep` refuses gets an empty range (boilerplate).
 fn group(
     pairs: &[(u64, u32)],
     mut keep: impl FnMut(u64, &[(u64, u32)]) -> bool,
-) -> (HashIndex<Range>, Vec<u32>) {
-    let mut map = HashIndex::default();
-    let mut postings = Vec::new();
-    let mut i = 0;
-    while i < pairs.len() {
-        let h = pairs[i].0;
-        let mut j = i;
-        while j < pairs.len() && pairs[j].0 == h {
-            j += 1;
-        }
-        let run = &pairs[i..j];
-        if keep(h, run) {
+) -> (Vec<(u64, Range)>, Vec<u32>) {
+    let distinct = pairs.chunk_by(|a, b| a.0 == b.0).count();
+    let mut ranges = Vec::with_capacity(distinct);
+    let mut postings = Vec::with_capacity(pairs.len());
+    for run in pairs.chunk_by(|a, b| a.0 == b.0) {
+        let h = run[0].0;
+        let range = if keep(h, run) {
             let start = postings.len() as u32;
             postings.extend(run.iter().map(|p| p.1));
-            map.insert(
-                h,
-                Range {
-                    start,
-                    len: run.len() as u32,
-                },
-            );
+            Range {
+                start,
+                len: run.len() as u32,
+            }
         } else {
-            map.insert(h, Range { start: 0, len: 0 });
-        }
-        i = j;
+            Range { start: 0, len: 0 }
+        };
+        ranges.push((h, range));
     }
-    (map, postings)
+    (ranges, postings)
 }
 
 impl BenchIndex {
@@ -421,7 +410,7 @@ impl BenchIndex {
             ..Default::default()
         };
         let min_items = s.allow_min_items;
-        let (short_map, short_postings) = group(&short_pairs, |h, run| {
+        let (short_ranges, short_postings) = group(&short_pairs, |h, run| {
             let keep = run.len() < min_items
                 && !allowed_short.contains(&h)
                 && run.iter().all(|p| p.1 & 7 != 0);
@@ -430,7 +419,7 @@ impl BenchIndex {
             }
             keep
         });
-        let (mut long_map, long_postings) = group(&long_pairs, |h, run| {
+        let (mut long_ranges, long_postings) = group(&long_pairs, |h, run| {
             if run.len() >= min_items {
                 stats.allowed_long_by_frequency += 1;
                 false
@@ -441,12 +430,16 @@ impl BenchIndex {
                 true
             }
         });
-        long_map.retain(|_, r| r.len > 0);
-        let (exact_map, exact_postings) = group(&exact_pairs, |_, _| true);
+        let short_map = SortedTable::from_sorted(short_ranges.into_iter());
+        long_ranges.retain(|e| e.1.len > 0);
+        let long_map = SortedTable::from_sorted(long_ranges.into_iter());
+        let (exact_ranges, exact_postings) = group(&exact_pairs, |_, _| true);
+        let exact_map = SortedTable::from_sorted(exact_ranges.into_iter());
         stats.ngrams_short = short_map.len();
+        let short_filter = WordFilter::new(short_map.keys());
         stats.ngrams_long = long_map.len();
 
-        for r in short_map.values().filter(|r| r.len > 0) {
+        for r in short_map.values().iter().filter(|r| r.len > 0) {
             for &p in &short_postings[r.start as usize..(r.start + r.len) as usize] {
                 let info = &mut items[(p >> 3) as usize];
                 for bit in 0..3 {
@@ -477,6 +470,7 @@ impl BenchIndex {
             uncheckable,
             stats,
             short_map,
+            short_filter,
             short_postings,
             long_map,
             long_postings,

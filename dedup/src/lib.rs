@@ -29,6 +29,7 @@ pub mod index;
 pub mod normalize;
 pub mod report;
 pub mod scan;
+mod table;
 
 pub use error::Error;
 

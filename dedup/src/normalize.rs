@@ -126,17 +126,30 @@ impl Tokenizer {
         while i < n {
             let b = bytes[i];
             if b < 0x80 {
-                let c = ASCII[b as usize];
-                if c != 0 {
+                if ASCII[b as usize] == 0 {
+                    self.flush(sink);
+                    i += 1;
+                    continue;
+                }
+                // A run of ASCII word characters [i, j).
+                let mut j = i + 1;
+                let mut upper = b.is_ascii_uppercase();
+                while j < n && bytes[j] < 0x80 && ASCII[bytes[j] as usize] != 0 {
+                    upper |= bytes[j].is_ascii_uppercase();
+                    j += 1;
+                }
+                if self.buf.is_empty() && !upper && (j == n || bytes[j] < 0x80) {
+                    // A whole token, already normalised: straight from the text.
+                    sink.token(&bytes[i..j], i, j);
+                } else {
                     if self.buf.is_empty() {
                         self.start = i;
                     }
-                    self.buf.push(c);
-                    self.end = i + 1;
-                } else {
-                    self.flush(sink);
+                    self.buf
+                        .extend(bytes[i..j].iter().map(|&c| ASCII[c as usize]));
+                    self.end = j;
                 }
-                i += 1;
+                i = j;
                 continue;
             }
             // A non-ASCII run [i, j), normalised together with the ASCII letter before it.

@@ -115,13 +115,17 @@ impl<'a> Scanner<'a> {
         self.exact_hits.clear();
 
         if n >= sn {
-            for i in 0..=n - sn {
-                let h = ngram_hash(&toks[i..i + sn]);
-                self.all.push(h);
-                if let Some(&r) = idx.short_map.get(&h) {
+            // Hash every 7-gram first, then look them up in a loop of independent reads of the
+            // filter, which the CPU overlaps; only the filter's rare hits reach the maps.
+            self.all.extend(toks.windows(sn).map(|w| ngram_hash(w)));
+            for (i, &h) in self.all.iter().enumerate() {
+                if !idx.short_filter.may_contain(h) {
+                    continue;
+                }
+                if let Some(&r) = idx.short_map.get(h) {
                     self.hits.push((i as u32, h, r));
                     if i + ln <= n {
-                        if let Some(&lr) = idx.long_map.get(&ngram_hash(&toks[i..i + ln])) {
+                        if let Some(&lr) = idx.long_map.get(ngram_hash(&toks[i..i + ln])) {
                             self.long_hits.push((i as u32, lr));
                         }
                     }
@@ -136,7 +140,7 @@ impl<'a> Scanner<'a> {
                 }
                 for &len in &idx.exact_lens {
                     if i + len <= n {
-                        if let Some(&r) = idx.exact_map.get(&ngram_hash(&toks[i..i + len])) {
+                        if let Some(&r) = idx.exact_map.get(ngram_hash(&toks[i..i + len])) {
                             self.exact_hits.push((i as u32, len, r));
                         }
                     }
