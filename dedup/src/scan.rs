@@ -117,7 +117,7 @@ impl<'a> Scanner<'a> {
         if n >= sn {
             // Hash every 7-gram first, then look them up in a loop of independent reads of the
             // filter, which the CPU overlaps; only the filter's rare hits reach the maps.
-            self.all.extend(toks.windows(sn).map(|w| ngram_hash(w)));
+            self.all.extend(toks.windows(sn).map(ngram_hash));
             for (i, &h) in self.all.iter().enumerate() {
                 if !idx.short_filter.may_contain(h) {
                     continue;
