@@ -399,45 +399,59 @@ impl BenchIndex {
             }
         }
         drop(per_item);
-        short_pairs.par_sort_unstable();
-        long_pairs.par_sort_unstable();
         exact_pairs.sort_unstable();
         exact_lens.sort_unstable();
-
-        let mut stats = IndexStats {
-            items: items.len(),
-            short_items: exact_pairs.len(),
-            ..Default::default()
-        };
         let min_items = s.allow_min_items;
-        let (short_ranges, short_postings) = group(&short_pairs, |h, run| {
-            let keep = run.len() < min_items
-                && !allowed_short.contains(&h)
-                && run.iter().all(|p| p.1 & 7 != 0);
-            if !keep {
-                stats.boilerplate_short += 1;
-            }
-            keep
-        });
-        let (mut long_ranges, long_postings) = group(&long_pairs, |h, run| {
-            if run.len() >= min_items {
-                stats.allowed_long_by_frequency += 1;
-                false
-            } else if allowed_long.contains(&h) {
-                stats.allowed_long_by_list += 1;
-                false
-            } else {
-                true
-            }
-        });
-        let short_map = SortedTable::from_sorted(short_ranges.into_iter());
-        long_ranges.retain(|e| e.1.len > 0);
-        let long_map = SortedTable::from_sorted(long_ranges.into_iter());
+        // The 7-grams and the 13-grams are sorted and grouped side by side.
+        let (
+            (short_map, short_filter, short_postings, boilerplate_short),
+            (long_map, long_postings, (allowed_long_by_frequency, allowed_long_by_list)),
+        ) = rayon::join(
+            || {
+                short_pairs.par_sort_unstable();
+                let mut boilerplate = 0;
+                let (ranges, postings) = group(&short_pairs, |h, run| {
+                    let keep = run.len() < min_items
+                        && !allowed_short.contains(&h)
+                        && run.iter().all(|p| p.1 & 7 != 0);
+                    boilerplate += usize::from(!keep);
+                    keep
+                });
+                let map = SortedTable::from_sorted(ranges.into_iter());
+                let filter = WordFilter::new(map.keys());
+                (map, filter, postings, boilerplate)
+            },
+            || {
+                long_pairs.par_sort_unstable();
+                let (mut by_frequency, mut by_list) = (0, 0);
+                let (mut ranges, postings) = group(&long_pairs, |h, run| {
+                    if run.len() >= min_items {
+                        by_frequency += 1;
+                        false
+                    } else if allowed_long.contains(&h) {
+                        by_list += 1;
+                        false
+                    } else {
+                        true
+                    }
+                });
+                ranges.retain(|e| e.1.len > 0);
+                let map = SortedTable::from_sorted(ranges.into_iter());
+                (map, postings, (by_frequency, by_list))
+            },
+        );
+        drop((short_pairs, long_pairs));
         let (exact_ranges, exact_postings) = group(&exact_pairs, |_, _| true);
         let exact_map = SortedTable::from_sorted(exact_ranges.into_iter());
-        stats.ngrams_short = short_map.len();
-        let short_filter = WordFilter::new(short_map.keys());
-        stats.ngrams_long = long_map.len();
+        let stats = IndexStats {
+            items: items.len(),
+            short_items: exact_pairs.len(),
+            ngrams_short: short_map.len(),
+            ngrams_long: long_map.len(),
+            boilerplate_short,
+            allowed_long_by_frequency,
+            allowed_long_by_list,
+        };
 
         for r in short_map.values().iter().filter(|r| r.len > 0) {
             for &p in &short_postings[r.start as usize..(r.start + r.len) as usize] {
