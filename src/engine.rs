@@ -135,15 +135,15 @@ pub(crate) struct GenerateArgs {
 }
 
 pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
-    use agents::generate::{generate, read_prompts, Prompt};
-    use agents::openai::{OpenAiConfig, OpenAiEngine};
+    use engines::generate::{generate, read_prompts, Prompt};
+    use engines::openai::{OpenAiConfig, OpenAiEngine};
     let prompts = match (&a.prompt, &a.input) {
         (Some(p), None) => {
             let mut messages = Vec::new();
             if let Some(s) = &a.system {
-                messages.push(agents::engine::Message::new("system", s.clone()));
+                messages.push(engines::engine::Message::new("system", s.clone()));
             }
-            messages.push(agents::engine::Message::new("user", p.clone()));
+            messages.push(engines::engine::Message::new("user", p.clone()));
             vec![Prompt {
                 id: "1".into(),
                 messages,
@@ -152,7 +152,7 @@ pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
         (None, Some(path)) => read_prompts(path, a.system.as_deref())?,
         _ => anyhow::bail!("give --prompt TEXT or --input FILE.jsonl"),
     };
-    let engine: Box<dyn agents::engine::Engine> = match &a.model_dir {
+    let engine: Box<dyn engines::engine::Engine> = match &a.model_dir {
         Some(dir) => Box::new(local_engine(dir, a.concurrency.clamp(1, 64), a.context)?.0),
         None => Box::new(OpenAiEngine::new(OpenAiConfig {
             endpoints: a.endpoint.clone(),
@@ -163,7 +163,7 @@ pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
             ..OpenAiConfig::new(&a.endpoint[0], a.model.as_deref().unwrap_or("default"))
         })?),
     };
-    let sampling = agents::engine::Sampling {
+    let sampling = engines::engine::Sampling {
         temperature: a.temperature,
         top_p: a.top_p,
         top_k: a.top_k,
@@ -221,7 +221,7 @@ pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
         anyhow::bail!("--batch sizes, --prompt-len and --gen-len must be at least 1");
     }
     let device = match a.device {
-        DeviceArg::Auto => agents::local::default_device(),
+        DeviceArg::Auto => engines::local::default_device(),
         DeviceArg::Cpu => candle_core::Device::Cpu,
         DeviceArg::Cuda => candle_core::Device::new_cuda(0)
             .context("--device cuda (is this binary built with `--features cuda`?)")?,
@@ -235,28 +235,28 @@ pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
     let slots = a.batch.iter().copied().max().unwrap_or(1);
     let context = a.prompt_len + a.gen_len + 1;
     let started = std::time::Instant::now();
-    let (mut model, codec): (_, Box<dyn agents::tokenizer::Codec>) = match &a.model_dir {
+    let (mut model, codec): (_, Box<dyn engines::tokenizer::Codec>) = match &a.model_dir {
         Some(spec) => {
             let (model, codec, _) = load_model(spec, &device, dtype, slots, context)?;
             (model, codec)
         }
         None => {
             let mut cfg = match a.shape {
-                ShapeArg::Phi4 => agents::phi3::Config::phi4(),
-                ShapeArg::Tiny => agents::bench::tiny_config(),
+                ShapeArg::Phi4 => engines::phi3::Config::phi4(),
+                ShapeArg::Tiny => engines::bench::tiny_config(),
             };
             if let Some(n) = a.layers {
                 cfg.num_hidden_layers = n;
             }
-            let model = agents::bench::random_model(&cfg, dtype, &device, slots, context, a.seed)
+            let model = engines::bench::random_model(&cfg, dtype, &device, slots, context, a.seed)
                 .context("making random weights")?;
-            (model, Box::new(agents::tokenizer::Phi4Tokenizer::new()?))
+            (model, Box::new(engines::tokenizer::Phi4Tokenizer::new()?))
         }
     };
     let cfg = model.config().clone();
     if let Some(spec) = &a.kernels {
         let k =
-            agents::kernels::Kernels::parse(spec).map_err(|e| anyhow::anyhow!("--kernels: {e}"))?;
+            engines::kernels::Kernels::parse(spec).map_err(|e| anyhow::anyhow!("--kernels: {e}"))?;
         model
             .set_kernels(k.any().then_some(k))
             .context("--kernels")?;
@@ -281,8 +281,8 @@ pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
         if graphs { "on" } else { "off" },
         started.elapsed().as_secs_f64()
     );
-    let engine = agents::local::LocalEngine::new(model, codec.into(), "bench");
-    let plan = agents::bench::Plan {
+    let engine = engines::local::LocalEngine::new(model, codec.into(), "bench");
+    let plan = engines::bench::Plan {
         batches: a.batch.clone(),
         prompt_len: a.prompt_len,
         gen_len: a.gen_len,
@@ -296,7 +296,7 @@ pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("(measuring batch {})", plan.batches[0]));
-    agents::bench::run(&engine, &cfg, dev_name, dtype, &plan, |r| {
+    engines::bench::run(&engine, &cfg, dev_name, dtype, &plan, |r| {
         if let Ok(line) = serde_json::to_string(r) {
             bar.suspend(|| println!("{line}"));
         }
@@ -307,11 +307,11 @@ pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     // How the products of a few rows were done (timed at their first use), for the record.
-    for line in agents::kernels::gemv_choices() {
+    for line in engines::kernels::gemv_choices() {
         println!("{}", serde_json::json!({ "gemv": line }));
     }
     #[cfg(feature = "cuda")]
-    for line in agents::graph::summary() {
+    for line in engines::graph::summary() {
         println!("{}", serde_json::json!({ "cuda_graphs": line }));
     }
     Ok(())
@@ -320,18 +320,18 @@ pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
 /// `bench-engine --check`: every kernel against its reference, then the model's decode step on
 /// both paths; one JSON line each on standard output.
 fn check_kernels(
-    model: &mut agents::phi3::Model,
+    model: &mut engines::phi3::Model,
     device: &candle_core::Device,
     slots: usize,
 ) -> Result<()> {
     let cfg = model.config().clone();
-    let heads = agents::kernels::Heads {
+    let heads = engines::kernels::Heads {
         h: cfg.num_attention_heads,
         kvh: cfg.num_key_value_heads,
         hd: cfg.head_dim(),
         ctx: model.context(),
     };
-    let mut results = agents::kernels::check(
+    let mut results = engines::kernels::check(
         device,
         heads,
         cfg.hidden_size,
@@ -340,18 +340,18 @@ fn check_kernels(
     )
     .context("checking the fused kernels")?;
     // The model's kernels, or all of them when it is on the general path.
-    let kernels = model.kernels().unwrap_or(agents::kernels::Kernels::ALL);
+    let kernels = model.kernels().unwrap_or(engines::kernels::Kernels::ALL);
     if model.supports_kernels() {
         let mut batches = vec![1, slots.min(4)];
         batches.dedup();
         for b in batches {
             results.push(
-                agents::bench::check_paths(model, kernels, b, 7)
+                engines::bench::check_paths(model, kernels, b, 7)
                     .context("checking the fused decode path")?,
             );
         }
     }
-    let failed = agents::kernels::failures(&results);
+    let failed = engines::kernels::failures(&results);
     for r in &results {
         println!("{}", serde_json::json!({ "check": r }));
     }
@@ -376,11 +376,11 @@ pub(crate) fn local_engine(
     spec: &Path,
     slots: usize,
     context: usize,
-) -> Result<(agents::local::LocalEngine, String)> {
-    let device = agents::local::default_device();
+) -> Result<(engines::local::LocalEngine, String)> {
+    let device = engines::local::default_device();
     let (model, codec, name) = load_model(spec, &device, model_dtype(&device), slots, context)?;
     Ok((
-        agents::local::LocalEngine::new(model, codec.into(), &name),
+        engines::local::LocalEngine::new(model, codec.into(), &name),
         name,
     ))
 }
@@ -394,8 +394,8 @@ fn load_model(
     slots: usize,
     context: usize,
 ) -> Result<(
-    agents::phi3::Model,
-    Box<dyn agents::tokenizer::Codec>,
+    engines::phi3::Model,
+    Box<dyn engines::tokenizer::Codec>,
     String,
 )> {
     let (dir, name) = model_path(spec)?;
@@ -404,12 +404,12 @@ fn load_model(
     // GGUF file, or in the folder, else Phi-4's own.
     let gguf = dir.extension().is_some_and(|e| e == "gguf");
     let model = if gguf {
-        agents::phi3::Model::from_gguf(dir, device, slots.max(1), context)
+        engines::phi3::Model::from_gguf(dir, device, slots.max(1), context)
     } else {
-        agents::phi3::Model::load(dir, dtype, device, slots.max(1), context)
+        engines::phi3::Model::load(dir, dtype, device, slots.max(1), context)
     }
     .with_context(|| format!("loading the model in {}", dir.display()))?;
-    let codec = agents::tokenizer::for_model(if gguf {
+    let codec = engines::tokenizer::for_model(if gguf {
         dir.parent().unwrap_or(Path::new("."))
     } else {
         dir
@@ -421,7 +421,7 @@ fn load_model(
 /// local Hugging Face cache; and the model's name (the file's or folder's, or the id).
 fn model_path(spec: &Path) -> Result<(PathBuf, String)> {
     let text = spec.to_string_lossy();
-    let path = agents::hub::resolve(&text)?;
+    let path = engines::hub::resolve(&text)?;
     let name = if spec.exists() {
         spec.file_name()
             .map(|n| n.to_string_lossy().into_owned())

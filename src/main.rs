@@ -277,7 +277,7 @@ fn run(cli: Cli) -> Result<()> {
                 .context("starting the async runtime")?;
             eprintln!("serving {name} on http://{listen}/v1");
             runtime
-                .block_on(agents::serve::serve(engine, &name, listen))
+                .block_on(engines::serve::serve(engine, &name, listen))
                 .with_context(|| format!("serving on {listen}"))
         }
         Command::BenchEngine(a) => bench_engine(a),

@@ -1,7 +1,7 @@
 //! `phiforge generate` against a real HTTP server on loopback (with injected faults).
 
 use crate::util::*;
-use agents::testing::{Fault, FaultServer};
+use engines::testing::{Fault, FaultServer};
 use serde_json::json;
 
 #[test]
@@ -123,7 +123,7 @@ fn failures_are_reported_not_lost() {
 #[test]
 fn the_local_engine_generates_from_a_model_folder() {
     let dir = Dir::new();
-    let model = root().join("agents/tests/data/phi3-tiny");
+    let model = root().join("engines/tests/data/phi3-tiny");
     dir.write_jsonl(
         "p.jsonl",
         &[
@@ -204,7 +204,7 @@ fn the_local_engine_finds_a_model_in_the_hugging_face_cache() {
     std::fs::create_dir_all(&snapshot).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
-    for f in std::fs::read_dir(root().join("agents/tests/data/phi3-tiny")).unwrap() {
+    for f in std::fs::read_dir(root().join("engines/tests/data/phi3-tiny")).unwrap() {
         let f = f.unwrap().path();
         std::fs::copy(&f, snapshot.join(f.file_name().unwrap())).unwrap();
     }

@@ -1,5 +1,5 @@
 // decode.cu's kernels, run on the CPU by emulate.h, against plain loops in double precision.
-// Built and run by agents/tests/kernels_emulated.rs (c++ -std=c++20 -DPHIFORGE_EMULATE); prints
+// Built and run by engines/tests/kernels_emulated.rs (c++ -std=c++20 -DPHIFORGE_EMULATE); prints
 // one line per comparison and exits 1 if any is out of tolerance. The GPU itself is checked by
 // `phiforge bench-engine --check`, against candle's operations.
 #include "decode.cu"
@@ -96,7 +96,7 @@ KERNELS(float, f32)
 KERNELS(__half, f16)
 KERNELS(__nv_bfloat16, bf16)
 
-// As agents/src/kernels.rs launches it: enough threads for NORM_MAX elements each, 32 to 1024.
+// As engines/src/kernels.rs launches it: enough threads for NORM_MAX elements each, 32 to 1024.
 unsigned norm_threads(int d) {
   const int t = (d + NORM_MAX - 1) / NORM_MAX;
   return unsigned(std::min(1024, std::max(32, (t + 31) / 32 * 32)));

@@ -18,12 +18,12 @@
 //!   like transformers' peer script;
 //! - `testing` (feature `test-server`): a fault-injecting server on loopback for tests.
 //!
-//! The three generation flows come next.
+//! The generation flows that use these engines live in the `agents` crate.
 //!
 //! ```no_run
-//! use agents::engine::{ChatRequest, Engine, Message, Sampling};
-//! use agents::openai::{OpenAiConfig, OpenAiEngine};
-//! # async fn run() -> Result<(), agents::engine::EngineError> {
+//! use engines::engine::{ChatRequest, Engine, Message, Sampling};
+//! use engines::openai::{OpenAiConfig, OpenAiEngine};
+//! # async fn run() -> Result<(), engines::engine::EngineError> {
 //! let engine = OpenAiEngine::new(OpenAiConfig::new("http://127.0.0.1:8000/v1", "phi-4"))?;
 //! let req = ChatRequest { messages: vec![Message::new("user", "Name a prime.")], sampling: Sampling::default() };
 //! let done = engine.complete(&req).await?;

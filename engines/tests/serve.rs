@@ -1,17 +1,17 @@
 //! `phiforge serve` on loopback: the OpenAI-compatible backend talks to the local engine through
 //! it, and gets what the engine gives directly; streaming replies add up to the same text.
 
-use agents::engine::{ChatRequest, Engine, Message, Sampling};
-use agents::local::LocalEngine;
-use agents::openai::{Api, OpenAiConfig, OpenAiEngine};
-use agents::phi3::Model;
+use engines::engine::{ChatRequest, Engine, Message, Sampling};
+use engines::local::LocalEngine;
+use engines::openai::{Api, OpenAiConfig, OpenAiEngine};
+use engines::phi3::Model;
 use candle_core::{DType, Device};
 use std::path::Path;
 
 fn local(slots: usize) -> LocalEngine {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/phi3-tiny");
     let model = Model::load(&dir, DType::F32, &Device::Cpu, slots, 512).unwrap();
-    let codec = agents::tokenizer::for_model(&dir).unwrap();
+    let codec = engines::tokenizer::for_model(&dir).unwrap();
     LocalEngine::new(model, codec.into(), "phi3-tiny")
 }
 
@@ -38,7 +38,7 @@ fn the_backend_gets_through_the_server_what_the_engine_gives() {
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, agents::serve::router(local(4), "phi3-tiny")).await });
+        tokio::spawn(async move { axum::serve(listener, engines::serve::router(local(4), "phi3-tiny")).await });
 
         let direct = local(1);
         let client = OpenAiEngine::new(OpenAiConfig::new(&url, "phi3-tiny")).unwrap();

@@ -1,5 +1,5 @@
 // Runs CUDA kernels on the CPU, for the kernel tests that need no GPU
-// (agents/tests/kernels_emulated.rs). It covers what decode.cu uses and nothing more: thread and
+// (engines/tests/kernels_emulated.rs). It covers what decode.cu uses and nothing more: thread and
 // block indices, __syncthreads, __shfl_xor_sync, __shared__ memory (blocks run one after
 // another), cached/streaming loads, and the f16/bf16 types and conversions (round to nearest
 // even, as the hardware). Timing, memory ordering between blocks and occupancy are not emulated:

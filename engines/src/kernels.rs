@@ -19,7 +19,7 @@
 //! leaves its kernel off. Run on f32 copies of the inputs, the fallbacks are also the reference
 //! the kernels are checked against ([`check`]; `phiforge bench-engine --check`, and at a small
 //! width whenever a model loads on a GPU). The CUDA source is also run on the CPU, emulated, by
-//! `agents/tests/kernels_emulated.rs`.
+//! `engines/tests/kernels_emulated.rs`.
 
 use candle_core::{DType, Result, Tensor, D};
 

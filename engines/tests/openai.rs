@@ -1,9 +1,9 @@
 //! The OpenAI-compatible backend against real HTTP servers on loopback that inject faults: every
 //! request either succeeds after bounded retries or fails with a clear error; none is lost.
 
-use agents::engine::{ChatRequest, Engine, EngineError, Message, Sampling};
-use agents::openai::{Api, OpenAiConfig, OpenAiEngine};
-use agents::testing::{Fault, FaultServer};
+use engines::engine::{ChatRequest, Engine, EngineError, Message, Sampling};
+use engines::openai::{Api, OpenAiConfig, OpenAiEngine};
+use engines::testing::{Fault, FaultServer};
 use std::time::{Duration, Instant};
 
 fn request(k: usize) -> ChatRequest {

@@ -16,10 +16,10 @@
 // - argmax_rows:  the greedy token of each row of f32 logits.
 //
 // Every kernel computes in f32 and rounds once to the storage type. Each has a reference made of
-// candle operations (agents/src/kernels.rs); `phiforge bench-engine --check` compares the two.
+// candle operations (engines/src/kernels.rs); `phiforge bench-engine --check` compares the two.
 
 #ifdef PHIFORGE_EMULATE
-#include "emulate.h"  // on the CPU, for the tests (agents/tests/kernels_emulated.rs)
+#include "emulate.h"  // on the CPU, for the tests (engines/tests/kernels_emulated.rs)
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -187,7 +187,7 @@ __device__ void rope_cache(const T *__restrict__ qkv, const uint32_t *__restrict
 // step to step, as a CUDA graph replays it).
 #define ATT_WARPS 4
 #define ATT_U 4
-// The most splits a launch may have (agents/src/kernels.rs caps them so).
+// The most splits a launch may have (engines/src/kernels.rs caps them so).
 #define ATT_MAX_SPLITS 256
 
 __device__ __forceinline__ float warp_max(float v) {

@@ -2,7 +2,7 @@
 //! logits must agree within f32 tolerance at short and long positions, unbatched and batched
 //! (prompts of different lengths together, and a new prompt joining a sequence mid-decode).
 
-use agents::phi3::{Config, Model};
+use engines::phi3::{Config, Model};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::phi3 as reference;
@@ -402,7 +402,7 @@ fn a_batch_in_later_slots_and_equal_lengths_match_the_reference() {
 /// equal lengths (no mask), for several steps.
 #[test]
 fn the_fused_decode_path_matches_the_general_one() {
-    use agents::kernels::Kernels;
+    use engines::kernels::Kernels;
     let dev = Device::Cpu;
     let varmap = VarMap::new();
     // Head size 64 (the kernels' smallest), two query heads per KV head.

@@ -1,10 +1,10 @@
 //! The local engine's scheduler on a tiny Phi-3 model: continuous batching gives each request the
 //! same completion as running it alone, seeds make sampling reproducible, and limits are kept.
 
-use agents::engine::{ChatRequest, Engine, EngineError, FinishReason, Message, Sampling};
-use agents::local::LocalEngine;
-use agents::phi3::Model;
-use agents::tokenizer::Codec;
+use engines::engine::{ChatRequest, Engine, EngineError, FinishReason, Message, Sampling};
+use engines::local::LocalEngine;
+use engines::phi3::Model;
+use engines::tokenizer::Codec;
 use candle_core::{DType, Device};
 use std::sync::Arc;
 
@@ -89,7 +89,7 @@ fn continuous_batching_gives_each_request_its_own_completion() {
         assert_eq!(
             got.prompt_tokens as usize,
             Bytes
-                .encode(&agents::engine::phi4_prompt(&r.messages))
+                .encode(&engines::engine::phi4_prompt(&r.messages))
                 .unwrap()
                 .len()
         );
@@ -147,7 +147,7 @@ fn prompts_fed_in_chunks_and_small_prefill_passes_change_nothing() {
         .collect();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/phi3-tiny");
     let model = Model::load(&dir, DType::F32, &Device::Cpu, 4, 512).unwrap();
-    let limits = agents::local::Limits {
+    let limits = engines::local::Limits {
         prefill_tokens: 16,
         prefill_chunk: 7,
     };

@@ -17,7 +17,7 @@ mod cuda {
             .arg("-std=c++17")
             .arg("-O3")
             .build_ptx()
-            .unwrap_or_else(|e| panic!("compiling agents/kernels/decode.cu with nvcc: {e}"));
+            .unwrap_or_else(|e| panic!("compiling engines/kernels/decode.cu with nvcc: {e}"));
         ptx.write(out.join("ptx.rs"))
             .unwrap_or_else(|e| panic!("writing the PTX index: {e}"));
     }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Makes the golden data of agents/tests/phi3.rs once, with Hugging Face transformers' own
+"""Makes the golden data of engines/tests/phi3.rs once, with Hugging Face transformers' own
 Phi3ForCausalLM: a tiny random Phi-3-architecture model saved as a Hugging Face folder
 (config.json + model.safetensors) and its logits for one token sequence at several lengths (past
 position 256, where bf16 RoPE tables go wrong).

@@ -2,9 +2,9 @@
 //! small random model and prompts, in one run. Greedy decoding, tokens per second of generated
 //! tokens (prefill included in the time), at batch 1 and 16.
 //!
-//! `cargo bench -p agents --bench phi3_cpu` (figures go to docs/performance.md).
+//! `cargo bench -p engines --bench phi3_cpu` (figures go to docs/performance.md).
 
-use agents::phi3::{Config, Model};
+use engines::phi3::{Config, Model};
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::phi3 as reference;
