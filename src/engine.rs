@@ -135,8 +135,9 @@ pub(crate) struct GenerateArgs {
 }
 
 pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
+    use engines::config::{EngineConfig, LocalConfig};
     use engines::generate::{generate, read_prompts, Prompt};
-    use engines::openai::{OpenAiConfig, OpenAiEngine};
+    use engines::openai::OpenAiConfig;
     let prompts = match (&a.prompt, &a.input) {
         (Some(p), None) => {
             let mut messages = Vec::new();
@@ -152,17 +153,23 @@ pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
         (None, Some(path)) => read_prompts(path, a.system.as_deref())?,
         _ => anyhow::bail!("give --prompt TEXT or --input FILE.jsonl"),
     };
-    let engine: Box<dyn engines::engine::Engine> = match &a.model_dir {
-        Some(dir) => Box::new(local_engine(dir, a.concurrency.clamp(1, 64), a.context)?.0),
-        None => Box::new(OpenAiEngine::new(OpenAiConfig {
+    // The flags make the same configuration a recipe's `engines.NAME` holds.
+    let config = match &a.model_dir {
+        Some(dir) => EngineConfig::Local(LocalConfig {
+            slots: a.concurrency.clamp(1, 64),
+            context: a.context,
+            ..LocalConfig::new(&dir.to_string_lossy())
+        }),
+        None => EngineConfig::Openai(OpenAiConfig {
             endpoints: a.endpoint.clone(),
             api_key_env: a.api_key_env.clone(),
             max_concurrency: a.concurrency,
             timeout_s: a.timeout,
             max_retries: a.retries,
-            ..OpenAiConfig::new(&a.endpoint[0], a.model.as_deref().unwrap_or("default"))
-        })?),
+            ..OpenAiConfig::new("", a.model.as_deref().unwrap_or("default"))
+        }),
     };
+    let engine = config.build()?;
     let sampling = engines::engine::Sampling {
         temperature: a.temperature,
         top_p: a.top_p,
@@ -227,7 +234,7 @@ pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
             .context("--device cuda (is this binary built with `--features cuda`?)")?,
     };
     let dtype = match a.dtype {
-        DTypeArg::Auto => model_dtype(&device),
+        DTypeArg::Auto => engines::config::default_dtype(&device),
         DTypeArg::F32 => candle_core::DType::F32,
         DTypeArg::Bf16 => candle_core::DType::BF16,
         DTypeArg::F16 => candle_core::DType::F16,
@@ -237,8 +244,8 @@ pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let (mut model, codec): (_, Box<dyn engines::tokenizer::Codec>) = match &a.model_dir {
         Some(spec) => {
-            let (model, codec, _) = load_model(spec, &device, dtype, slots, context)?;
-            (model, codec)
+            let m = engines::config::load_model(spec, &device, dtype, slots, context)?;
+            (m.model, m.codec)
         }
         None => {
             let mut cfg = match a.shape {
@@ -255,8 +262,8 @@ pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
     };
     let cfg = model.config().clone();
     if let Some(spec) = &a.kernels {
-        let k =
-            engines::kernels::Kernels::parse(spec).map_err(|e| anyhow::anyhow!("--kernels: {e}"))?;
+        let k = engines::kernels::Kernels::parse(spec)
+            .map_err(|e| anyhow::anyhow!("--kernels: {e}"))?;
         model
             .set_kernels(k.any().then_some(k))
             .context("--kernels")?;
@@ -362,72 +369,18 @@ fn check_kernels(
     Ok(())
 }
 
-/// bf16 on a GPU, f32 on the CPU.
-fn model_dtype(device: &candle_core::Device) -> candle_core::DType {
-    if device.is_cpu() {
-        candle_core::DType::F32
-    } else {
-        candle_core::DType::BF16
-    }
-}
-
-/// The local engine on a model folder (bf16 on a GPU, f32 on the CPU), and the model's name.
+/// The local engine on `spec` (see [`engines::config::LocalConfig::model`]) as `serve` runs it,
+/// and the model's name.
 pub(crate) fn local_engine(
     spec: &Path,
     slots: usize,
     context: usize,
 ) -> Result<(engines::local::LocalEngine, String)> {
     let device = engines::local::default_device();
-    let (model, codec, name) = load_model(spec, &device, model_dtype(&device), slots, context)?;
+    let dtype = engines::config::default_dtype(&device);
+    let m = engines::config::load_model(spec, &device, dtype, slots, context)?;
     Ok((
-        engines::local::LocalEngine::new(model, codec.into(), &name),
-        name,
+        engines::local::LocalEngine::new(m.model, m.codec.into(), &m.name),
+        m.name,
     ))
-}
-
-/// The model `--model-dir` names (see [`model_path`]) with a cache of `slots` × `context`, its
-/// tokenizer, and its name.
-fn load_model(
-    spec: &Path,
-    device: &candle_core::Device,
-    dtype: candle_core::DType,
-    slots: usize,
-    context: usize,
-) -> Result<(
-    engines::phi3::Model,
-    Box<dyn engines::tokenizer::Codec>,
-    String,
-)> {
-    let (dir, name) = model_path(spec)?;
-    let dir = dir.as_path();
-    // A .gguf file (quantized, for CPU use) or a Hugging Face folder; the tokenizer.json beside a
-    // GGUF file, or in the folder, else Phi-4's own.
-    let gguf = dir.extension().is_some_and(|e| e == "gguf");
-    let model = if gguf {
-        engines::phi3::Model::from_gguf(dir, device, slots.max(1), context)
-    } else {
-        engines::phi3::Model::load(dir, dtype, device, slots.max(1), context)
-    }
-    .with_context(|| format!("loading the model in {}", dir.display()))?;
-    let codec = engines::tokenizer::for_model(if gguf {
-        dir.parent().unwrap_or(Path::new("."))
-    } else {
-        dir
-    })?;
-    Ok((model, codec, name))
-}
-
-/// `--model-dir`: a folder or .gguf file, or a repository id (`owner/name[@revision]`) in the
-/// local Hugging Face cache; and the model's name (the file's or folder's, or the id).
-fn model_path(spec: &Path) -> Result<(PathBuf, String)> {
-    let text = spec.to_string_lossy();
-    let path = engines::hub::resolve(&text)?;
-    let name = if spec.exists() {
-        spec.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "local".into())
-    } else {
-        text.split('@').next().unwrap_or(&text).to_string()
-    };
-    Ok((path, name))
 }

@@ -4,10 +4,10 @@
 //!
 //! `cargo bench -p engines --bench phi3_cpu` (figures go to docs/performance.md).
 
-use engines::phi3::{Config, Model};
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::phi3 as reference;
+use engines::phi3::{Config, Model};
 use std::time::Instant;
 
 const PROMPT: usize = 64;

@@ -1,5 +1,7 @@
 //! LLM engines behind one interface, for the generation stages.
 //!
+//! - [`config`]: one engine's settings as a recipe or `phiforge generate` declares them, checked,
+//!   with the identity that goes into fingerprints, and the engine built from them;
 //! - [`engine`]: the [`Engine`](engine::Engine) trait (batches of chat requests in, completions
 //!   with finish reason, token counts and optional log-probabilities out; async), and Phi-4's chat
 //!   format;
@@ -32,6 +34,7 @@
 //! ```
 
 pub mod bench;
+pub mod config;
 pub mod engine;
 pub mod generate;
 #[cfg(feature = "cuda")]

@@ -1,11 +1,11 @@
 //! The local engine's scheduler on a tiny Phi-3 model: continuous batching gives each request the
 //! same completion as running it alone, seeds make sampling reproducible, and limits are kept.
 
+use candle_core::{DType, Device};
 use engines::engine::{ChatRequest, Engine, EngineError, FinishReason, Message, Sampling};
 use engines::local::LocalEngine;
 use engines::phi3::Model;
 use engines::tokenizer::Codec;
-use candle_core::{DType, Device};
 use std::sync::Arc;
 
 /// A byte-level codec for the tiny model's 96-token vocabulary (a test fake: real models use

@@ -2,10 +2,10 @@
 //! logits must agree within f32 tolerance at short and long positions, unbatched and batched
 //! (prompts of different lengths together, and a new prompt joining a sequence mid-decode).
 
-use engines::phi3::{Config, Model};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::phi3 as reference;
+use engines::phi3::{Config, Model};
 
 fn config() -> serde_json::Value {
     serde_json::json!({

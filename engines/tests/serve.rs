@@ -1,11 +1,11 @@
 //! `phiforge serve` on loopback: the OpenAI-compatible backend talks to the local engine through
 //! it, and gets what the engine gives directly; streaming replies add up to the same text.
 
+use candle_core::{DType, Device};
 use engines::engine::{ChatRequest, Engine, Message, Sampling};
 use engines::local::LocalEngine;
 use engines::openai::{Api, OpenAiConfig, OpenAiEngine};
 use engines::phi3::Model;
-use candle_core::{DType, Device};
 use std::path::Path;
 
 fn local(slots: usize) -> LocalEngine {

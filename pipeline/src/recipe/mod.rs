@@ -93,7 +93,12 @@ impl Recipe {
             Some(v) => c.typed::<u64>("seed", v).unwrap_or_default(),
         };
         let sources: BTreeMap<String, Source> = c.map(&root, "sources");
-        let engines: BTreeMap<String, Engine> = c.map(&root, "engines");
+        let engines: BTreeMap<String, EngineConfig> = c.map(&root, "engines");
+        for (name, engine) in &engines {
+            for p in engine.problems() {
+                c.error(&format!("engines.{name}.{}", p.field), p.message);
+            }
+        }
         let mut stages = Vec::new();
         match top.get("stages") {
             None | Some(Value::Null) => {}
@@ -274,5 +279,46 @@ extra: 1
         assert!(text.contains("unknown input `ghost`"), "{text}");
         assert!(text.contains("`a` is listed twice"), "{text}");
         assert!(text.contains("unknown variant `shuffle`"), "{text}");
+    }
+
+    #[test]
+    fn engines_are_checked_where_they_are_declared() {
+        let recipe = r#"
+name: demo
+sources:
+  docs: {path: examples/corpus/python-docs.jsonl.gz, class: web}
+engines:
+  pool:
+    kind: openai
+    model: phi-4
+    endpoints: []
+    api_key_env: PHIFORGE_TEST_KEY_THAT_IS_NOT_SET
+  here:
+    kind: local
+    model: microsoft/phi-4
+    device: tpu
+  odd:
+    kind: mainframe
+  fine:
+    kind: openai
+    model: phi-4
+    endpoints: [http://127.0.0.1:8000/v1]
+output: {path: out/x}
+"#;
+        let d = parse(recipe).unwrap_err().0;
+        let got: Vec<(usize, &str)> = d.iter().map(|d| (d.line, d.path.as_str())).collect();
+        let want = [
+            (9, "engines.pool.endpoints"),
+            (10, "engines.pool.api_key_env"),
+            (14, "engines.here.device"),
+            (16, "engines.odd.kind"),
+        ];
+        assert_eq!(got, want, "{}", Diagnostics(d.clone()));
+        let text = Diagnostics(d).to_string();
+        assert!(
+            text.contains("`PHIFORGE_TEST_KEY_THAT_IS_NOT_SET` is not set"),
+            "{text}"
+        );
+        assert!(text.contains("unknown device `tpu`"), "{text}");
     }
 }

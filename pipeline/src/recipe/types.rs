@@ -43,27 +43,8 @@ fn default_id_field() -> String {
     "id".into()
 }
 
-/// An LLM engine, used by the generation stages.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Engine {
-    /// Any OpenAI-compatible server (vLLM, SGLang, llama.cpp).
-    Openai {
-        model: String,
-        endpoints: Vec<String>,
-        /// Name of the environment variable holding the API key (never the key itself).
-        #[serde(default)]
-        api_key_env: Option<String>,
-        #[serde(default)]
-        max_concurrency: Option<u32>,
-    },
-    /// The built-in candle engine on a local model folder or GGUF file.
-    Local {
-        model: String,
-        #[serde(default)]
-        device: Option<String>,
-    },
-}
+/// An LLM engine, used by the generation stages: the same settings `phiforge generate` takes.
+pub use engines::config::EngineConfig;
 
 /// Decontamination settings (the defaults are the `dedup` crate's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -316,7 +297,7 @@ pub struct Recipe {
     pub name: String,
     pub seed: u64,
     pub sources: BTreeMap<String, Source>,
-    pub engines: BTreeMap<String, Engine>,
+    pub engines: BTreeMap<String, EngineConfig>,
     pub stages: Vec<StageConfig>,
     pub decontaminate: DecontaminateConfig,
     pub mix: MixConfig,
