@@ -38,7 +38,7 @@ pub struct Sampling {
     /// before then (vLLM's `min_tokens`; benchmarks use it to fix the length).
     #[serde(default)]
     pub min_tokens: u32,
-    /// Same seed, request, engine and weights: same output.
+    /// Same seed, request, engine and weights: same output. `None`: a fresh seed per request.
     #[serde(default)]
     pub seed: Option<u64>,
     /// Return per-token log-probabilities.

@@ -157,7 +157,8 @@ fn schedule(model: Model, codec: Arc<dyn Codec>, rx: mpsc::Receiver<Vec<Job>>, l
                 let Some(job) = waiting.pop_front() else {
                     break;
                 };
-                let seed = job.sampling.seed.unwrap_or(0);
+                // An unseeded request gets a fresh seed: two of them sample differently.
+                let seed = job.sampling.seed.unwrap_or_else(|| fastrand::u64(..));
                 active.push(Active {
                     pending: job.prompt.clone(),
                     len: 0,

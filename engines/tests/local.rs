@@ -119,6 +119,16 @@ fn seeded_sampling_is_reproducible_and_limits_hold() {
     if a.finish_reason == FinishReason::Length {
         assert_eq!(a.completion_tokens, 24);
     }
+    // Unseeded requests at temperature 1 are not all the same draw (they once all used seed 0).
+    let mut unseeded = request(2, 1.0, 24, 0);
+    unseeded.sampling.seed = None;
+    let texts: Vec<String> = (0..5)
+        .map(|_| runtime.block_on(e.complete(&unseeded)).unwrap().text)
+        .collect();
+    assert!(
+        texts.iter().any(|t| t != &texts[0]),
+        "five unseeded requests gave the same text: {texts:?}"
+    );
     // Log-probabilities on request.
     let mut lp = request(1, 0.0, 5, 1);
     lp.sampling.logprobs = true;
