@@ -3,10 +3,13 @@
 //! - `/v1/chat/completions`, or `/v1/completions` with Phi-4's chat format rendered into the prompt;
 //! - one or many endpoints: requests go round-robin, and an endpoint that just failed is skipped
 //!   until its back-off ends (unless all are failing);
-//! - a concurrency limit, and requests-per-minute and tokens-per-minute limits (token buckets);
+//! - a concurrency limit, held only while an attempt is in flight (never through a back-off), and
+//!   requests-per-minute and tokens-per-minute limits (token buckets) charged for every attempt;
 //! - retries with exponential back-off and jitter on 429, 5xx, timeouts, dropped connections and
-//!   malformed replies, waiting at least what `Retry-After` asks; other errors fail at once;
-//! - a request timeout;
+//!   malformed replies, waiting at least what `Retry-After` asks (seconds or an HTTP date); a
+//!   retry goes at once to another endpoint that is up, and waits only when none is; other errors
+//!   fail at once;
+//! - a request timeout (`inf`: none);
 //! - the API key is read from the environment variable the configuration names, sent only in the
 //!   `Authorization` header, and never logged, reported or stored.
 
@@ -172,9 +175,12 @@ impl OpenAiEngine {
                 ))
             })?),
         };
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs_f64(cfg.timeout_s))
-            .pool_max_idle_per_host(cfg.max_concurrency)
+        let mut client = reqwest::Client::builder().pool_max_idle_per_host(cfg.max_concurrency);
+        // `inf`: no timeout.
+        if let Ok(timeout) = Duration::try_from_secs_f64(cfg.timeout_s) {
+            client = client.timeout(timeout);
+        }
+        let client = client
             .build()
             .map_err(|e| EngineError::Config(format!("HTTP client: {e}")))?;
         Ok(OpenAiEngine {
@@ -189,7 +195,8 @@ impl OpenAiEngine {
         })
     }
 
-    /// The next endpoint round-robin, skipping ones in back-off unless all are.
+    /// The next endpoint round-robin, skipping ones in back-off unless all are (then the one back
+    /// soonest).
     fn pick(&self) -> usize {
         let n = self.cfg.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -197,23 +204,28 @@ impl OpenAiEngine {
         let mut soonest = (start % n, None::<Instant>);
         for k in 0..n {
             let i = (start + k) % n;
-            let until = self.down_until[i].lock().map(|g| *g).unwrap_or(None);
-            match until {
-                Some(t) if t > now => {
+            match self.down(i, now) {
+                Some(t) => {
                     if soonest.1.is_none_or(|s| t < s) {
                         soonest = (i, Some(t));
                     }
                 }
-                _ => return i,
+                None => return i,
             }
         }
         soonest.0
     }
 
+    /// Until when endpoint `i` is in back-off, if it is at `now`.
+    fn down(&self, i: usize, now: Instant) -> Option<Instant> {
+        let until = self.down_until[i].lock().map(|g| *g).unwrap_or(None);
+        until.filter(|&t| t > now)
+    }
+
     fn backoff(&self, attempt: u32) -> Duration {
         let base = self.cfg.backoff_s * 2f64.powi(attempt.saturating_sub(1) as i32);
         let jitter = 0.5 + fastrand::f64();
-        Duration::from_secs_f64((base.min(self.cfg.backoff_max_s) * jitter).max(0.0))
+        Duration::from_secs_f64((base.min(self.cfg.backoff_max_s) * jitter).clamp(0.0, 3600.0))
     }
 
     fn body(&self, req: &ChatRequest) -> Value {
@@ -280,8 +292,7 @@ impl OpenAiEngine {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)));
+            .and_then(retry_after);
         let text = reply
             .text()
             .await
@@ -331,24 +342,29 @@ impl OpenAiEngine {
     }
 
     async fn complete_one(&self, req: &ChatRequest) -> Result<Completion, EngineError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| EngineError::Config("engine shut down".into()))?;
-        if let Some(b) = &self.rpm {
-            b.take(1.0).await;
-        }
-        if let Some(b) = &self.tpm {
-            let prompt: usize = req.messages.iter().map(|m| m.content.len()).sum();
-            b.take((prompt / 4) as f64 + req.sampling.max_tokens as f64)
-                .await;
-        }
         let mut attempt = 0;
         loop {
             let i = self.pick();
             let endpoint = &self.cfg.endpoints[i];
-            match self.send(endpoint, req).await {
+            let sent = {
+                // Every attempt is charged to the rate limits: a retry costs the server again.
+                if let Some(b) = &self.rpm {
+                    b.take(1.0).await;
+                }
+                if let Some(b) = &self.tpm {
+                    let prompt: usize = req.messages.iter().map(|m| m.content.len()).sum();
+                    b.take((prompt / 4) as f64 + req.sampling.max_tokens as f64)
+                        .await;
+                }
+                // The permit is held for the attempt only, never through a back-off.
+                let _permit = self
+                    .permits
+                    .acquire()
+                    .await
+                    .map_err(|_| EngineError::Config("engine shut down".into()))?;
+                self.send(endpoint, req).await
+            };
+            match sent {
                 Ok(c) => {
                     if let Ok(mut g) = self.down_until[i].lock() {
                         *g = None;
@@ -367,15 +383,42 @@ impl OpenAiEngine {
                         });
                     }
                     let wait = self.backoff(attempt).max(retry_after.unwrap_or_default());
+                    let now = Instant::now();
                     if let Ok(mut g) = self.down_until[i].lock() {
-                        *g = Some(Instant::now() + wait);
+                        *g = Some(now + wait);
                     }
-                    tracing::warn!(attempt, wait_s = wait.as_secs_f64(), "retrying: {e}");
-                    tokio::time::sleep(wait).await;
+                    // Another endpoint that is up takes the retry at once; with none up, this
+                    // request waits out its back-off.
+                    let other_up = (0..self.cfg.endpoints.len())
+                        .any(|j| j != i && self.down(j, now).is_none());
+                    tracing::warn!(
+                        attempt,
+                        wait_s = if other_up { 0.0 } else { wait.as_secs_f64() },
+                        "retrying: {e}"
+                    );
+                    if !other_up {
+                        tokio::time::sleep(wait).await;
+                    }
                 }
             }
         }
     }
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date (RFC 9110), as a wait of at most an hour.
+fn retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let seconds = match v.parse::<f64>() {
+        Ok(s) if s.is_finite() => s,
+        Ok(_) => return None,
+        Err(_) => {
+            let at = httpdate::parse_http_date(v).ok()?;
+            at.duration_since(std::time::SystemTime::now())
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        }
+    };
+    Some(Duration::from_secs_f64(seconds.clamp(0.0, 3600.0)))
 }
 
 /// Reads a chat or completions reply.

@@ -1,7 +1,7 @@
 //! A fault-injecting OpenAI-compatible server on 127.0.0.1, for tests (feature `test-server`).
 //!
 //! Each request gets the [`Fault`] a plan gives for its number: a normal reply, 429 with
-//! `Retry-After`, 500, a reply slower than the client's timeout, a connection cut before any reply,
+//! `Retry-After` (seconds or an HTTP date), 500, a reply slower than the client's timeout, a connection cut before any reply,
 //! or a 200 whose body is not JSON. A normal reply echoes the last message, so tests can check
 //! which request it answers. The server serves until dropped.
 
@@ -16,7 +16,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fault {
     Ok,
-    TooManyRequests { retry_after_s: u32 },
+    TooManyRequests {
+        retry_after_s: u32,
+    },
+    /// 429 with `Retry-After` as an HTTP date this many seconds from now.
+    TooManyRequestsUntil {
+        seconds_from_now: u64,
+    },
     ServerError,
     Slow(Duration),
     Cut,
@@ -157,6 +163,16 @@ async fn serve(
         Fault::TooManyRequests { retry_after_s } => (
             429,
             format!("Retry-After: {retry_after_s}\r\n"),
+            r#"{"error":"rate limited"}"#.to_string(),
+        ),
+        Fault::TooManyRequestsUntil { seconds_from_now } => (
+            429,
+            format!(
+                "Retry-After: {}\r\n",
+                httpdate::fmt_http_date(
+                    std::time::SystemTime::now() + Duration::from_secs(seconds_from_now)
+                )
+            ),
             r#"{"error":"rate limited"}"#.to_string(),
         ),
         Fault::ServerError => (500, String::new(), r#"{"error":"boom"}"#.to_string()),

@@ -122,6 +122,120 @@ fn retry_after_is_honoured() {
 }
 
 #[test]
+fn retry_after_as_an_http_date_is_honoured() {
+    let server = FaultServer::start(|n| {
+        if n == 0 {
+            Fault::TooManyRequestsUntil {
+                seconds_from_now: 2,
+            }
+        } else {
+            Fault::Ok
+        }
+    })
+    .unwrap();
+    let engine = OpenAiEngine::new(fast(&server.url())).unwrap();
+    let t = Instant::now();
+    rt().block_on(engine.complete(&request(0))).unwrap();
+    // The date has whole seconds: two seconds from now is a wait of more than one.
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "retried after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(server.requests(), 2);
+}
+
+#[test]
+fn a_request_in_back_off_holds_no_concurrency_permit() {
+    let server = FaultServer::start(|n| {
+        if n == 0 {
+            Fault::TooManyRequests { retry_after_s: 2 }
+        } else {
+            Fault::Ok
+        }
+    })
+    .unwrap();
+    let engine = OpenAiEngine::new(OpenAiConfig {
+        max_concurrency: 1,
+        ..fast(&server.url())
+    })
+    .unwrap();
+    rt().block_on(async {
+        let t = Instant::now();
+        let r0 = request(0);
+        let first = engine.complete(&r0);
+        let second = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let r = engine.complete(&request(1)).await;
+            (r, t.elapsed())
+        };
+        let (a, (b, b_done)) = tokio::join!(first, second);
+        assert_eq!(a.unwrap().text, "echo: question 0");
+        assert_eq!(b.unwrap().text, "echo: question 1");
+        // The second ran while the first waited out its two seconds, with the only permit free.
+        assert!(
+            b_done < Duration::from_millis(1500),
+            "second done after {b_done:?}"
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(1900),
+            "{:?}",
+            t.elapsed()
+        );
+    });
+}
+
+#[test]
+fn every_attempt_is_charged_to_the_rate_limit() {
+    // 30 requests a minute: a bucket of 30, then one every two seconds. The first 30 attempts
+    // fail, so the 31st waits for the bucket even though it is the same request.
+    let server = FaultServer::start(|n| {
+        if n < 30 {
+            Fault::ServerError
+        } else {
+            Fault::Ok
+        }
+    })
+    .unwrap();
+    let engine = OpenAiEngine::new(OpenAiConfig {
+        requests_per_minute: Some(30),
+        backoff_s: 0.0,
+        backoff_max_s: 0.0,
+        max_retries: 40,
+        ..fast(&server.url())
+    })
+    .unwrap();
+    let t = Instant::now();
+    rt().block_on(engine.complete(&request(0))).unwrap();
+    assert_eq!(server.requests(), 31);
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn a_retry_goes_to_another_endpoint_at_once_and_no_timeout_is_allowed() {
+    let bad = FaultServer::start(|_| Fault::ServerError).unwrap();
+    let good = FaultServer::start(|_| Fault::Ok).unwrap();
+    let engine = OpenAiEngine::new(OpenAiConfig {
+        endpoints: vec![bad.url(), good.url()],
+        backoff_s: 5.0,
+        backoff_max_s: 5.0,
+        // `--timeout inf`: no timeout at all (it once panicked).
+        timeout_s: f64::INFINITY,
+        ..fast(&bad.url())
+    })
+    .unwrap();
+    let t = Instant::now();
+    let c = rt().block_on(engine.complete(&request(0))).unwrap();
+    assert_eq!(c.text, "echo: question 0");
+    assert_eq!((bad.requests(), good.requests()), (1, 1));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+#[test]
 fn load_is_spread_over_endpoints_and_a_failing_one_loses_nothing() {
     let runtime = rt();
     // Two working endpoints share the load evenly.
