@@ -95,6 +95,10 @@ enum Command {
         /// Context positions per sequence.
         #[arg(long, default_value_t = 4096)]
         context: usize,
+        /// Requests taken at once, generating or waiting for a slot (default: 4 x slots); past
+        /// it the server answers 429 with Retry-After instead of queueing without bound.
+        #[arg(long)]
+        max_pending: Option<usize>,
     },
     /// Measures the local engine: prefill and decode tokens/s per batch size, on a model folder
     /// or on random weights of Phi-4's shape made on the device; one JSON line per batch size
@@ -268,8 +272,10 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             slots,
             context,
+            max_pending,
         } => {
             let (engine, name) = local_engine(&model_dir, slots, context)?;
+            let max_pending = max_pending.unwrap_or(slots.saturating_mul(4)).max(1);
             let name = model_name.unwrap_or(name);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -277,7 +283,7 @@ fn run(cli: Cli) -> Result<()> {
                 .context("starting the async runtime")?;
             eprintln!("serving {name} on http://{listen}/v1");
             runtime
-                .block_on(engines::serve::serve(engine, &name, listen))
+                .block_on(engines::serve::serve(engine, &name, listen, max_pending))
                 .with_context(|| format!("serving on {listen}"))
         }
         Command::BenchEngine(a) => bench_engine(a),

@@ -5,7 +5,10 @@
 //!   with `stream: true` as server-sent events (`data: {chunk}` ... `data: [DONE]`);
 //! - `GET /v1/models`.
 //!
-//! Requests from all clients share the engine's continuous batching.
+//! Requests from all clients share the engine's continuous batching. At most `max_pending` are
+//! taken at once (being generated or waiting for a slot); past that the server answers 429 with
+//! `Retry-After: 1` at once, so a flood of clients queues on their side, with back-off, instead of
+//! in this process's memory.
 
 use crate::engine::{phi4_prompt, Completion, EngineError, FinishReason, Message, Sampling};
 use crate::local::LocalEngine;
@@ -24,6 +27,9 @@ struct App {
     engine: LocalEngine,
     model: String,
     next_id: AtomicU64,
+    /// One permit per request taken; none left means busy.
+    pending: Arc<tokio::sync::Semaphore>,
+    max_pending: usize,
 }
 
 /// An OpenAI request body (the fields this server reads; others are ignored).
@@ -96,12 +102,16 @@ fn finish(r: &FinishReason) -> &str {
     }
 }
 
-/// Builds the router for `engine`, answering as model `model`.
-pub fn router(engine: LocalEngine, model: &str) -> Router {
+/// Builds the router for `engine`, answering as model `model`, taking at most `max_pending`
+/// requests at once.
+pub fn router(engine: LocalEngine, model: &str, max_pending: usize) -> Router {
+    let max_pending = max_pending.max(1);
     let app = Arc::new(App {
         engine,
         model: model.to_string(),
         next_id: AtomicU64::new(1),
+        pending: Arc::new(tokio::sync::Semaphore::new(max_pending)),
+        max_pending,
     });
     Router::new()
         .route("/v1/models", get(models))
@@ -153,6 +163,21 @@ async fn respond(
     prompt: String,
     sampling: Sampling,
 ) -> Response {
+    // Held until the completion ends (in the streaming task when streaming).
+    let Ok(permit) = app.pending.clone().try_acquire_owned() else {
+        let mut busy = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "busy: {} requests are being served or wait for a slot; retry later",
+                app.max_pending
+            ),
+        );
+        busy.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return busy;
+    };
     let id = format!("cmpl-{}", app.next_id.fetch_add(1, Ordering::Relaxed));
     let model = app.model.clone();
     let object = if chat {
@@ -161,7 +186,9 @@ async fn respond(
         "text_completion"
     };
     if !stream {
-        return match app.engine.complete_text(&prompt, &sampling, None).await {
+        let completed = app.engine.complete_text(&prompt, &sampling, None).await;
+        drop(permit);
+        return match completed {
             Ok(c) => {
                 let choice = if chat {
                     json!({"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": finish(&c.finish_reason),
@@ -184,8 +211,11 @@ async fn respond(
     }
     // Streaming: deltas as they come, then the finish reason, then [DONE].
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let done =
-        tokio::spawn(async move { app.engine.complete_text(&prompt, &sampling, Some(tx)).await });
+    let done = tokio::spawn(async move {
+        let completed = app.engine.complete_text(&prompt, &sampling, Some(tx)).await;
+        drop(permit);
+        completed
+    });
     let chunk_object = if chat {
         "chat.completion.chunk"
     } else {
@@ -238,13 +268,14 @@ async fn respond(
     Sse::new(events).into_response()
 }
 
-/// Serves `engine` on `addr` until the process ends.
+/// Serves `engine` on `addr` until the process ends (see [`router`]).
 pub async fn serve(
     engine: LocalEngine,
     model: &str,
     addr: std::net::SocketAddr,
+    max_pending: usize,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("serving {model} on http://{}/v1", listener.local_addr()?);
-    axum::serve(listener, router(engine, model)).await
+    axum::serve(listener, router(engine, model, max_pending)).await
 }

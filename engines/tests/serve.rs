@@ -38,7 +38,7 @@ fn the_backend_gets_through_the_server_what_the_engine_gives() {
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, engines::serve::router(local(4), "phi3-tiny")).await });
+        tokio::spawn(async move { axum::serve(listener, engines::serve::router(local(4), "phi3-tiny", 64)).await });
 
         let direct = local(1);
         let client = OpenAiEngine::new(OpenAiConfig::new(&url, "phi3-tiny")).unwrap();
@@ -77,5 +77,33 @@ fn the_backend_gets_through_the_server_what_the_engine_gives() {
 
         let models: serde_json::Value = reqwest::get(format!("{url}/models")).await.unwrap().json().await.unwrap();
         assert_eq!(models["data"][0]["id"], "phi3-tiny");
+    });
+}
+
+#[test]
+fn past_its_bound_the_server_answers_429_at_once_and_clients_retry() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, engines::serve::router(local(2), "phi3-tiny", 2)).await });
+        // Eight at once against a bound of two: some are refused with Retry-After, none waits.
+        let body = |k: usize| serde_json::json!({"model": "phi3-tiny", "prompt": format!("Count to {k}."), "temperature": 0.0, "max_tokens": 40});
+        let http = reqwest::Client::new();
+        let replies = futures::future::join_all((0..8).map(|k| http.post(format!("{url}/completions")).json(&body(k)).send())).await;
+        let statuses: Vec<u16> = replies.iter().map(|r| r.as_ref().unwrap().status().as_u16()).collect();
+        assert!(statuses.iter().all(|&s| s == 200 || s == 429), "{statuses:?}");
+        assert!(statuses.contains(&429) && statuses.contains(&200), "{statuses:?}");
+        let busy = replies.iter().flatten().find(|r| r.status() == 429).unwrap();
+        assert_eq!(busy.headers()["retry-after"], "1");
+        // The OpenAI backend honours it: every request of a batch ends answered.
+        let client = OpenAiEngine::new(OpenAiConfig::new(&url, "phi3-tiny")).unwrap();
+        let requests: Vec<ChatRequest> = (0..6).map(request).collect();
+        for (k, r) in client.complete_batch(&requests).await.into_iter().enumerate() {
+            r.unwrap_or_else(|e| panic!("request {k}: {e}"));
+        }
     });
 }
