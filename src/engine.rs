@@ -180,6 +180,26 @@ pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
         seed: a.seed,
         logprobs: false,
     };
+    // Into a file: resume what an earlier run there left, and append as completions finish.
+    let total = prompts.len();
+    let mut prompts = prompts;
+    let mut out: Box<dyn std::io::Write> = match &a.output {
+        Some(path) => {
+            let done = engines::generate::resume(path, &engine.identity(), &sampling)?;
+            prompts.retain(|p| !done.contains(&p.id));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            Box::new(std::io::BufWriter::new(file))
+        }
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let resumed = total - prompts.len();
+    if resumed > 0 {
+        eprintln!("{resumed} of {total} prompts already have a completion in the output; running the other {}", prompts.len());
+    }
     let bar = ProgressBar::new(prompts.len() as u64).with_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} completions",
@@ -190,20 +210,11 @@ pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let mut body = Vec::new();
-    let summary = runtime.block_on(generate(&*engine, &prompts, &sampling, &mut body, &|| {
+    let summary = runtime.block_on(generate(&*engine, &prompts, &sampling, &mut *out, &|| {
         bar.inc(1)
     }))?;
     bar.finish_and_clear();
-    match &a.output {
-        Some(path) => {
-            corpus::atomic::write(path, &body)?;
-        }
-        None => {
-            use std::io::Write;
-            std::io::stdout().write_all(&body)?;
-        }
-    }
+    drop(out);
     eprintln!(
         "{} completed, {} failed; {} prompt and {} completion tokens in {:.1} s",
         summary.completed,
@@ -214,7 +225,7 @@ pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
     );
     if summary.failed > 0 {
         anyhow::bail!(
-            "{} of {} requests failed (each is in the output with its error)",
+            "{} of {} requests failed (each is in the output with its error; a rerun into the same file retries them)",
             summary.failed,
             prompts.len()
         );

@@ -36,7 +36,9 @@ fn prompts_in_completions_out_through_faults() {
         "--seed",
         "1",
     ]);
-    let out = read_jsonl(&dir.path("out.jsonl"));
+    // Lines come as requests finish; sorted by id here.
+    let mut out = read_jsonl(&dir.path("out.jsonl"));
+    out.sort_by_key(|l| l["id"].as_str().unwrap().to_string());
     let got: Vec<(String, String)> = out
         .iter()
         .map(|l| {
@@ -49,9 +51,9 @@ fn prompts_in_completions_out_through_faults() {
     assert_eq!(
         got,
         [
-            ("a", "echo: Name a prime."),
             ("2", "echo: Name a colour."),
-            ("3", "echo: Name a river.")
+            ("3", "echo: Name a river."),
+            ("a", "echo: Name a prime.")
         ]
         .map(|(a, b)| (a.to_string(), b.to_string()))
     );
@@ -70,6 +72,85 @@ fn prompts_in_completions_out_through_faults() {
     assert!(
         one.contains("\"completion\":\"echo: Hello there\""),
         "{one}"
+    );
+}
+
+#[test]
+fn an_interrupted_run_resumes_without_sending_a_finished_request_again() {
+    let server = FaultServer::start(|_| Fault::Ok).unwrap();
+    let url = server.url();
+    let dir = Dir::new();
+    let prompts: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| json!({"id": id, "prompt": format!("Say {id}.")}))
+        .collect();
+    // A first run finished two prompts, and was killed while writing a third line.
+    dir.write_jsonl("first.jsonl", &prompts[..2]);
+    let run = |input: &str, extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--endpoint",
+            &url,
+            "--model",
+            "m",
+            "--input",
+            input,
+            "-o",
+            "o.jsonl",
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+    };
+    let args = run("first.jsonl", &[]);
+    dir.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut cut = std::fs::read(dir.path("o.jsonl")).unwrap();
+    cut.extend_from_slice(b"{\"id\": \"c\", \"messages\": [{\"ro");
+    std::fs::write(dir.path("o.jsonl"), &cut).unwrap();
+    assert_eq!(server.requests(), 2);
+
+    dir.write_jsonl("all.jsonl", &prompts);
+    let args = run("all.jsonl", &[]);
+    let out = dir.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("2 of 4 prompts already have a completion"),
+        "{said}"
+    );
+    assert_eq!(server.requests(), 4, "only c and d were sent");
+    let mut ids: Vec<String> = read_jsonl(&dir.path("o.jsonl"))
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b", "c", "d"]);
+
+    // Other sampling settings are not mixed into the same file.
+    let args = run("all.jsonl", &["--temperature", "0.2"]);
+    let err = dir.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err.contains("o.jsonl: line 1: written with another engine or other sampling settings"),
+        "{err}"
+    );
+    assert_eq!(server.requests(), 4);
+
+    // Ids must be unique for a run to be resumable.
+    dir.write(
+        "dup.jsonl",
+        "{\"id\": \"a\", \"prompt\": \"x\"}\n{\"id\": \"a\", \"prompt\": \"y\"}\n",
+    );
+    let err = dir.fails(&[
+        "generate",
+        "--endpoint",
+        &url,
+        "--model",
+        "m",
+        "--input",
+        "dup.jsonl",
+    ]);
+    assert!(
+        err.contains("dup.jsonl: line 2: id `a` is already the id of line 1"),
+        "{err}"
     );
 }
 
@@ -100,6 +181,25 @@ fn failures_are_reported_not_lost() {
         "{}",
         out[0]
     );
+    // A rerun into the same file retries the failed prompts (the server works now) and leaves
+    // one line per prompt.
+    let good = FaultServer::start(|_| Fault::Ok).unwrap();
+    let good_url = good.url();
+    dir.ok(&[
+        "generate",
+        "--endpoint",
+        &good_url,
+        "--model",
+        "m",
+        "--input",
+        "p.jsonl",
+        "-o",
+        "o.jsonl",
+    ]);
+    let out = read_jsonl(&dir.path("o.jsonl"));
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(out.iter().all(|l| l.get("error").is_none()), "{out:?}");
+    assert_eq!(good.requests(), 2);
 
     dir.write(
         "bad.jsonl",
@@ -145,7 +245,12 @@ fn the_local_engine_generates_from_a_model_folder() {
         "0",
     ];
     dir.ok(&args);
-    let first = std::fs::read(dir.path("o.jsonl")).unwrap();
+    fn by_id(path: &std::path::Path) -> Vec<serde_json::Value> {
+        let mut lines = read_jsonl(path);
+        lines.sort_by_key(|l| l["id"].as_str().unwrap().to_string());
+        lines
+    }
+    let first = by_id(&dir.path("o.jsonl"));
     let out = read_jsonl(&dir.path("o.jsonl"));
     assert_eq!(out.len(), 2);
     assert_eq!(
@@ -154,8 +259,9 @@ fn the_local_engine_generates_from_a_model_folder() {
     );
     assert!(out[0]["completion_tokens"].as_u64().unwrap() >= 1);
     // Greedy decoding is deterministic.
+    std::fs::remove_file(dir.path("o.jsonl")).unwrap();
     dir.ok(&args);
-    assert_eq!(std::fs::read(dir.path("o.jsonl")).unwrap(), first);
+    assert_eq!(by_id(&dir.path("o.jsonl")), first);
 }
 
 #[test]
