@@ -138,6 +138,29 @@ pub struct Lineage {
     /// Quality signals (scores, rubric results) by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub quality: BTreeMap<String, f64>,
+    /// For generated samples: every model call behind the sample, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turns: Vec<Turn>,
+    /// For flows that iterate (self-revision): the rounds run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<u32>,
+}
+
+/// One model call behind a generated sample.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    /// The agent (role) that made the call: `rewriter`, `author`, `critic`, ...
+    pub agent: String,
+    /// The engine's name in the recipe, and the model it served.
+    pub engine: String,
+    pub model: String,
+    /// xxh3-128 of the request (messages and sampling), as 32 hex digits.
+    pub prompt_hash: String,
+    pub seed: u64,
+    pub round: u32,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub finish_reason: String,
 }
 
 /// A document's place in a source.

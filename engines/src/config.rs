@@ -146,7 +146,7 @@ impl EngineConfig {
                 if c.max_concurrency == 0 {
                     bad("max_concurrency", "must be at least 1".into());
                 }
-                if !(c.timeout_s > 0.0) {
+                if c.timeout_s.is_nan() || c.timeout_s <= 0.0 {
                     bad("timeout_s", "must be more than 0".into());
                 }
             }

@@ -30,7 +30,10 @@ pub enum Fault {
     BadRequest,
 }
 
-type Plan = Arc<dyn Fn(usize) -> Fault + Send + Sync>;
+/// A scripted reply: this text as the completion, or a fault.
+pub type Answer = Result<String, Fault>;
+
+type Plan = Arc<dyn Fn(usize, &Value) -> Answer + Send + Sync>;
 
 /// A running server; stops when dropped.
 pub struct FaultServer {
@@ -46,13 +49,23 @@ impl FaultServer {
     pub fn start(
         plan: impl Fn(usize) -> Fault + Send + Sync + 'static,
     ) -> std::io::Result<FaultServer> {
+        FaultServer::scripted(move |n, _| Err(plan(n)))
+    }
+
+    /// Starts a server whose replies a script writes: `script(n, body)` sees request `n`'s JSON
+    /// body and answers a completion text, or a [`Fault`] (`Fault::Ok` echoes as [`start`] does).
+    ///
+    /// [`start`]: FaultServer::start
+    pub fn scripted(
+        script: impl Fn(usize, &Value) -> Answer + Send + Sync + 'static,
+    ) -> std::io::Result<FaultServer> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicUsize::new(0));
         let authorization = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let plan: Plan = Arc::new(plan);
+        let plan: Plan = Arc::new(script);
         let (r, a) = (requests.clone(), authorization.clone());
         let thread = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -158,7 +171,21 @@ async fn serve(
     }
     let body: Value = serde_json::from_slice(&buf[head_end..]).unwrap_or(Value::Null);
     let n = requests.fetch_add(1, Ordering::SeqCst);
-    let (status, extra, text) = match plan(n) {
+    let fault = match plan(n, &body) {
+        Ok(text) => {
+            let response = reply_with(&body, text);
+            let head = format!(
+                "HTTP/1.1 200 X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                response.len()
+            );
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+            return;
+        }
+        Err(f) => f,
+    };
+    let (status, extra, text) = match fault {
         Fault::Ok => (200, String::new(), reply(&body)),
         Fault::TooManyRequests { retry_after_s } => (
             429,
@@ -194,15 +221,24 @@ async fn serve(
 
 /// A completion echoing the request's last message (chat) or prompt (completions).
 fn reply(body: &Value) -> String {
-    let last = body
-        .get("messages")
+    let last = last_message(body);
+    reply_with(body, format!("echo: {last}"))
+}
+
+/// The request's last message (chat) or prompt (completions).
+pub fn last_message(body: &Value) -> &str {
+    body.get("messages")
         .and_then(Value::as_array)
         .and_then(|m| m.last())
         .and_then(|m| m.get("content"))
         .and_then(Value::as_str)
         .or_else(|| body.get("prompt").and_then(Value::as_str))
-        .unwrap_or("");
-    let text = format!("echo: {last}");
+        .unwrap_or("")
+}
+
+/// A completion of `text` for the request `body`.
+fn reply_with(body: &Value, text: String) -> String {
+    let last = last_message(body);
     let words = text.split_whitespace().count();
     let choice = if body.get("prompt").is_some() {
         json!({"index": 0, "text": text, "finish_reason": "stop"})

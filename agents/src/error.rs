@@ -1,0 +1,14 @@
+use std::path::PathBuf;
+
+/// Why a flow could not run (as opposed to a sample it dropped, which is an outcome).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {message}")]
+    Cache { path: PathBuf, message: String },
+    #[error("template `{name}`: {message}")]
+    Template { name: String, message: String },
+    #[error("{field}: {message}")]
+    Config { field: String, message: String },
+    #[error(transparent)]
+    Corpus(#[from] corpus::Error),
+}

@@ -1,0 +1,40 @@
+//! The generation flows: seeds (documents, code, questions) in, synthetic training samples out,
+//! over the engine trait of the `engines` crate (an OpenAI-compatible server or the local Phi
+//! model; flows never touch candle).
+//!
+//! - [`client`]: how a flow calls a model: through the [`cache`], with a seed derived from where
+//!   the call sits (recipe seed, sample, agent, round, attempt), and a lineage turn per call;
+//! - [`cache`]: the request cache, one append-only file per unit of work, flushed per reply, so a
+//!   killed build sends no finished request again and raw replies outlive their parsing;
+//! - [`web_rewrite`]: organic documents rewritten into textbook-like passages (the web-rewrite
+//!   class), with Nemotron-CC-style checks.
+//!
+//! Each flow turns one input into [`Generated`]: new samples with their lineage turns and quality
+//! signals, or a drop with its reason. The pipeline's stages run flows unit by unit.
+
+pub mod cache;
+pub mod client;
+mod error;
+pub mod web_rewrite;
+
+pub use error::Error;
+
+use corpus::sample::{Content, Turn};
+use std::collections::BTreeMap;
+
+/// What a flow made of one input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Generated {
+    Samples(Vec<Output>),
+    /// Nothing usable, for this reason (counted in the build's report).
+    Dropped(String),
+}
+
+/// One generated sample, before the pipeline gives it its id and lineage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub content: Content,
+    pub quality: BTreeMap<String, f64>,
+    pub turns: Vec<Turn>,
+    pub rounds: Option<u32>,
+}
