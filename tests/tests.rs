@@ -7,6 +7,7 @@ mod bad_input;
 mod build;
 mod build_units;
 mod decontaminate;
+mod flows;
 mod generate;
 mod planted;
 mod slurm;

@@ -281,6 +281,7 @@ pub(super) fn check_values(
     mix: &MixConfig,
     output: Option<&OutputConfig>,
     stages: &[(usize, StageConfig)],
+    engines: &[String],
     dir: &Path,
 ) {
     if let Err(e) = decont.settings().validate() {
@@ -298,6 +299,31 @@ pub(super) fn check_values(
                 let env = minijinja::Environment::new();
                 if let Err(e) = env.template_from_str(&t.template) {
                     c.error(&format!("stages[{i}].template"), format!("template: {e}"));
+                }
+            }
+            StageConfig::WebRewrite(w) => {
+                for key in w.unknown.keys() {
+                    c.error(
+                        &format!("stages[{i}].{key}"),
+                        format!("unknown field `{key}` of a web_rewrite stage"),
+                    );
+                }
+                if !engines.contains(&w.flow.engine) {
+                    c.error(
+                        &format!("stages[{i}].engine"),
+                        format!(
+                            "unknown engine `{}`; the recipe's `engines` declares: {}",
+                            w.flow.engine,
+                            if engines.is_empty() {
+                                "none".to_string()
+                            } else {
+                                engines.join(", ")
+                            }
+                        ),
+                    );
+                }
+                for (field, message) in w.flow.problems() {
+                    c.error(&format!("stages[{i}].{field}"), message);
                 }
             }
             StageConfig::DedupExact(_) => {}

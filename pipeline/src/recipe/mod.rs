@@ -135,7 +135,20 @@ impl Recipe {
         };
         check_names(&mut c, &source_names, &stages);
         check_stages(&mut c, &source_names, &stages);
-        check_values(&mut c, &decontaminate, &mix, output.as_ref(), &stages, dir);
+        // Engines are referred to by every declared name, even one that failed to parse.
+        let engine_names: Vec<String> = match top.get("engines") {
+            Some(Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        check_values(
+            &mut c,
+            &decontaminate,
+            &mix,
+            output.as_ref(),
+            &stages,
+            &engine_names,
+            dir,
+        );
         if !(execution.unit_mb.is_finite() && execution.unit_mb > 0.0) {
             c.error("execution.unit_mb", "must be more than 0");
         }

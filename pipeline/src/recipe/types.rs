@@ -256,6 +256,26 @@ pub struct TemplateStage {
     pub template: String,
 }
 
+/// Rewrites organic documents into textbook-like passages with an LLM (the `agents` crate's
+/// web-rewrite flow); its settings sit beside `name` and `inputs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebRewriteStage {
+    pub name: String,
+    pub inputs: Vec<String>,
+    /// The class of the rewrites (default `web_rewrite`).
+    #[serde(default = "web_rewrite_class")]
+    pub class: MixClass,
+    #[serde(flatten)]
+    pub flow: agents::web_rewrite::WebRewriteConfig,
+    /// Keys neither the stage nor the flow knows (reported as unknown fields).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
+}
+
+fn web_rewrite_class() -> MixClass {
+    MixClass::WebRewrite
+}
+
 /// A stage of the build, by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -263,6 +283,7 @@ pub enum StageConfig {
     DedupExact(DedupExactStage),
     Decontaminate(DecontaminateStage),
     Template(TemplateStage),
+    WebRewrite(WebRewriteStage),
 }
 
 impl StageConfig {
@@ -271,6 +292,7 @@ impl StageConfig {
             StageConfig::DedupExact(s) => &s.name,
             StageConfig::Decontaminate(s) => &s.name,
             StageConfig::Template(s) => &s.name,
+            StageConfig::WebRewrite(s) => &s.name,
         }
     }
 
@@ -279,6 +301,7 @@ impl StageConfig {
             StageConfig::DedupExact(s) => &s.inputs,
             StageConfig::Decontaminate(s) => &s.inputs,
             StageConfig::Template(s) => &s.inputs,
+            StageConfig::WebRewrite(s) => &s.inputs,
         }
     }
 
@@ -287,6 +310,7 @@ impl StageConfig {
             StageConfig::DedupExact(_) => "dedup_exact",
             StageConfig::Decontaminate(_) => "decontaminate",
             StageConfig::Template(_) => "template",
+            StageConfig::WebRewrite(_) => "web_rewrite",
         }
     }
 }

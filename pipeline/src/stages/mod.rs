@@ -17,6 +17,7 @@ pub mod dedup_exact;
 pub mod per_sample;
 pub mod source;
 pub mod template;
+pub mod web_rewrite;
 
 use crate::recipe::{Recipe, StageConfig};
 use crate::sample::Sample;
@@ -61,6 +62,31 @@ pub trait Stage: Send + Sync {
     fn prepare(&self) -> Result<()> {
         Ok(())
     }
+    /// Outcomes for a batch of one unit's inputs, in order. The default runs
+    /// [`Stage::process_batch`] on chunks across the cores; a stage that keeps state per unit
+    /// (generation's request cache) or runs its inputs concurrently itself overrides it.
+    fn process_unit(&self, unit: &UnitPlace, inputs: &[&Sample]) -> Result<Vec<Outcome>> {
+        let _ = unit;
+        use rayon::prelude::*;
+        Ok(inputs
+            .par_chunks(PROCESS_CHUNK)
+            .map(|c| self.process_batch(c))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+}
+
+/// Inputs handed to [`Stage::process_batch`] at once by the default [`Stage::process_unit`].
+const PROCESS_CHUNK: usize = 32;
+
+/// Where a unit runs: the output folder, and the unit's stage and slot (stable across changes of
+/// the stage's settings, unlike its key).
+pub struct UnitPlace<'a> {
+    pub root: &'a std::path::Path,
+    pub stage: &'a str,
+    pub slot: &'a str,
 }
 
 /// A node of the build, ready to run its units.
@@ -93,6 +119,9 @@ pub fn build(recipe: &Recipe, config: &StageConfig, fp: &str) -> Result<Runner> 
             Runner::PerSample(Box::new(decontaminate::Decontaminate::new(recipe, d)?))
         }
         StageConfig::Template(t) => Runner::PerSample(Box::new(template::Template::new(t, fp)?)),
+        StageConfig::WebRewrite(w) => {
+            Runner::PerSample(Box::new(web_rewrite::WebRewrite::new(recipe, w, fp)?))
+        }
     })
 }
 
@@ -114,6 +143,7 @@ pub fn stage_fingerprint(
         StageConfig::DedupExact(_) => json!({"version": DEDUP_EXACT_VERSION}),
         StageConfig::Decontaminate(d) => decontaminate::implementation(recipe, d)?,
         StageConfig::Template(t) => template::implementation(t),
+        StageConfig::WebRewrite(w) => web_rewrite::implementation(recipe, w),
     };
     Ok(fingerprint(&json!({
         "config": config,

@@ -7,18 +7,14 @@
 //! from that unit's output instead of running again: the same stage on the same input gives the
 //! same result. Memory holds one batch and, when reusing, the earlier unit's results.
 
-use super::{Kind, Outcome, Stage};
+use super::{Kind, Outcome, Stage, UnitPlace};
 use crate::sample::Sample;
 use crate::unit::{create_shard, finish_shard, Produced, UnitSpec};
 use crate::view::{decisions, View};
 use crate::{Error, Result};
 use corpus::shard::{FileInfo, Projection, ShardReader, ShardWriter};
-use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
-
-/// Inputs handed to [`Stage::process_batch`] at once.
-const CHUNK: usize = 32;
 
 /// One stored result row of a transform: a sample, or a drop.
 enum Row {
@@ -127,13 +123,12 @@ pub fn run(
             .copied()
             .filter(|s| !memo.as_ref().is_some_and(|m| m.has(&s.id)))
             .collect();
-        let computed: Vec<Outcome> = todo
-            .par_chunks(CHUNK)
-            .map(|c| stage.process_batch(c))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect();
+        let place = UnitPlace {
+            root,
+            stage: &spec.stage,
+            slot: &spec.slot,
+        };
+        let computed: Vec<Outcome> = stage.process_unit(&place, &todo)?;
         if computed.len() != todo.len() {
             return Err(Error::stage(
                 &spec.stage,

@@ -1,0 +1,167 @@
+//! Generation stages in real builds, against a scripted OpenAI-compatible server on loopback that
+//! counts the requests it answers.
+
+use crate::build::report;
+use crate::util::*;
+use engines::testing::{last_message, FaultServer};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// Replies "Rewritten passage: TEXT IN CAPITALS", one at a time, after `delay`; refuses documents
+/// that ask to be refused.
+fn rewriter(delay: Duration) -> FaultServer {
+    FaultServer::scripted(move |_, body| {
+        std::thread::sleep(delay);
+        let text = last_message(body).rsplit("Text:\n").next().unwrap_or("");
+        if text.contains("Please refuse") {
+            return Ok("I'm sorry, I can't rewrite this.".into());
+        }
+        Ok(format!("Rewritten passage: {}", text.to_uppercase()))
+    })
+    .unwrap()
+}
+
+fn recipe(url: &str, max_ratio: f64) -> String {
+    format!(
+        r#"name: rewrites
+seed: 11
+sources:
+  web: {{path: web.jsonl, class: web}}
+engines:
+  pool: {{kind: openai, model: test-model, endpoints: ["{url}"], max_concurrency: 4, backoff_s: 0.01}}
+stages:
+  - name: rewritten
+    type: web_rewrite
+    inputs: [web]
+    engine: pool
+    max_ratio: {max_ratio}
+output: {{path: out, format: jsonl}}
+"#
+    )
+}
+
+fn docs(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|k| {
+            let ask = if k % 10 == 3 { " Please refuse." } else { "" };
+            json!({"id": format!("d{k}"), "text": format!("Document {k} explains how river {k} floods each spring.{ask}")})
+        })
+        .collect()
+}
+
+/// The rewrite stage's record in a build report.
+fn rewritten(report: &Value) -> &Value {
+    report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "rewritten")
+        .unwrap()
+}
+
+fn rows(dir: &Dir) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for e in std::fs::read_dir(dir.path("out/rewritten")).unwrap() {
+        rows.extend(read_jsonl(&e.unwrap().path()));
+    }
+    rows.sort_by_key(|r| r["text"].as_str().unwrap().to_string());
+    rows
+}
+
+#[test]
+fn a_killed_rewrite_build_resumes_without_sending_a_finished_request_again() {
+    let n = 40;
+    // Each document is one request; a refused one is asked three times.
+    let work = n - n / 10 + 3 * (n / 10);
+    let server = rewriter(Duration::from_millis(15));
+    let dir = Dir::new();
+    dir.write("recipe.yaml", recipe(&server.url(), 3.0));
+    dir.write_jsonl("web.jsonl", &docs(n));
+    dir.ok(&["validate", "recipe.yaml"]);
+
+    // Killed once a quarter of the requests are answered.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_phiforge"))
+        .args(["build", "recipe.yaml"])
+        .current_dir(dir.path(""))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while server.requests() < work / 4 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = server.requests();
+    assert!(
+        at_kill < work,
+        "the build finished before the kill ({at_kill} requests)"
+    );
+
+    dir.ok(&["build", "recipe.yaml"]);
+    // Every request once, plus at most what was in flight when the build was killed (the
+    // engine's concurrency of 4).
+    let sent = server.requests();
+    assert!(
+        sent >= work && sent <= work + 4,
+        "{sent} requests for {work} (killed at {at_kill})"
+    );
+
+    let out = rows(&dir);
+    assert_eq!(out.len(), n - n / 10);
+    let first = &out[0];
+    assert_eq!(first["class"], "web_rewrite");
+    assert!(
+        first["text"].as_str().unwrap().starts_with("DOCUMENT "),
+        "{first}"
+    );
+    let r = report(&dir);
+    let stage = rewritten(&r);
+    assert_eq!(stage["dropped"]["refusal"], n as u64 / 10, "{stage}");
+
+    // Nothing changed: nothing is sent. A changed check reruns the stage from the cached replies.
+    dir.ok(&["build", "recipe.yaml"]);
+    assert_eq!(server.requests(), sent);
+    dir.write("recipe.yaml", recipe(&server.url(), 2.5));
+    dir.ok(&["build", "recipe.yaml"]);
+    assert_eq!(server.requests(), sent);
+    let r = report(&dir);
+    assert_eq!(rewritten(&r)["run"], n as u64, "{r}");
+    // The same rewrites (their lineage names the new fingerprint).
+    let texts = |rows: &[Value]| rows.iter().map(|r| r["text"].clone()).collect::<Vec<_>>();
+    assert_eq!(texts(&rows(&dir)), texts(&out));
+}
+
+#[test]
+fn rewrites_carry_their_turns_and_bad_stages_are_refused_where_they_are() {
+    let server = rewriter(Duration::ZERO);
+    let dir = Dir::new();
+    dir.write("recipe.yaml", recipe(&server.url(), 3.0));
+    dir.write_jsonl("web.jsonl", &docs(3));
+    dir.ok(&["build", "recipe.yaml"]);
+    let out = rows(&dir);
+    assert_eq!(out.len(), 3);
+    let lineage = &out[0]["lineage"];
+    assert_eq!(lineage["engine"], "pool");
+    assert_eq!(lineage["model"], "test-model");
+    assert_eq!(lineage["turns"][0]["agent"], "rewriter");
+    assert!(lineage["turns"][0]["seed"].as_u64().is_some(), "{lineage}");
+    assert!(
+        lineage["quality"]["length_ratio"].as_f64().is_some(),
+        "{lineage}"
+    );
+
+    let bad = recipe(&server.url(), 3.0).replace(
+        "engine: pool",
+        "engine: nowhere\n    colour: blue\n    min_ratio: 9",
+    );
+    dir.write("bad.yaml", bad);
+    let err = dir.fails(&["validate", "bad.yaml"]);
+    assert!(
+        err.contains("bad.yaml:13:") && err.contains("unknown engine `nowhere`"),
+        "{err}"
+    );
+    assert!(err.contains("unknown field `colour`"), "{err}");
+    assert!(err.contains("needs 0 <= min_ratio < max_ratio"), "{err}");
+}
