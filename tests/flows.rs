@@ -165,3 +165,41 @@ fn rewrites_carry_their_turns_and_bad_stages_are_refused_where_they_are() {
     assert!(err.contains("unknown field `colour`"), "{err}");
     assert!(err.contains("needs 0 <= min_ratio < max_ratio"), "{err}");
 }
+
+#[test]
+fn the_web_rewrite_example_builds_on_the_local_engine() {
+    let example = root().join("examples/web-rewrite.yaml");
+    let dir = Dir::new();
+    dir.ok(&["validate", example.to_str().unwrap()]);
+    // Built in a folder of its own: the same recipe with its paths made absolute.
+    let text = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace(
+            "corpus/doc-sections.jsonl",
+            root()
+                .join("examples/corpus/doc-sections.jsonl")
+                .to_str()
+                .unwrap(),
+        )
+        .replace(
+            "../engines/tests/data/phi3-tiny",
+            root()
+                .join("engines/tests/data/phi3-tiny")
+                .to_str()
+                .unwrap(),
+        )
+        .replace("../out/web-rewrite", "out");
+    dir.write("recipe.yaml", text);
+    dir.ok(&["build", "recipe.yaml"]);
+    let out = rows(&dir);
+    assert_eq!(out.len(), 4);
+    for r in &out {
+        let turn = &r["lineage"]["turns"][0];
+        assert_eq!(turn["model"], "phi3-tiny", "{r}");
+        let tokens = turn["completion_tokens"].as_u64().unwrap();
+        assert!((1..=48).contains(&tokens), "{r}");
+    }
+    // Rebuilt: nothing runs.
+    dir.ok(&["build", "recipe.yaml"]);
+    assert_eq!(rewritten(&report(&dir))["run"], 0);
+}

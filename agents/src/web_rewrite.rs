@@ -169,6 +169,11 @@ impl WebRewrite {
         })
     }
 
+    /// The engine the flow asks.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The prompt template's text (for fingerprints).
     pub fn prompt_text(config: &WebRewriteConfig) -> &str {
         config.prompt.as_deref().unwrap_or(DEFAULT_PROMPT)

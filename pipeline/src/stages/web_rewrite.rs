@@ -64,11 +64,19 @@ impl WebRewrite {
             .engines
             .get(&w.flow.engine)
             .ok_or_else(|| Error::stage(&w.name, format!("unknown engine `{}`", w.flow.engine)))?;
+        // A local model named by a path is found beside the recipe (as sources are).
+        let mut engine = engine.clone();
+        if let engines::config::EngineConfig::Local(l) = &mut engine {
+            let beside = recipe.resolve(&l.model);
+            if beside.exists() {
+                l.model = beside.to_string_lossy().into_owned();
+            }
+        }
         Ok(WebRewrite {
             stage: w.clone(),
             fp: fp.to_string(),
             prompt_hash: prompt_hash(w),
-            engine: engine.clone(),
+            engine,
             seed: recipe.seed,
             running: OnceLock::new(),
         })
@@ -138,7 +146,7 @@ impl Stage for WebRewrite {
                 .collect()
                 .await
         });
-        let model = flow_model(&self.engine);
+        let model = flow.client().identity().model.clone();
         generated
             .into_iter()
             .map(|(id, r)| {
@@ -172,11 +180,4 @@ impl Stage for WebRewrite {
             })
             .collect()
     }
-}
-
-fn flow_model(engine: &engines::config::EngineConfig) -> String {
-    engine.identity()["model"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
