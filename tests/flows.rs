@@ -203,3 +203,82 @@ fn the_web_rewrite_example_builds_on_the_local_engine() {
     dir.ok(&["build", "recipe.yaml"]);
     assert_eq!(rewritten(&report(&dir))["run"], 0);
 }
+
+#[test]
+fn a_self_revise_stage_keeps_drafts_that_pass_and_counts_the_rest() {
+    // The critic passes a draft once it has been revised, for documents that ask for it.
+    let server = FaultServer::scripted(|_, body| {
+        let messages = body["messages"].as_array().unwrap();
+        let first = messages[0]["content"].as_str().unwrap();
+        let last = last_message(body);
+        if last.starts_with("Review the response") {
+            let s = if first.contains("improvable") && last.contains("draft v2") { 9 } else { 4 };
+            return Ok(json!({"scores": {"correctness": s, "clarity": s, "completeness": s, "self_contained": s}, "feedback": "More steps."}).to_string());
+        }
+        let version = messages.iter().filter(|m| m["role"] == "assistant").count() + 1;
+        Ok(format!("A worked example, draft v{version}."))
+    })
+    .unwrap();
+    let dir = Dir::new();
+    let recipe = format!(
+        r#"name: revised
+sources:
+  seeds: {{path: seeds.jsonl, class: web}}
+engines:
+  author: {{kind: openai, model: test-model, endpoints: ["{}"]}}
+stages:
+  - name: revised
+    type: self_revise
+    inputs: [seeds]
+    engine: author
+    critic_engine: author
+    max_rounds: 3
+output: {{path: out, format: jsonl}}
+"#,
+        server.url()
+    );
+    dir.write("recipe.yaml", &recipe);
+    let seeds: Vec<Value> = (0..6)
+        .map(|k| {
+            let kind = if k % 2 == 0 { "improvable" } else { "hopeless" };
+            json!({"id": format!("s{k}"), "text": format!("Seed {k} is {kind}.")})
+        })
+        .collect();
+    dir.write_jsonl("seeds.jsonl", &seeds);
+    dir.ok(&["validate", "recipe.yaml"]);
+    dir.ok(&["build", "recipe.yaml"]);
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir.path("out/revised")).unwrap() {
+        out.extend(read_jsonl(&e.unwrap().path()));
+    }
+    assert_eq!(out.len(), 3);
+    for r in &out {
+        assert_eq!(r["class"], "synthetic");
+        assert_eq!(r["text"], "A worked example, draft v2.");
+        assert_eq!(r["lineage"]["rounds"], 2);
+        assert_eq!(r["lineage"]["quality"]["score"], 9.0);
+        assert_eq!(r["lineage"]["turns"].as_array().unwrap().len(), 4);
+    }
+    let r = report(&dir);
+    let stage = r["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "revised")
+        .unwrap();
+    assert_eq!(stage["dropped"]["below_threshold"], 3, "{stage}");
+    // Rebuilt: nothing is asked again.
+    let sent = server.requests();
+    dir.ok(&["build", "recipe.yaml"]);
+    assert_eq!(server.requests(), sent);
+
+    dir.write(
+        "bad.yaml",
+        recipe.replace("critic_engine: author", "critic_engine: judge"),
+    );
+    let err = dir.fails(&["validate", "bad.yaml"]);
+    assert!(
+        err.contains("stages[0].critic_engine") && err.contains("unknown engine `judge`"),
+        "{err}"
+    );
+}

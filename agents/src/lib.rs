@@ -7,7 +7,10 @@
 //! - [`cache`]: the request cache, one append-only file per unit of work, flushed per reply, so a
 //!   killed build sends no finished request again and raw replies outlive their parsing;
 //! - [`web_rewrite`]: organic documents rewritten into textbook-like passages (the web-rewrite
-//!   class), with Nemotron-CC-style checks.
+//!   class), with Nemotron-CC-style checks;
+//! - [`self_revision`]: draft, critique against a rubric (scores parsed per criterion), revise,
+//!   until the rubric passes, the score stops improving or rounds run out; the best draft is kept;
+//! - [`parse`]: reading structured replies (JSON with required fields, tagged sections, a regex).
 //!
 //! Each flow turns one input into [`Generated`]: new samples with their lineage turns and quality
 //! signals, or a drop with its reason. The pipeline's stages run flows unit by unit.
@@ -15,12 +18,29 @@
 pub mod cache;
 pub mod client;
 mod error;
+pub mod parse;
+pub mod self_revision;
 pub mod web_rewrite;
 
 pub use error::Error;
 
+use cache::RequestCache;
+use client::{CallError, Client};
 use corpus::sample::{Content, Turn};
+use futures::future::BoxFuture;
 use std::collections::BTreeMap;
+
+/// A generation flow: one input's content in, [`Generated`] out, asking through `cache`.
+pub trait Flow: Send + Sync {
+    fn run<'a>(
+        &'a self,
+        cache: &'a RequestCache,
+        id: &'a str,
+        input: &'a Content,
+    ) -> BoxFuture<'a, Result<Generated, CallError>>;
+    /// The engine the flow asks (named in lineage).
+    fn client(&self) -> &Client;
+}
 
 /// What a flow made of one input.
 #[derive(Debug, Clone, PartialEq)]

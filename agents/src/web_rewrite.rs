@@ -169,18 +169,13 @@ impl WebRewrite {
         })
     }
 
-    /// The engine the flow asks.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// The prompt template's text (for fingerprints).
     pub fn prompt_text(config: &WebRewriteConfig) -> &str {
         config.prompt.as_deref().unwrap_or(DEFAULT_PROMPT)
     }
 
     /// Rewrites the document `text` of sample `id`.
-    pub async fn run(
+    pub async fn rewrite(
         &self,
         cache: &RequestCache,
         id: &str,
@@ -257,6 +252,21 @@ impl WebRewrite {
             turns,
             rounds: None,
         }]))
+    }
+}
+
+impl crate::Flow for WebRewrite {
+    fn run<'a>(
+        &'a self,
+        cache: &'a RequestCache,
+        id: &'a str,
+        input: &'a Content,
+    ) -> futures::future::BoxFuture<'a, Result<Generated, CallError>> {
+        Box::pin(async move { self.rewrite(cache, id, &input.text()).await })
+    }
+
+    fn client(&self) -> &Client {
+        &self.client
     }
 }
 

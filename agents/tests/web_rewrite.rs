@@ -43,7 +43,7 @@ fn documents_are_rewritten_checked_and_cached() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let run = |id: &str, text: &str| {
         let cache = RequestCache::open(&dir.path().join("unit.jsonl")).unwrap();
-        rt.block_on(flow.run(&cache, id, text)).unwrap()
+        rt.block_on(flow.rewrite(&cache, id, text)).unwrap()
     };
 
     let Generated::Samples(out) = run("s1", "Ducks lay eggs. The shy duck lays 16 eggs a day.")
@@ -91,7 +91,7 @@ fn documents_are_rewritten_checked_and_cached() {
     let engine = OpenAiEngine::new(OpenAiConfig::new(&server.url(), "test-model")).unwrap();
     let other = WebRewrite::new(config(), Client::new("pool", Arc::new(engine)), 8).unwrap();
     let cache = RequestCache::open(&dir.path().join("unit.jsonl")).unwrap();
-    rt.block_on(other.run(&cache, "s1", "Ducks lay eggs."))
+    rt.block_on(other.rewrite(&cache, "s1", "Ducks lay eggs."))
         .unwrap();
     assert!(server.requests() > sent);
     assert!(seeds.lock().unwrap().len() >= server.requests() - 1);

@@ -302,29 +302,15 @@ pub(super) fn check_values(
                 }
             }
             StageConfig::WebRewrite(w) => {
-                for key in w.unknown.keys() {
-                    c.error(
-                        &format!("stages[{i}].{key}"),
-                        format!("unknown field `{key}` of a web_rewrite stage"),
-                    );
-                }
-                if !engines.contains(&w.flow.engine) {
-                    c.error(
-                        &format!("stages[{i}].engine"),
-                        format!(
-                            "unknown engine `{}`; the recipe's `engines` declares: {}",
-                            w.flow.engine,
-                            if engines.is_empty() {
-                                "none".to_string()
-                            } else {
-                                engines.join(", ")
-                            }
-                        ),
-                    );
-                }
-                for (field, message) in w.flow.problems() {
-                    c.error(&format!("stages[{i}].{field}"), message);
-                }
+                let refs = [("engine", Some(&w.flow.engine))];
+                check_flow(c, *i, &w.unknown, &refs, engines, w.flow.problems());
+            }
+            StageConfig::SelfRevise(w) => {
+                let refs = [
+                    ("engine", Some(&w.flow.engine)),
+                    ("critic_engine", w.flow.critic_engine.as_ref()),
+                ];
+                check_flow(c, *i, &w.unknown, &refs, engines, w.flow.problems());
             }
             StageConfig::DedupExact(_) => {}
         }
@@ -359,5 +345,39 @@ pub(super) fn check_values(
         if o.shards == 0 {
             c.error("output.shards", "must be at least 1");
         }
+    }
+}
+
+/// A generation stage's unknown keys, engine references and flow settings.
+fn check_flow(
+    c: &mut Checker,
+    i: usize,
+    unknown: &std::collections::BTreeMap<String, serde_json::Value>,
+    refs: &[(&str, Option<&String>)],
+    engines: &[String],
+    problems: Vec<(&'static str, String)>,
+) {
+    for key in unknown.keys() {
+        c.error(
+            &format!("stages[{i}].{key}"),
+            format!("unknown field `{key}` of this stage type"),
+        );
+    }
+    for (field, name) in refs {
+        let Some(name) = name else { continue };
+        if !engines.contains(name) {
+            let declared = if engines.is_empty() {
+                "none".to_string()
+            } else {
+                engines.join(", ")
+            };
+            c.error(
+                &format!("stages[{i}].{field}"),
+                format!("unknown engine `{name}`; the recipe's `engines` declares: {declared}"),
+            );
+        }
+    }
+    for (field, message) in problems {
+        c.error(&format!("stages[{i}].{field}"), message);
     }
 }

@@ -276,6 +276,26 @@ fn web_rewrite_class() -> MixClass {
     MixClass::WebRewrite
 }
 
+/// Drafts, critiques and revises with an LLM (the `agents` crate's self-revision flow); its
+/// settings sit beside `name` and `inputs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelfReviseStage {
+    pub name: String,
+    pub inputs: Vec<String>,
+    /// The class of the kept drafts (default `synthetic`).
+    #[serde(default = "synthetic_class")]
+    pub class: MixClass,
+    #[serde(flatten)]
+    pub flow: agents::self_revision::SelfRevisionConfig,
+    /// Keys neither the stage nor the flow knows (reported as unknown fields).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
+}
+
+fn synthetic_class() -> MixClass {
+    MixClass::Synthetic
+}
+
 /// A stage of the build, by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -284,6 +304,7 @@ pub enum StageConfig {
     Decontaminate(DecontaminateStage),
     Template(TemplateStage),
     WebRewrite(WebRewriteStage),
+    SelfRevise(SelfReviseStage),
 }
 
 impl StageConfig {
@@ -293,6 +314,7 @@ impl StageConfig {
             StageConfig::Decontaminate(s) => &s.name,
             StageConfig::Template(s) => &s.name,
             StageConfig::WebRewrite(s) => &s.name,
+            StageConfig::SelfRevise(s) => &s.name,
         }
     }
 
@@ -302,6 +324,7 @@ impl StageConfig {
             StageConfig::Decontaminate(s) => &s.inputs,
             StageConfig::Template(s) => &s.inputs,
             StageConfig::WebRewrite(s) => &s.inputs,
+            StageConfig::SelfRevise(s) => &s.inputs,
         }
     }
 
@@ -311,6 +334,7 @@ impl StageConfig {
             StageConfig::Decontaminate(_) => "decontaminate",
             StageConfig::Template(_) => "template",
             StageConfig::WebRewrite(_) => "web_rewrite",
+            StageConfig::SelfRevise(_) => "self_revise",
         }
     }
 }

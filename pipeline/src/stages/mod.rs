@@ -14,10 +14,10 @@
 
 pub mod decontaminate;
 pub mod dedup_exact;
+pub mod generate;
 pub mod per_sample;
 pub mod source;
 pub mod template;
-pub mod web_rewrite;
 
 use crate::recipe::{Recipe, StageConfig};
 use crate::sample::Sample;
@@ -119,8 +119,8 @@ pub fn build(recipe: &Recipe, config: &StageConfig, fp: &str) -> Result<Runner> 
             Runner::PerSample(Box::new(decontaminate::Decontaminate::new(recipe, d)?))
         }
         StageConfig::Template(t) => Runner::PerSample(Box::new(template::Template::new(t, fp)?)),
-        StageConfig::WebRewrite(w) => {
-            Runner::PerSample(Box::new(web_rewrite::WebRewrite::new(recipe, w, fp)?))
+        StageConfig::WebRewrite(_) | StageConfig::SelfRevise(_) => {
+            Runner::PerSample(Box::new(generate::Generation::new(recipe, config, fp)?))
         }
     })
 }
@@ -143,7 +143,9 @@ pub fn stage_fingerprint(
         StageConfig::DedupExact(_) => json!({"version": DEDUP_EXACT_VERSION}),
         StageConfig::Decontaminate(d) => decontaminate::implementation(recipe, d)?,
         StageConfig::Template(t) => template::implementation(t),
-        StageConfig::WebRewrite(w) => web_rewrite::implementation(recipe, w),
+        StageConfig::WebRewrite(_) | StageConfig::SelfRevise(_) => {
+            generate::implementation(recipe, config)
+        }
     };
     Ok(fingerprint(&json!({
         "config": config,

@@ -1,0 +1,155 @@
+//! Reading structured replies by a declared rule. A reply that does not follow its rule is an
+//! [`Unparsed`] with the reason; flows ask again a bounded number of times, then drop the input.
+//!
+//! - `json`: the first JSON object in the reply (inside a code fence or not) with the `required`
+//!   fields present;
+//! - `tags`: `<name>...</name>` sections, each required;
+//! - `regex`: a regular expression whose named groups are the fields.
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// How a reply is read into fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Rule {
+    Json { required: Vec<String> },
+    Tags { tags: Vec<String> },
+    Regex { pattern: String },
+}
+
+/// Why a reply could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unparsed(pub String);
+
+impl Rule {
+    /// Checks the rule itself (a regex that compiles, with named groups).
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Rule::Regex { pattern } => match Regex::new(pattern) {
+                Err(e) => Some(format!("regex: {e}")),
+                Ok(r) if r.capture_names().flatten().next().is_none() => {
+                    Some("the regex needs named groups, e.g. (?P<answer>.+)".into())
+                }
+                Ok(_) => None,
+            },
+            Rule::Json { .. } | Rule::Tags { .. } => None,
+        }
+    }
+
+    /// The fields of `reply`.
+    pub fn parse(&self, reply: &str) -> Result<Map<String, Value>, Unparsed> {
+        match self {
+            Rule::Json { required } => {
+                let v = first_json_object(reply)
+                    .ok_or_else(|| Unparsed("no JSON object in the reply".into()))?;
+                for f in required {
+                    if !v.contains_key(f) {
+                        return Err(Unparsed(format!("the JSON has no `{f}`")));
+                    }
+                }
+                Ok(v)
+            }
+            Rule::Tags { tags } => {
+                let mut out = Map::new();
+                for t in tags {
+                    let (open, close) = (format!("<{t}>"), format!("</{t}>"));
+                    let start = reply
+                        .find(&open)
+                        .ok_or_else(|| Unparsed(format!("no <{t}> section")))?
+                        + open.len();
+                    let end = reply[start..]
+                        .find(&close)
+                        .ok_or_else(|| Unparsed(format!("<{t}> is not closed")))?;
+                    out.insert(
+                        t.clone(),
+                        Value::String(reply[start..start + end].trim().to_string()),
+                    );
+                }
+                Ok(out)
+            }
+            Rule::Regex { pattern } => {
+                let re = Regex::new(pattern).map_err(|e| Unparsed(format!("regex: {e}")))?;
+                let caps = re
+                    .captures(reply)
+                    .ok_or_else(|| Unparsed("the reply does not match the regex".into()))?;
+                Ok(re
+                    .capture_names()
+                    .flatten()
+                    .filter_map(|n| {
+                        caps.name(n)
+                            .map(|m| (n.to_string(), Value::String(m.as_str().trim().to_string())))
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+/// The first `{...}` in `text` that parses as a JSON object.
+fn first_json_object(text: &str) -> Option<Map<String, Value>> {
+    let mut from = 0;
+    while let Some(k) = text[from..].find('{') {
+        let start = from + k;
+        let mut stream = serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
+        if let Some(Ok(Value::Object(m))) = stream.next() {
+            return Some(m);
+        }
+        from = start + 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rule_reads_its_fields_or_says_why_not() {
+        let json = Rule::Json {
+            required: vec!["scores".into()],
+        };
+        let reply = "Here you go:\n```json\n{\"scores\": {\"a\": 7}, \"feedback\": \"ok\"}\n```";
+        assert_eq!(json.parse(reply).unwrap()["scores"]["a"], 7);
+        assert_eq!(
+            json.parse("{\"feedback\": 1}"),
+            Err(Unparsed("the JSON has no `scores`".into()))
+        );
+        assert_eq!(
+            json.parse("no braces {here"),
+            Err(Unparsed("no JSON object in the reply".into()))
+        );
+
+        let tags = Rule::Tags {
+            tags: vec!["question".into(), "answer".into()],
+        };
+        let got = tags
+            .parse("<question> 2+2? </question>\n<answer>4</answer>")
+            .unwrap();
+        assert_eq!(
+            (got["question"].as_str(), got["answer"].as_str()),
+            (Some("2+2?"), Some("4"))
+        );
+        assert_eq!(
+            tags.parse("<question>x</question>"),
+            Err(Unparsed("no <answer> section".into()))
+        );
+
+        let re = Rule::Regex {
+            pattern: r"Answer:\s*(?P<answer>-?\d+)".into(),
+        };
+        assert_eq!(re.parse("so... Answer: 42").unwrap()["answer"], "42");
+        assert!(re.parse("no idea").is_err());
+        assert!(Rule::Regex {
+            pattern: "(a".into()
+        }
+        .problem()
+        .is_some());
+        assert!(Rule::Regex {
+            pattern: "a+".into()
+        }
+        .problem()
+        .is_some());
+    }
+}
