@@ -282,3 +282,54 @@ output: {{path: out, format: jsonl}}
         "{err}"
     );
 }
+
+#[test]
+fn a_multi_agent_stage_writes_chats_of_agreed_answers() {
+    let server = FaultServer::scripted(|n, body| {
+        let last = last_message(body);
+        if last.starts_with("Write one challenging") {
+            let seed = last.rsplit("Material:\n").next().unwrap().trim();
+            return Ok(format!("<question>From {seed}: what is 6 x 7?</question>"));
+        }
+        if last.starts_with("Solve the question") {
+            // Three solvers: two agree, one does not.
+            let answer = if n % 3 == 0 { "41" } else { "42" };
+            return Ok(format!("6 x 7 = 42.\nAnswer: {answer}"));
+        }
+        Ok("Verdict: correct".into())
+    })
+    .unwrap();
+    let dir = Dir::new();
+    dir.write(
+        "recipe.yaml",
+        format!(
+            r#"name: problems
+sources:
+  seeds: {{path: seeds.jsonl, class: web}}
+engines:
+  pool: {{kind: openai, model: test-model, endpoints: ["{}"], max_concurrency: 1}}
+stages:
+  - name: problems
+    type: multi_agent
+    inputs: [seeds]
+    engine: pool
+    solvers: 3
+    min_agreement: 0.6
+output: {{path: out, format: jsonl}}
+"#,
+            server.url()
+        ),
+    );
+    dir.write_jsonl("seeds.jsonl", &[json!({"text": "the times tables"})]);
+    dir.ok(&["build", "recipe.yaml"]);
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir.path("out/problems")).unwrap() {
+        out.extend(read_jsonl(&e.unwrap().path()));
+    }
+    assert_eq!(out.len(), 1, "{out:?}");
+    let m = &out[0]["messages"];
+    assert_eq!(m[0]["role"], "user");
+    assert_eq!(m[0]["content"], "From the times tables: what is 6 x 7?");
+    assert_eq!(m[1]["role"], "assistant");
+    assert_eq!(out[0]["lineage"]["quality"]["agreement"], 0.667);
+}

@@ -312,6 +312,10 @@ pub(super) fn check_values(
                 ];
                 check_flow(c, *i, &w.unknown, &refs, engines, w.flow.problems());
             }
+            StageConfig::MultiAgent(m) => {
+                let refs = [("engine", Some(&m.flow.engine))];
+                check_flow(c, *i, &m.unknown, &refs, engines, m.flow.problems());
+            }
             StageConfig::DedupExact(_) => {}
         }
     }

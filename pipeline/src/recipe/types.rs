@@ -292,6 +292,22 @@ pub struct SelfReviseStage {
     pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
+/// Questions written, solved and checked by several LLM agents (the `agents` crate's multi-agent
+/// flow); its settings sit beside `name` and `inputs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultiAgentStage {
+    pub name: String,
+    pub inputs: Vec<String>,
+    /// The class of the kept samples (default `synthetic`).
+    #[serde(default = "synthetic_class")]
+    pub class: MixClass,
+    #[serde(flatten)]
+    pub flow: agents::multi_agent::MultiAgentConfig,
+    /// Keys neither the stage nor the flow knows (reported as unknown fields).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
+}
+
 fn synthetic_class() -> MixClass {
     MixClass::Synthetic
 }
@@ -305,6 +321,7 @@ pub enum StageConfig {
     Template(TemplateStage),
     WebRewrite(WebRewriteStage),
     SelfRevise(SelfReviseStage),
+    MultiAgent(MultiAgentStage),
 }
 
 impl StageConfig {
@@ -315,6 +332,7 @@ impl StageConfig {
             StageConfig::Template(s) => &s.name,
             StageConfig::WebRewrite(s) => &s.name,
             StageConfig::SelfRevise(s) => &s.name,
+            StageConfig::MultiAgent(s) => &s.name,
         }
     }
 
@@ -325,6 +343,7 @@ impl StageConfig {
             StageConfig::Template(s) => &s.inputs,
             StageConfig::WebRewrite(s) => &s.inputs,
             StageConfig::SelfRevise(s) => &s.inputs,
+            StageConfig::MultiAgent(s) => &s.inputs,
         }
     }
 
@@ -335,6 +354,7 @@ impl StageConfig {
             StageConfig::Template(_) => "template",
             StageConfig::WebRewrite(_) => "web_rewrite",
             StageConfig::SelfRevise(_) => "self_revise",
+            StageConfig::MultiAgent(_) => "multi_agent",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The generation stages: an `agents` flow run over each input (`web_rewrite`: documents
-//! rewritten into textbook-like passages; `self_revise`: drafted, critiqued and revised). A
+//! rewritten into textbook-like passages; `self_revise`: drafted, critiqued and revised;
+//! `multi_agent`: questions written, solved by agreeing solvers and checked, as chats). A
 //! transform: its units write the generated samples, each with its input's id, and a tombstone
 //! with the reason for each input dropped.
 //!
@@ -39,6 +40,7 @@ fn engine_names(config: &StageConfig) -> Vec<&str> {
             v.extend(s.flow.critic_engine.as_deref());
             v
         }
+        StageConfig::MultiAgent(m) => vec![m.flow.engine.as_str()],
         _ => Vec::new(),
     }
 }
@@ -56,6 +58,7 @@ fn prompt_hash(config: &StageConfig) -> String {
             format!("{system}\n{prompt}")
         }
         StageConfig::SelfRevise(s) => s.flow.prompts().join("\n"),
+        StageConfig::MultiAgent(m) => m.flow.prompts().join("\n"),
         _ => String::new(),
     };
     format!("{:032x}", xxh3_128(text.as_bytes()))
@@ -90,6 +93,7 @@ impl Generation {
         let class = match config {
             StageConfig::WebRewrite(w) => w.class,
             StageConfig::SelfRevise(s) => s.class,
+            StageConfig::MultiAgent(m) => m.class,
             _ => return Err(Error::stage(&name, "not a generation stage")),
         };
         let mut engines = BTreeMap::new();
@@ -169,6 +173,14 @@ impl Generation {
                     .map_err(|e| Error::stage(name, e))?,
                 )
             }
+            StageConfig::MultiAgent(m) => Box::new(
+                agents::multi_agent::MultiAgent::new(
+                    m.flow.clone(),
+                    client(&m.flow.engine)?,
+                    self.seed,
+                )
+                .map_err(|e| Error::stage(name, e))?,
+            ),
             _ => return Err(Error::stage(name, "not a generation stage")),
         };
         let _ = self.running.set((runtime, flow));
