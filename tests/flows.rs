@@ -333,3 +333,111 @@ output: {{path: out, format: jsonl}}
     assert_eq!(m[1]["role"], "assistant");
     assert_eq!(out[0]["lineage"]["quality"]["agreement"], 0.667);
 }
+
+/// An example recipe in a folder of its own: its seeds' path made absolute, its engine pointed at
+/// `url`, its output at `out`.
+fn example(dir: &Dir, name: &str, seeds: &str, url: &str) {
+    let text = std::fs::read_to_string(root().join("examples").join(name))
+        .unwrap()
+        .replace(
+            &format!("corpus/{seeds}"),
+            root().join("examples/corpus").join(seeds).to_str().unwrap(),
+        )
+        .replace("http://127.0.0.1:8000/v1", url);
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("output:") {
+                "output: {path: out, format: jsonl}"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    dir.write("recipe.yaml", text);
+}
+
+fn stage_rows(dir: &Dir, stage: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir.path(&format!("out/{stage}"))).unwrap() {
+        out.extend(read_jsonl(&e.unwrap().path()));
+    }
+    out
+}
+
+#[test]
+fn the_generation_examples_validate_and_build_on_real_seeds() {
+    // One scripted model for the three flows: it writes, critiques, asks, solves and regenerates
+    // plausibly, so that each example keeps samples.
+    let solved = std::sync::Mutex::new(std::collections::HashMap::<String, usize>::new());
+    let server = FaultServer::scripted(move |_, body| {
+        let messages = body["messages"].as_array().unwrap();
+        let last = last_message(body);
+        if last.starts_with("Review the response") {
+            let s = if last.contains("(revised)") { 9 } else { 6 };
+            return Ok(json!({"scores": {"correctness": s, "clarity": s, "completeness": s, "self_contained": s}, "feedback": "Add a step."}).to_string());
+        }
+        if last.starts_with("Using the material") {
+            return Ok("Question: how does sorted() order equal keys? Answer: stably.".into());
+        }
+        if last.starts_with("A reviewer scored") {
+            let draft = messages[1]["content"].as_str().unwrap();
+            return Ok(format!("{draft} (revised)"));
+        }
+        if let Some(material) = last.strip_prefix("Write one challenging") {
+            let words: Vec<&str> = material.rsplit("Material:\n").next().unwrap().split_whitespace().take(4).collect();
+            return Ok(format!("<question>After \"{}\": is Python's sort stable?</question>", words.join(" ")));
+        }
+        if last.starts_with("Solve the question") {
+            // Three of the four solvers agree.
+            let mut solved = solved.lock().unwrap();
+            let k = solved.entry(last.to_string()).or_insert(0);
+            *k += 1;
+            return Ok(format!("Equal keys keep their order.\nAnswer: {}", if *k == 1 { "no" } else { "yes" }));
+        }
+        if last.starts_with("Check the solution") {
+            return Ok("Verdict: correct".into());
+        }
+        if let Some(code) = last.strip_prefix("Below is a piece of Python code.") {
+            let code = code.rsplit("</instruction>.\n\n").next().unwrap().trim();
+            let name = code.split('(').next().unwrap().trim_start_matches("def ");
+            return Ok(format!("<instruction>Write the function {name} as the standard library has it.</instruction>"));
+        }
+        // The solver of a reversed instruction: the standard library's own function.
+        let name = last.split_whitespace().nth(3).unwrap_or("");
+        let functions = read_jsonl(&root().join("examples/corpus/stdlib-functions.jsonl"));
+        let f = functions.iter().find(|f| f["text"].as_str().unwrap().starts_with(&format!("def {name}(")));
+        Ok(match f {
+            Some(f) => format!("```python\n{}```", f["text"].as_str().unwrap()),
+            None => "pass".into(),
+        })
+    })
+    .unwrap();
+    for (file, seeds, stage, kept) in [
+        ("self-revision.yaml", "doc-sections.jsonl", "examples", 4),
+        ("multi-agent.yaml", "doc-sections.jsonl", "problems", 4),
+        (
+            "instruction-reversal.yaml",
+            "stdlib-functions.jsonl",
+            "instructions",
+            4,
+        ),
+    ] {
+        let dir = Dir::new();
+        dir.ok(&[
+            "validate",
+            root().join("examples").join(file).to_str().unwrap(),
+        ]);
+        example(&dir, file, seeds, &server.url());
+        dir.ok(&["build", "recipe.yaml"]);
+        let rows = stage_rows(&dir, stage);
+        assert_eq!(rows.len(), kept, "{file}: {:?}", report(&dir)["stages"]);
+        for r in &rows {
+            assert!(
+                !r["lineage"]["turns"].as_array().unwrap().is_empty(),
+                "{file}: {r}"
+            );
+        }
+    }
+}

@@ -10,6 +10,8 @@
 //!   class), with Nemotron-CC-style checks;
 //! - [`self_revision`]: draft, critique against a rubric (scores parsed per criterion), revise,
 //!   until the rubric passes, the score stops improving or rounds run out; the best draft is kept;
+//! - [`instruction_reversal`]: the instruction behind an existing output (code, a document),
+//!   checked by regenerating the output from it (ROUGE-L; for Python, that both parse);
 //! - [`multi_agent`]: an author writes a question from the seed, one or N solvers answer it
 //!   (plurality answer kept, too easy and too hard questions dropped), a critic checks it;
 //! - [`parse`]: reading structured replies (JSON with required fields, tagged sections, a regex).
@@ -20,6 +22,7 @@
 pub mod cache;
 pub mod client;
 mod error;
+pub mod instruction_reversal;
 pub mod multi_agent;
 pub mod parse;
 pub mod self_revision;

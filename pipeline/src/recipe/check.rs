@@ -316,6 +316,10 @@ pub(super) fn check_values(
                 let refs = [("engine", Some(&m.flow.engine))];
                 check_flow(c, *i, &m.unknown, &refs, engines, m.flow.problems());
             }
+            StageConfig::InstructionReversal(r) => {
+                let refs = [("engine", Some(&r.flow.engine))];
+                check_flow(c, *i, &r.unknown, &refs, engines, r.flow.problems());
+            }
             StageConfig::DedupExact(_) => {}
         }
     }

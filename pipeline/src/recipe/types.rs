@@ -308,6 +308,22 @@ pub struct MultiAgentStage {
     pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
+/// Instructions written for existing outputs and checked by regenerating them (the `agents`
+/// crate's instruction-reversal flow); its settings sit beside `name` and `inputs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstructionReversalStage {
+    pub name: String,
+    pub inputs: Vec<String>,
+    /// The class of the kept pairs (default `synthetic`).
+    #[serde(default = "synthetic_class")]
+    pub class: MixClass,
+    #[serde(flatten)]
+    pub flow: agents::instruction_reversal::InstructionReversalConfig,
+    /// Keys neither the stage nor the flow knows (reported as unknown fields).
+    #[serde(flatten, skip_serializing)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
+}
+
 fn synthetic_class() -> MixClass {
     MixClass::Synthetic
 }
@@ -322,6 +338,7 @@ pub enum StageConfig {
     WebRewrite(WebRewriteStage),
     SelfRevise(SelfReviseStage),
     MultiAgent(MultiAgentStage),
+    InstructionReversal(InstructionReversalStage),
 }
 
 impl StageConfig {
@@ -333,6 +350,7 @@ impl StageConfig {
             StageConfig::WebRewrite(s) => &s.name,
             StageConfig::SelfRevise(s) => &s.name,
             StageConfig::MultiAgent(s) => &s.name,
+            StageConfig::InstructionReversal(s) => &s.name,
         }
     }
 
@@ -344,6 +362,7 @@ impl StageConfig {
             StageConfig::WebRewrite(s) => &s.inputs,
             StageConfig::SelfRevise(s) => &s.inputs,
             StageConfig::MultiAgent(s) => &s.inputs,
+            StageConfig::InstructionReversal(s) => &s.inputs,
         }
     }
 
@@ -355,6 +374,7 @@ impl StageConfig {
             StageConfig::WebRewrite(_) => "web_rewrite",
             StageConfig::SelfRevise(_) => "self_revise",
             StageConfig::MultiAgent(_) => "multi_agent",
+            StageConfig::InstructionReversal(_) => "instruction_reversal",
         }
     }
 }

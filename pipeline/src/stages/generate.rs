@@ -1,6 +1,8 @@
 //! The generation stages: an `agents` flow run over each input (`web_rewrite`: documents
 //! rewritten into textbook-like passages; `self_revise`: drafted, critiqued and revised;
-//! `multi_agent`: questions written, solved by agreeing solvers and checked, as chats). A
+//! `multi_agent`: questions written, solved by agreeing solvers and checked, as chats;
+//! `instruction_reversal`: instructions for existing code or documents, checked by regenerating
+//! them). A
 //! transform: its units write the generated samples, each with its input's id, and a tombstone
 //! with the reason for each input dropped.
 //!
@@ -41,6 +43,7 @@ fn engine_names(config: &StageConfig) -> Vec<&str> {
             v
         }
         StageConfig::MultiAgent(m) => vec![m.flow.engine.as_str()],
+        StageConfig::InstructionReversal(r) => vec![r.flow.engine.as_str()],
         _ => Vec::new(),
     }
 }
@@ -59,6 +62,7 @@ fn prompt_hash(config: &StageConfig) -> String {
         }
         StageConfig::SelfRevise(s) => s.flow.prompts().join("\n"),
         StageConfig::MultiAgent(m) => m.flow.prompts().join("\n"),
+        StageConfig::InstructionReversal(r) => r.flow.prompts().join("\n"),
         _ => String::new(),
     };
     format!("{:032x}", xxh3_128(text.as_bytes()))
@@ -94,6 +98,7 @@ impl Generation {
             StageConfig::WebRewrite(w) => w.class,
             StageConfig::SelfRevise(s) => s.class,
             StageConfig::MultiAgent(m) => m.class,
+            StageConfig::InstructionReversal(r) => r.class,
             _ => return Err(Error::stage(&name, "not a generation stage")),
         };
         let mut engines = BTreeMap::new();
@@ -177,6 +182,14 @@ impl Generation {
                 agents::multi_agent::MultiAgent::new(
                     m.flow.clone(),
                     client(&m.flow.engine)?,
+                    self.seed,
+                )
+                .map_err(|e| Error::stage(name, e))?,
+            ),
+            StageConfig::InstructionReversal(r) => Box::new(
+                agents::instruction_reversal::InstructionReversal::new(
+                    r.flow.clone(),
+                    client(&r.flow.engine)?,
                     self.seed,
                 )
                 .map_err(|e| Error::stage(name, e))?,

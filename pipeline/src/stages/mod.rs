@@ -119,7 +119,10 @@ pub fn build(recipe: &Recipe, config: &StageConfig, fp: &str) -> Result<Runner> 
             Runner::PerSample(Box::new(decontaminate::Decontaminate::new(recipe, d)?))
         }
         StageConfig::Template(t) => Runner::PerSample(Box::new(template::Template::new(t, fp)?)),
-        StageConfig::WebRewrite(_) | StageConfig::SelfRevise(_) | StageConfig::MultiAgent(_) => {
+        StageConfig::WebRewrite(_)
+        | StageConfig::SelfRevise(_)
+        | StageConfig::MultiAgent(_)
+        | StageConfig::InstructionReversal(_) => {
             Runner::PerSample(Box::new(generate::Generation::new(recipe, config, fp)?))
         }
     })
@@ -143,9 +146,10 @@ pub fn stage_fingerprint(
         StageConfig::DedupExact(_) => json!({"version": DEDUP_EXACT_VERSION}),
         StageConfig::Decontaminate(d) => decontaminate::implementation(recipe, d)?,
         StageConfig::Template(t) => template::implementation(t),
-        StageConfig::WebRewrite(_) | StageConfig::SelfRevise(_) | StageConfig::MultiAgent(_) => {
-            generate::implementation(recipe, config)
-        }
+        StageConfig::WebRewrite(_)
+        | StageConfig::SelfRevise(_)
+        | StageConfig::MultiAgent(_)
+        | StageConfig::InstructionReversal(_) => generate::implementation(recipe, config),
     };
     Ok(fingerprint(&json!({
         "config": config,
