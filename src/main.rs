@@ -307,12 +307,33 @@ struct StageBar {
 
 impl StageBar {
     fn new() -> Self {
-        let bar = ProgressBar::new(0).with_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {prefix:16} {bar:30} {pos}/{len} units",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        // Generation stages add their requests, rates, cached replies and drops.
+        let started = Instant::now();
+        let style = ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {prefix:16} {bar:30} {pos}/{len} units{generation}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "generation",
+            move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let s = agents::stats::snapshot();
+                if s.requests + s.cached > 0 {
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    let _ = write!(
+                        w,
+                        " | {} requests ({:.1}/s), {} cached, {:.0} tokens/s, {} kept, {} dropped",
+                        s.requests,
+                        s.requests as f64 / secs,
+                        s.cached,
+                        s.completion_tokens as f64 / secs,
+                        s.kept,
+                        s.dropped
+                    );
+                }
+            },
         );
+        let bar = ProgressBar::new(0).with_style(style);
+        bar.enable_steady_tick(std::time::Duration::from_millis(250));
         StageBar { bar }
     }
 }

@@ -89,10 +89,14 @@ impl Client {
         };
         let key = cache::key(&self.identity, &request);
         let completion = match cache.get(&key) {
-            Some(entry) => entry.completion(),
+            Some(entry) => {
+                crate::stats::reply(true, 0);
+                entry.completion()
+            }
             None => {
                 let c = self.engine.complete(&request).await?;
                 cache.put(&key, &c)?;
+                crate::stats::reply(false, c.completion_tokens);
                 c
             }
         };

@@ -14,6 +14,7 @@
 //!   checked by regenerating the output from it (ROUGE-L; for Python, that both parse);
 //! - [`multi_agent`]: an author writes a question from the seed, one or N solvers answer it
 //!   (plurality answer kept, too easy and too hard questions dropped), a critic checks it;
+//! - [`stats`]: counts for progress displays (requests, cached replies, tokens, kept, dropped);
 //! - [`parse`]: reading structured replies (JSON with required fields, tagged sections, a regex).
 //!
 //! Each flow turns one input into [`Generated`]: new samples with their lineage turns and quality
@@ -26,6 +27,7 @@ pub mod instruction_reversal;
 pub mod multi_agent;
 pub mod parse;
 pub mod self_revision;
+pub mod stats;
 pub mod web_rewrite;
 
 pub use error::Error;

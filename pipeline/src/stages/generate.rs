@@ -246,6 +246,7 @@ impl Stage for Generation {
             .into_iter()
             .map(|(id, r)| {
                 let g = r.map_err(|e| Error::stage(name, format!("sample {id}: {e}")))?;
+                agents::stats::outcome(&g);
                 Ok(match g {
                     Generated::Dropped(reason) => Outcome::Drop(reason),
                     Generated::Samples(outputs) => Outcome::Emit(
