@@ -285,15 +285,19 @@ output: {{path: out, format: jsonl}}
 
 #[test]
 fn a_multi_agent_stage_writes_chats_of_agreed_answers() {
-    let server = FaultServer::scripted(|n, body| {
+    let seen = std::sync::Mutex::new(std::collections::HashMap::<u64, usize>::new());
+    let server = FaultServer::scripted(move |_, body| {
         let last = last_message(body);
         if last.starts_with("Write one challenging") {
             let seed = last.rsplit("Material:\n").next().unwrap().trim();
             return Ok(format!("<question>From {seed}: what is 6 x 7?</question>"));
         }
         if last.starts_with("Solve the question") {
-            // Three solvers: two agree, one does not.
-            let answer = if n % 3 == 0 { "41" } else { "42" };
+            // Three solvers: two agree, one (the first seed seen; a retry keeps its seed) does not.
+            let mut seen = seen.lock().unwrap();
+            let next = seen.len();
+            let k = *seen.entry(body["seed"].as_u64().unwrap()).or_insert(next);
+            let answer = if k == 0 { "41" } else { "42" };
             return Ok(format!("6 x 7 = 42.\nAnswer: {answer}"));
         }
         Ok("Verdict: correct".into())
@@ -370,7 +374,12 @@ fn stage_rows(dir: &Dir, stage: &str) -> Vec<Value> {
 fn the_generation_examples_validate_and_build_on_real_seeds() {
     // One scripted model for the three flows: it writes, critiques, asks, solves and regenerates
     // plausibly, so that each example keeps samples.
-    let solved = std::sync::Mutex::new(std::collections::HashMap::<String, usize>::new());
+    // A solver's answer is fixed by the order its seed was first seen for the question (a
+    // retried request keeps its seed, and so its answer).
+    let solved = std::sync::Mutex::new(std::collections::HashMap::<
+        String,
+        std::collections::HashMap<u64, usize>,
+    >::new());
     let server = FaultServer::scripted(move |_, body| {
         let messages = body["messages"].as_array().unwrap();
         let last = last_message(body);
@@ -392,9 +401,10 @@ fn the_generation_examples_validate_and_build_on_real_seeds() {
         if last.starts_with("Solve the question") {
             // Three of the four solvers agree.
             let mut solved = solved.lock().unwrap();
-            let k = solved.entry(last.to_string()).or_insert(0);
-            *k += 1;
-            return Ok(format!("Equal keys keep their order.\nAnswer: {}", if *k == 1 { "no" } else { "yes" }));
+            let seen = solved.entry(last.to_string()).or_default();
+            let next = seen.len();
+            let k = *seen.entry(body["seed"].as_u64().unwrap()).or_insert(next);
+            return Ok(format!("Equal keys keep their order.\nAnswer: {}", if k == 0 { "no" } else { "yes" }));
         }
         if last.starts_with("Check the solution") {
             return Ok("Verdict: correct".into());

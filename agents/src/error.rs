@@ -12,3 +12,16 @@ pub enum Error {
     #[error(transparent)]
     Corpus(#[from] corpus::Error),
 }
+
+impl Error {
+    /// The first of a configuration's problems (by field), as an error.
+    pub(crate) fn first_problem(problems: Vec<(&'static str, String)>) -> Result<(), Error> {
+        match problems.into_iter().next() {
+            Some((field, message)) => Err(Error::Config {
+                field: field.into(),
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+}

@@ -12,6 +12,7 @@
 use crate::cache::RequestCache;
 use crate::client::{CallError, Client, Place};
 use crate::parse::Rule;
+use crate::prompts::{self, Prompts};
 use crate::{Error, Flow, Generated, Output};
 use corpus::sample::{Content, Message as ChatMessage, Turn};
 use engines::engine::{Message, Sampling};
@@ -99,14 +100,10 @@ impl InstructionReversalConfig {
         if self.max_attempts == 0 {
             p.push(("max_attempts", "must be at least 1".to_string()));
         }
-        let env = minijinja::Environment::new();
-        for (field, t) in [("reverse", &self.reverse), ("regenerate", &self.regenerate)] {
-            if let Some(t) = t {
-                if let Err(e) = env.template_from_str(t) {
-                    p.push((field, e.to_string()));
-                }
-            }
-        }
+        p.extend(prompts::problems(&[
+            ("reverse", &self.reverse),
+            ("regenerate", &self.regenerate),
+        ]));
         p
     }
 
@@ -178,7 +175,7 @@ fn code_of(reply: &str) -> &str {
 pub struct InstructionReversal {
     config: InstructionReversalConfig,
     client: Client,
-    env: minijinja::Environment<'static>,
+    prompts: Prompts,
     recipe_seed: u64,
 }
 
@@ -188,38 +185,15 @@ impl InstructionReversal {
         client: Client,
         recipe_seed: u64,
     ) -> Result<Self, Error> {
-        if let Some((field, message)) = config.problems().into_iter().next() {
-            return Err(Error::Config {
-                field: field.into(),
-                message,
-            });
-        }
-        let mut env = minijinja::Environment::new();
-        for (name, text) in ["reverse", "regenerate"].iter().zip(config.prompts()) {
-            env.add_template_owned(name.to_string(), text.to_string())
-                .map_err(|e| Error::Template {
-                    name: name.to_string(),
-                    message: e.to_string(),
-                })?;
-        }
+        Error::first_problem(config.problems())?;
+        let [reverse, regenerate] = config.prompts();
+        let prompts = Prompts::new(&[("reverse", reverse), ("regenerate", regenerate)])?;
         Ok(InstructionReversal {
             config,
             client,
-            env,
+            prompts,
             recipe_seed,
         })
-    }
-
-    fn render(&self, name: &str, ctx: minijinja::Value) -> Result<String, CallError> {
-        self.env
-            .get_template(name)
-            .and_then(|t| t.render(ctx))
-            .map_err(|e| {
-                CallError::Cache(Error::Template {
-                    name: name.into(),
-                    message: e.to_string(),
-                })
-            })
     }
 
     async fn reverse(
@@ -253,7 +227,7 @@ impl InstructionReversal {
         } else {
             "a document"
         };
-        let prompt = self.render(
+        let prompt = self.prompts.render(
             "reverse",
             minijinja::context! {output => output, kind => kind},
         )?;
@@ -283,7 +257,7 @@ impl InstructionReversal {
         let Some(instruction) = instruction else {
             return Ok(Generated::Dropped("unparsed_instruction".into()));
         };
-        let request = self.render(
+        let request = self.prompts.render(
             "regenerate",
             minijinja::context! {instruction => instruction},
         )?;

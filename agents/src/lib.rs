@@ -26,6 +26,7 @@ mod error;
 pub mod instruction_reversal;
 pub mod multi_agent;
 pub mod parse;
+mod prompts;
 pub mod self_revision;
 pub mod stats;
 pub mod web_rewrite;

@@ -17,6 +17,7 @@
 use crate::cache::RequestCache;
 use crate::client::{CallError, Client, Place};
 use crate::parse::Rule;
+use crate::prompts::{self, Prompts};
 use crate::{Error, Flow, Generated, Output};
 use corpus::sample::{Content, Message as ChatMessage, Turn};
 use engines::engine::{Message, Sampling};
@@ -122,18 +123,11 @@ impl MultiAgentConfig {
         if self.max_attempts == 0 {
             p.push(("max_attempts", "must be at least 1".to_string()));
         }
-        let env = minijinja::Environment::new();
-        for (field, t) in [
+        p.extend(prompts::problems(&[
             ("author", &self.author),
             ("solver", &self.solver),
             ("critic", &self.critic),
-        ] {
-            if let Some(t) = t {
-                if let Err(e) = env.template_from_str(t) {
-                    p.push((field, e.to_string()));
-                }
-            }
-        }
+        ]));
         p
     }
 
@@ -163,44 +157,21 @@ pub fn normalize_answer(a: &str) -> String {
 pub struct MultiAgent {
     config: MultiAgentConfig,
     client: Client,
-    env: minijinja::Environment<'static>,
+    prompts: Prompts,
     recipe_seed: u64,
 }
 
 impl MultiAgent {
     pub fn new(config: MultiAgentConfig, client: Client, recipe_seed: u64) -> Result<Self, Error> {
-        if let Some((field, message)) = config.problems().into_iter().next() {
-            return Err(Error::Config {
-                field: field.into(),
-                message,
-            });
-        }
-        let mut env = minijinja::Environment::new();
-        for (name, text) in ["author", "solver", "critic"].iter().zip(config.prompts()) {
-            env.add_template_owned(name.to_string(), text.to_string())
-                .map_err(|e| Error::Template {
-                    name: name.to_string(),
-                    message: e.to_string(),
-                })?;
-        }
+        Error::first_problem(config.problems())?;
+        let [author, solver, critic] = config.prompts();
+        let prompts = Prompts::new(&[("author", author), ("solver", solver), ("critic", critic)])?;
         Ok(MultiAgent {
             config,
             client,
-            env,
+            prompts,
             recipe_seed,
         })
-    }
-
-    fn render(&self, name: &str, ctx: minijinja::Value) -> Result<String, CallError> {
-        self.env
-            .get_template(name)
-            .and_then(|t| t.render(ctx))
-            .map_err(|e| {
-                CallError::Cache(Error::Template {
-                    name: name.into(),
-                    message: e.to_string(),
-                })
-            })
     }
 
     /// Asks `prompt` as `agent` until `rule` reads the reply (at most `max_attempts` asks);
@@ -253,7 +224,9 @@ impl MultiAgent {
         let tags = Rule::Tags {
             tags: vec!["question".into()],
         };
-        let prompt = self.render("author", minijinja::context! {text => text})?;
+        let prompt = self
+            .prompts
+            .render("author", minijinja::context! {text => text})?;
         let Some((_, q)) = self
             .ask_parsed(cache, id, "author", &prompt, &tags, &mut turns)
             .await?
@@ -269,7 +242,9 @@ impl MultiAgent {
         let answer_rule = Rule::Regex {
             pattern: r"(?m)^\s*\**Answer:?\**:?\s*(?P<answer>.+?)\s*$".into(),
         };
-        let prompt = self.render("solver", minijinja::context! {question => question})?;
+        let prompt = self
+            .prompts
+            .render("solver", minijinja::context! {question => question})?;
         let agents: Vec<String> = (0..c.solvers)
             .map(|k| {
                 if c.solvers == 1 {
@@ -336,7 +311,7 @@ impl MultiAgent {
             let verdict_rule = Rule::Regex {
                 pattern: r"(?im)^\s*\**verdict:?\**:?\s*(?P<verdict>correct|incorrect)\b".into(),
             };
-            let prompt = self.render(
+            let prompt = self.prompts.render(
                 "critic",
                 minijinja::context! {question => question, solution => solution},
             )?;

@@ -10,6 +10,7 @@
 use crate::cache::RequestCache;
 use crate::client::{CallError, Client, Place};
 use crate::parse::Rule;
+use crate::prompts::{self, Prompts};
 use crate::{Error, Flow, Generated, Output};
 use corpus::sample::{Content, Turn};
 use engines::engine::{Message, Sampling};
@@ -148,18 +149,11 @@ impl SelfRevisionConfig {
         if self.max_attempts == 0 {
             p.push(("max_attempts", "must be at least 1".to_string()));
         }
-        let env = minijinja::Environment::new();
-        for (field, t) in [
+        p.extend(prompts::problems(&[
             ("task", &self.task),
             ("critique", &self.critique),
             ("revise", &self.revise),
-        ] {
-            if let Some(t) = t {
-                if let Err(e) = env.template_from_str(t) {
-                    p.push((field, e.to_string()));
-                }
-            }
-        }
+        ]));
         p
     }
 
@@ -178,7 +172,7 @@ pub struct SelfRevision {
     config: SelfRevisionConfig,
     author: Client,
     critic: Client,
-    env: minijinja::Environment<'static>,
+    prompts: Prompts,
     recipe_seed: u64,
 }
 
@@ -189,39 +183,16 @@ impl SelfRevision {
         critic: Client,
         recipe_seed: u64,
     ) -> Result<Self, Error> {
-        if let Some((field, message)) = config.problems().into_iter().next() {
-            return Err(Error::Config {
-                field: field.into(),
-                message,
-            });
-        }
-        let mut env = minijinja::Environment::new();
-        for (name, text) in ["task", "critique", "revise"].iter().zip(config.prompts()) {
-            env.add_template_owned(name.to_string(), text.to_string())
-                .map_err(|e| Error::Template {
-                    name: name.to_string(),
-                    message: e.to_string(),
-                })?;
-        }
+        Error::first_problem(config.problems())?;
+        let [task, critique, revise] = config.prompts();
+        let prompts = Prompts::new(&[("task", task), ("critique", critique), ("revise", revise)])?;
         Ok(SelfRevision {
             config,
             author,
             critic,
-            env,
+            prompts,
             recipe_seed,
         })
-    }
-
-    fn render(&self, name: &str, ctx: minijinja::Value) -> Result<String, CallError> {
-        self.env
-            .get_template(name)
-            .and_then(|t| t.render(ctx))
-            .map_err(|e| {
-                CallError::Cache(Error::Template {
-                    name: name.into(),
-                    message: e.to_string(),
-                })
-            })
     }
 
     /// Scores from a critique reply: every criterion, an integer from 1 to 10.
@@ -264,7 +235,9 @@ impl SelfRevision {
             round,
             attempt,
         };
-        let task = self.render("task", minijinja::context! {text => text})?;
+        let task = self
+            .prompts
+            .render("task", minijinja::context! {text => text})?;
         let mut history = vec![Message::new("user", task.clone())];
         let mut turns: Vec<Turn> = Vec::new();
         let (draft, turn) = self
@@ -278,7 +251,7 @@ impl SelfRevision {
         for round in 0..c.max_rounds {
             rounds = round + 1;
             // The critic, asked again (new seed) while its reply does not parse.
-            let critique = self.render(
+            let critique = self.prompts.render(
                 "critique",
                 minijinja::context! {rubric => c.rubric, task => task, draft => draft},
             )?;
@@ -315,7 +288,7 @@ impl SelfRevision {
             let shown: Vec<String> = scores.iter().map(|(k, v)| format!("{k} {v}")).collect();
             history.push(Message::new(
                 "user",
-                self.render(
+                self.prompts.render(
                     "revise",
                     minijinja::context! {scores => shown.join(", "), feedback => feedback},
                 )?,

@@ -14,6 +14,7 @@
 
 use crate::cache::RequestCache;
 use crate::client::{CallError, Client, Place};
+use crate::prompts::{self, Prompts};
 use crate::{Error, Generated};
 use corpus::sample::{Content, Turn};
 use engines::engine::{Message, Sampling};
@@ -108,11 +109,7 @@ impl WebRewriteConfig {
         if self.max_attempts == 0 {
             p.push(("max_attempts", "must be at least 1".to_string()));
         }
-        if let Some(t) = &self.prompt {
-            if let Err(e) = minijinja::Environment::new().template_from_str(t) {
-                p.push(("prompt", e.to_string()));
-            }
-        }
+        p.extend(prompts::problems(&[("prompt", &self.prompt)]));
         p
     }
 }
@@ -133,29 +130,15 @@ const REFUSALS: &[&str] = &[
 pub struct WebRewrite {
     config: WebRewriteConfig,
     client: Client,
-    env: minijinja::Environment<'static>,
+    prompts: Prompts,
     tokenizer: Arc<dyn Codec>,
     recipe_seed: u64,
 }
 
 impl WebRewrite {
     pub fn new(config: WebRewriteConfig, client: Client, recipe_seed: u64) -> Result<Self, Error> {
-        if let Some((field, message)) = config.problems().into_iter().next() {
-            return Err(Error::Config {
-                field: field.into(),
-                message,
-            });
-        }
-        let mut env = minijinja::Environment::new();
-        let prompt = config
-            .prompt
-            .clone()
-            .unwrap_or_else(|| DEFAULT_PROMPT.into());
-        env.add_template_owned("prompt", prompt)
-            .map_err(|e| Error::Template {
-                name: "prompt".into(),
-                message: e.to_string(),
-            })?;
+        Error::first_problem(config.problems())?;
+        let prompts = Prompts::new(&[("prompt", WebRewrite::prompt_text(&config))])?;
         let tokenizer = engines::tokenizer::Phi4Tokenizer::new().map_err(|e| Error::Config {
             field: "tokenizer".into(),
             message: e.to_string(),
@@ -163,7 +146,7 @@ impl WebRewrite {
         Ok(WebRewrite {
             config,
             client,
-            env,
+            prompts,
             tokenizer: Arc::new(tokenizer),
             recipe_seed,
         })
@@ -190,16 +173,10 @@ impl WebRewrite {
         let mut turns: Vec<Turn> = Vec::new();
         let mut out: Vec<String> = Vec::with_capacity(parts.len());
         for (round, part) in parts.iter().enumerate() {
-            let prompt = self
-                .env
-                .get_template("prompt")
-                .and_then(|t| t.render(minijinja::context! {text => part, prefix => c.prefix}))
-                .map_err(|e| {
-                    CallError::Cache(Error::Template {
-                        name: "prompt".into(),
-                        message: e.to_string(),
-                    })
-                })?;
+            let prompt = self.prompts.render(
+                "prompt",
+                minijinja::context! {text => part, prefix => c.prefix},
+            )?;
             let mut messages = vec![Message::new(
                 "system",
                 c.system.as_deref().unwrap_or(DEFAULT_SYSTEM),

@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 fn server() -> FaultServer {
-    let asked: Mutex<HashMap<String, usize>> = Mutex::new(HashMap::new());
+    // Each solver's answer is fixed by the order in which its seed was first seen for the
+    // question, so a retried request (same seed) gets the same answer.
+    let asked: Mutex<HashMap<String, HashMap<u64, usize>>> = Mutex::new(HashMap::new());
     FaultServer::scripted(move |_, body| {
         let last = last_message(body);
         if let Some(material) = last.strip_prefix("Write one challenging") {
@@ -35,9 +37,10 @@ fn server() -> FaultServer {
                 &["42", "**42.**", "41", "40"]
             };
             let mut asked = asked.lock().unwrap();
-            let k = asked.entry(last.to_string()).or_insert(0);
-            let answer = answers[*k % 4];
-            *k += 1;
+            let seen = asked.entry(last.to_string()).or_default();
+            let next = seen.len();
+            let k = *seen.entry(body["seed"].as_u64().unwrap()).or_insert(next);
+            let answer = answers[k % 4];
             return Ok(format!("Six sevens are forty-two.\nAnswer: {answer}"));
         }
         let verdict = if last.contains("[wrong]") {
