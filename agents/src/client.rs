@@ -117,4 +117,34 @@ impl Client {
         };
         Ok((completion, turn))
     }
+
+    /// Asks until `accept` takes a reply: at most `attempts` times, each with the next attempt's
+    /// seed (from `place.attempt` on). Every call's turn goes to `turns`. Returns what `accept`
+    /// made of the first reply it took, or its last refusal.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn ask_until<T, E>(
+        &self,
+        cache: &RequestCache,
+        messages: &[Message],
+        sampling: &Sampling,
+        place: Place<'_>,
+        attempts: u32,
+        turns: &mut Vec<Turn>,
+        mut accept: impl FnMut(&str) -> Result<T, E>,
+    ) -> Result<Result<T, E>, CallError> {
+        let mut k = 0;
+        loop {
+            let at = Place {
+                attempt: place.attempt + k,
+                ..place
+            };
+            let (reply, turn) = self.ask(cache, messages.to_vec(), sampling, at).await?;
+            turns.push(turn);
+            match accept(&reply.text) {
+                Ok(v) => return Ok(Ok(v)),
+                Err(e) if k + 1 >= attempts => return Ok(Err(e)),
+                Err(_) => k += 1,
+            }
+        }
+    }
 }

@@ -234,27 +234,25 @@ impl InstructionReversal {
         let rule = Rule::Tags {
             tags: vec!["instruction".into()],
         };
-        let mut instruction = None;
-        for attempt in 0..c.max_attempts {
-            let (reply, turn) = self
-                .client
-                .ask(
-                    cache,
-                    vec![Message::new("user", prompt.clone())],
-                    &c.sampling,
-                    place("reverser", attempt),
-                )
-                .await?;
-            turns.push(turn);
-            if let Ok(f) = rule.parse(&reply.text) {
-                let text = f["instruction"].as_str().unwrap_or_default().to_string();
-                if !text.is_empty() {
-                    instruction = Some(text);
-                    break;
-                }
-            }
-        }
-        let Some(instruction) = instruction else {
+        let instruction = self
+            .client
+            .ask_until(
+                cache,
+                &[Message::new("user", prompt)],
+                &c.sampling,
+                place("reverser", 0),
+                c.max_attempts,
+                &mut turns,
+                |reply| {
+                    let f = rule.parse(reply).map_err(|_| ())?;
+                    match f["instruction"].as_str() {
+                        Some(t) if !t.is_empty() => Ok(t.to_string()),
+                        _ => Err(()),
+                    }
+                },
+            )
+            .await?;
+        let Ok(instruction) = instruction else {
             return Ok(Generated::Dropped("unparsed_instruction".into()));
         };
         let request = self.prompts.render(

@@ -185,29 +185,26 @@ impl MultiAgent {
         rule: &Rule,
         turns: &mut Vec<Turn>,
     ) -> Result<Option<(String, serde_json::Map<String, serde_json::Value>)>, CallError> {
-        for attempt in 0..self.config.max_attempts {
-            let place = Place {
-                recipe_seed: self.recipe_seed,
-                sample: id,
-                agent,
-                round: 0,
-                attempt,
-            };
-            let (reply, turn) = self
-                .client
-                .ask(
-                    cache,
-                    vec![Message::new("user", prompt)],
-                    &self.config.sampling,
-                    place,
-                )
-                .await?;
-            turns.push(turn);
-            if let Ok(fields) = rule.parse(&reply.text) {
-                return Ok(Some((reply.text, fields)));
-            }
-        }
-        Ok(None)
+        let place = Place {
+            recipe_seed: self.recipe_seed,
+            sample: id,
+            agent,
+            round: 0,
+            attempt: 0,
+        };
+        let parsed = self
+            .client
+            .ask_until(
+                cache,
+                &[Message::new("user", prompt)],
+                &self.config.sampling,
+                place,
+                self.config.max_attempts,
+                turns,
+                |reply| rule.parse(reply).map(|f| (reply.to_string(), f)),
+            )
+            .await?;
+        Ok(parsed.ok())
     }
 
     async fn converse(

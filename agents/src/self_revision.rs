@@ -255,24 +255,19 @@ impl SelfRevision {
                 "critique",
                 minijinja::context! {rubric => c.rubric, task => task, draft => draft},
             )?;
-            let mut parsed = None;
-            for attempt in 0..c.max_attempts {
-                let (reply, turn) = self
-                    .critic
-                    .ask(
-                        cache,
-                        vec![Message::new("user", critique.clone())],
-                        &c.critic_sampling,
-                        place("critic", round, attempt),
-                    )
-                    .await?;
-                turns.push(turn);
-                parsed = self.scores(&reply.text);
-                if parsed.is_some() {
-                    break;
-                }
-            }
-            let Some((scores, feedback)) = parsed else {
+            let parsed = self
+                .critic
+                .ask_until(
+                    cache,
+                    &[Message::new("user", critique)],
+                    &c.critic_sampling,
+                    place("critic", round, 0),
+                    c.max_attempts,
+                    &mut turns,
+                    |reply| self.scores(reply).ok_or(()),
+                )
+                .await?;
+            let Ok((scores, feedback)) = parsed else {
                 return Ok(Generated::Dropped("unparsed_critique".into()));
             };
             let mean = scores.values().sum::<f64>() / scores.len() as f64;

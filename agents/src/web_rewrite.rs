@@ -182,32 +182,29 @@ impl WebRewrite {
                 c.system.as_deref().unwrap_or(DEFAULT_SYSTEM),
             )];
             messages.push(Message::new("user", prompt));
-            let mut last_problem = "no_prefix";
-            let mut rewritten = None;
-            for attempt in 0..c.max_attempts {
-                let place = Place {
-                    recipe_seed: self.recipe_seed,
-                    sample: id,
-                    agent: "rewriter",
-                    round: round as u32,
-                    attempt,
-                };
-                let (reply, turn) = self
-                    .client
-                    .ask(cache, messages.clone(), &c.sampling, place)
-                    .await?;
-                turns.push(turn);
-                match check_reply(&reply.text, &c.prefix) {
-                    Ok(body) => {
-                        rewritten = Some(body);
-                        break;
-                    }
-                    Err(problem) => last_problem = problem,
-                }
-            }
+            let place = Place {
+                recipe_seed: self.recipe_seed,
+                sample: id,
+                agent: "rewriter",
+                round: round as u32,
+                attempt: 0,
+            };
+            let accept = |reply: &str| check_reply(reply, &c.prefix);
+            let rewritten = self
+                .client
+                .ask_until(
+                    cache,
+                    &messages,
+                    &c.sampling,
+                    place,
+                    c.max_attempts,
+                    &mut turns,
+                    accept,
+                )
+                .await?;
             match rewritten {
-                Some(body) => out.push(body),
-                None => return Ok(Generated::Dropped(last_problem.into())),
+                Ok(body) => out.push(body),
+                Err(problem) => return Ok(Generated::Dropped(problem.into())),
             }
         }
         let joined = out.join("\n\n");
