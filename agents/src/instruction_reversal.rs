@@ -14,7 +14,7 @@ use crate::client::{CallError, Client, Place};
 use crate::parse::Rule;
 use crate::prompts::{self, Prompts};
 use crate::{Error, Flow, Generated, Output};
-use corpus::sample::{Content, Message as ChatMessage, Turn};
+use corpus::sample::{Content, Turn};
 use engines::engine::{Message, Sampling};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -283,23 +283,12 @@ impl InstructionReversal {
         }
         let mut quality = BTreeMap::new();
         quality.insert("fidelity".to_string(), (fidelity * 1000.0).round() / 1000.0);
-        Ok(Generated::Samples(vec![Output {
-            content: Content::Messages {
-                messages: vec![
-                    ChatMessage {
-                        role: "user".into(),
-                        content: instruction,
-                    },
-                    ChatMessage {
-                        role: "assistant".into(),
-                        content: output.to_string(),
-                    },
-                ],
-            },
+        Ok(Generated::Samples(vec![Output::chat(
+            instruction,
+            output.to_string(),
             quality,
             turns,
-            rounds: None,
-        }]))
+        )]))
     }
 }
 

@@ -67,3 +67,26 @@ pub struct Output {
     pub turns: Vec<Turn>,
     pub rounds: Option<u32>,
 }
+
+impl Output {
+    /// A two-turn chat: `user` asks, `assistant` answers.
+    pub fn chat(
+        user: String,
+        assistant: String,
+        quality: BTreeMap<String, f64>,
+        turns: Vec<Turn>,
+    ) -> Output {
+        let message = |role: &str, content| corpus::sample::Message {
+            role: role.into(),
+            content,
+        };
+        Output {
+            content: Content::Messages {
+                messages: vec![message("user", user), message("assistant", assistant)],
+            },
+            quality,
+            turns,
+            rounds: None,
+        }
+    }
+}

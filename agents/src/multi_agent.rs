@@ -19,7 +19,7 @@ use crate::client::{CallError, Client, Place};
 use crate::parse::Rule;
 use crate::prompts::{self, Prompts};
 use crate::{Error, Flow, Generated, Output};
-use corpus::sample::{Content, Message as ChatMessage, Turn};
+use corpus::sample::{Content, Turn};
 use engines::engine::{Message, Sampling};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -326,23 +326,9 @@ impl MultiAgent {
                 return Ok(Generated::Dropped("rejected".into()));
             }
         }
-        Ok(Generated::Samples(vec![Output {
-            content: Content::Messages {
-                messages: vec![
-                    ChatMessage {
-                        role: "user".into(),
-                        content: question,
-                    },
-                    ChatMessage {
-                        role: "assistant".into(),
-                        content: solution,
-                    },
-                ],
-            },
-            quality,
-            turns,
-            rounds: None,
-        }]))
+        Ok(Generated::Samples(vec![Output::chat(
+            question, solution, quality, turns,
+        )]))
     }
 }
 
