@@ -406,6 +406,19 @@ fn the_generation_examples_validate_and_build_on_real_seeds() {
             let k = *seen.entry(body["seed"].as_u64().unwrap()).or_insert(next);
             return Ok(format!("Equal keys keep their order.\nAnswer: {}", if k == 0 { "no" } else { "yes" }));
         }
+        // The declared agents of `declared-agents.yaml`.
+        if last.starts_with("Read this passage") {
+            let words: Vec<&str> = last.lines().last().unwrap().split_whitespace().take(3).collect();
+            return Ok(format!("<question>What does \"{}\" mean?</question>", words.join(" ")));
+        }
+        if last.contains("Answer the student's question") {
+            // The tutor sees the student's turn, headed with its name.
+            assert!(last.starts_with("[student]\n<question>"), "{last}");
+            return Ok("It means what the passage says, for example `sorted(xs)`.".into());
+        }
+        if last.starts_with("Is the answer below faithful") {
+            return Ok(r#"{"faithful": true, "reason": "matches the passage"}"#.into());
+        }
         if last.starts_with("Check the solution") {
             return Ok("Verdict: correct".into());
         }
@@ -427,6 +440,7 @@ fn the_generation_examples_validate_and_build_on_real_seeds() {
     for (file, seeds, stage, kept) in [
         ("self-revision.yaml", "doc-sections.jsonl", "examples", 4),
         ("multi-agent.yaml", "doc-sections.jsonl", "problems", 4),
+        ("declared-agents.yaml", "doc-sections.jsonl", "tutoring", 4),
         (
             "instruction-reversal.yaml",
             "stdlib-functions.jsonl",

@@ -15,7 +15,7 @@ pub enum Error {
 
 impl Error {
     /// The first of a configuration's problems (by field), as an error.
-    pub(crate) fn first_problem(problems: Vec<(&'static str, String)>) -> Result<(), Error> {
+    pub(crate) fn first_problem<F: Into<String>>(problems: Vec<(F, String)>) -> Result<(), Error> {
         match problems.into_iter().next() {
             Some((field, message)) => Err(Error::Config {
                 field: field.into(),

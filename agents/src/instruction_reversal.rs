@@ -231,9 +231,7 @@ impl InstructionReversal {
             "reverse",
             minijinja::context! {output => output, kind => kind},
         )?;
-        let rule = Rule::Tags {
-            tags: vec!["instruction".into()],
-        };
+        let rule = Rule::Tags(vec!["instruction".into()]);
         let instruction = self
             .client
             .ask_until(

@@ -10,13 +10,17 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// How a reply is read into fields.
+/// How a reply is read into fields; in a recipe `{json: [required, ...]}`, `{tags: [name, ...]}`
+/// or `{regex: PATTERN}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Rule {
-    Json { required: Vec<String> },
-    Tags { tags: Vec<String> },
-    Regex { pattern: String },
+    /// The first JSON object in the reply, with these fields present.
+    Json(Vec<String>),
+    /// `<name>...</name>` sections, each required (and not empty).
+    Tags(Vec<String>),
+    /// A regular expression whose named groups are the fields.
+    Regex(String),
 }
 
 /// Why a reply could not be read.
@@ -24,24 +28,36 @@ pub enum Rule {
 pub struct Unparsed(pub String);
 
 impl Rule {
+    /// The fields the rule gives when it reads a reply (a JSON reply may give more).
+    pub fn fields(&self) -> Vec<String> {
+        match self {
+            Rule::Json(f) | Rule::Tags(f) => f.clone(),
+            Rule::Regex(p) => Regex::new(p)
+                .map(|r| r.capture_names().flatten().map(String::from).collect())
+                .unwrap_or_default(),
+        }
+    }
+
     /// Checks the rule itself (a regex that compiles, with named groups).
     pub fn problem(&self) -> Option<String> {
         match self {
-            Rule::Regex { pattern } => match Regex::new(pattern) {
+            Rule::Regex(pattern) => match Regex::new(pattern) {
                 Err(e) => Some(format!("regex: {e}")),
                 Ok(r) if r.capture_names().flatten().next().is_none() => {
                     Some("the regex needs named groups, e.g. (?P<answer>.+)".into())
                 }
                 Ok(_) => None,
             },
-            Rule::Json { .. } | Rule::Tags { .. } => None,
+            Rule::Json(_) => None,
+            Rule::Tags(tags) if tags.is_empty() => Some("name at least one tag".into()),
+            Rule::Tags(_) => None,
         }
     }
 
     /// The fields of `reply`.
     pub fn parse(&self, reply: &str) -> Result<Map<String, Value>, Unparsed> {
         match self {
-            Rule::Json { required } => {
+            Rule::Json(required) => {
                 let v = first_json_object(reply)
                     .ok_or_else(|| Unparsed("no JSON object in the reply".into()))?;
                 for f in required {
@@ -51,7 +67,7 @@ impl Rule {
                 }
                 Ok(v)
             }
-            Rule::Tags { tags } => {
+            Rule::Tags(tags) => {
                 let mut out = Map::new();
                 for t in tags {
                     let (open, close) = (format!("<{t}>"), format!("</{t}>"));
@@ -62,14 +78,15 @@ impl Rule {
                     let end = reply[start..]
                         .find(&close)
                         .ok_or_else(|| Unparsed(format!("<{t}> is not closed")))?;
-                    out.insert(
-                        t.clone(),
-                        Value::String(reply[start..start + end].trim().to_string()),
-                    );
+                    let value = reply[start..start + end].trim();
+                    if value.is_empty() {
+                        return Err(Unparsed(format!("<{t}> is empty")));
+                    }
+                    out.insert(t.clone(), Value::String(value.to_string()));
                 }
                 Ok(out)
             }
-            Rule::Regex { pattern } => {
+            Rule::Regex(pattern) => {
                 let re = Regex::new(pattern).map_err(|e| Unparsed(format!("regex: {e}")))?;
                 let caps = re
                     .captures(reply)
@@ -107,9 +124,7 @@ mod tests {
 
     #[test]
     fn each_rule_reads_its_fields_or_says_why_not() {
-        let json = Rule::Json {
-            required: vec!["scores".into()],
-        };
+        let json = Rule::Json(vec!["scores".into()]);
         let reply = "Here you go:\n```json\n{\"scores\": {\"a\": 7}, \"feedback\": \"ok\"}\n```";
         assert_eq!(json.parse(reply).unwrap()["scores"]["a"], 7);
         assert_eq!(
@@ -121,9 +136,7 @@ mod tests {
             Err(Unparsed("no JSON object in the reply".into()))
         );
 
-        let tags = Rule::Tags {
-            tags: vec!["question".into(), "answer".into()],
-        };
+        let tags = Rule::Tags(vec!["question".into(), "answer".into()]);
         let got = tags
             .parse("<question> 2+2? </question>\n<answer>4</answer>")
             .unwrap();
@@ -136,20 +149,16 @@ mod tests {
             Err(Unparsed("no <answer> section".into()))
         );
 
-        let re = Rule::Regex {
-            pattern: r"Answer:\s*(?P<answer>-?\d+)".into(),
-        };
+        let re = Rule::Regex(r"Answer:\s*(?P<answer>-?\d+)".into());
         assert_eq!(re.parse("so... Answer: 42").unwrap()["answer"], "42");
         assert!(re.parse("no idea").is_err());
-        assert!(Rule::Regex {
-            pattern: "(a".into()
-        }
-        .problem()
-        .is_some());
-        assert!(Rule::Regex {
-            pattern: "a+".into()
-        }
-        .problem()
-        .is_some());
+        assert!(Rule::Regex("(a".into()).problem().is_some());
+        assert!(Rule::Regex("a+".into()).problem().is_some());
+        assert_eq!(
+            tags.parse("<question> </question><answer>4</answer>"),
+            Err(Unparsed("<question> is empty".into()))
+        );
+        let spec: Rule = serde_json::from_str(r#"{"tags": ["question"]}"#).unwrap();
+        assert_eq!(spec, Rule::Tags(vec!["question".into()]));
     }
 }

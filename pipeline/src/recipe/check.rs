@@ -313,7 +313,12 @@ pub(super) fn check_values(
                 check_flow(c, *i, &w.unknown, &refs, engines, w.flow.problems());
             }
             StageConfig::MultiAgent(m) => {
-                let refs = [("engine", Some(&m.flow.engine))];
+                let refs: Vec<(String, Option<&String>)> = m
+                    .flow
+                    .engine_refs()
+                    .into_iter()
+                    .map(|(f, e)| (f, Some(e)))
+                    .collect();
                 check_flow(c, *i, &m.unknown, &refs, engines, m.flow.problems());
             }
             StageConfig::InstructionReversal(r) => {
@@ -357,13 +362,13 @@ pub(super) fn check_values(
 }
 
 /// A generation stage's unknown keys, engine references and flow settings.
-fn check_flow(
+fn check_flow<R: std::fmt::Display, P: std::fmt::Display>(
     c: &mut Checker,
     i: usize,
     unknown: &std::collections::BTreeMap<String, serde_json::Value>,
-    refs: &[(&str, Option<&String>)],
+    refs: &[(R, Option<&String>)],
     engines: &[String],
-    problems: Vec<(&'static str, String)>,
+    problems: Vec<(P, String)>,
 ) {
     for key in unknown.keys() {
         c.error(

@@ -42,7 +42,7 @@ fn engine_names(config: &StageConfig) -> Vec<&str> {
             v.extend(s.flow.critic_engine.as_deref());
             v
         }
-        StageConfig::MultiAgent(m) => vec![m.flow.engine.as_str()],
+        StageConfig::MultiAgent(m) => m.flow.engines(),
         StageConfig::InstructionReversal(r) => vec![r.flow.engine.as_str()],
         _ => Vec::new(),
     }
@@ -140,12 +140,12 @@ impl Generation {
             .map_err(|e| Error::stage(name, format!("async runtime: {e}")))?;
         // Each engine once (an author and a critic may share one), built inside the runtime: an
         // HTTP client wants one around it.
-        let mut clients: BTreeMap<&str, Client> = BTreeMap::new();
+        let mut clients: BTreeMap<String, Client> = BTreeMap::new();
         for (n, config) in &self.engines {
             let engine = runtime
                 .block_on(async { config.build() })
                 .map_err(|e| Error::stage(name, format!("engine `{n}`: {e}")))?;
-            clients.insert(n, Client::new(n, engine));
+            clients.insert(n.clone(), Client::new(n, engine));
         }
         let client = |n: &str| {
             clients
@@ -179,12 +179,8 @@ impl Generation {
                 )
             }
             StageConfig::MultiAgent(m) => Box::new(
-                agents::multi_agent::MultiAgent::new(
-                    m.flow.clone(),
-                    client(&m.flow.engine)?,
-                    self.seed,
-                )
-                .map_err(|e| Error::stage(name, e))?,
+                agents::multi_agent::MultiAgent::new(m.flow.clone(), &clients, self.seed)
+                    .map_err(|e| Error::stage(name, e))?,
             ),
             StageConfig::InstructionReversal(r) => Box::new(
                 agents::instruction_reversal::InstructionReversal::new(
