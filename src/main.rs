@@ -1,5 +1,10 @@
 //! The `phiforge` command line: parses arguments and calls the crates.
 
+/// mimalloc: a generation build makes many small allocations per request on many threads (HTTP,
+/// JSON, templates), where glibc's allocator cost a fifth of the CPU (benches/orchestration.sh).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use dedup::audit::{self, Mode, Progress, RunOptions};

@@ -22,16 +22,20 @@ use agents::cache::RequestCache;
 use agents::client::Client;
 use agents::{Flow, Generated};
 use engines::config::EngineConfig;
-use futures::StreamExt;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use xxhash_rust::xxh3::xxh3_128;
 
 const VERSION: u32 = 1;
 
-/// Inputs of a unit in flight at once (the engines' concurrency and rate limits apply below it).
-const IN_FLIGHT: usize = 512;
+/// Inputs of a unit in flight at once (the engines' concurrency and rate limits apply below it):
+/// enough to keep a server pool busy while each input waits on its turns one after another.
+const IN_FLIGHT: usize = 2048;
+
+/// Inputs a unit is handed at once: the runner gathers this many before the flows start, so that
+/// in-flight requests do not drain at the end of every read batch.
+const AT_ONCE: usize = 16_384;
 
 /// The engine names a generation stage uses, first the one named in lineage.
 fn engine_names(config: &StageConfig) -> Vec<&str> {
@@ -88,7 +92,7 @@ pub struct Generation {
     engines: BTreeMap<String, EngineConfig>,
     seed: u64,
     /// Built on first use: the runtime, and the flow over its engines.
-    running: OnceLock<(tokio::runtime::Runtime, Box<dyn Flow>)>,
+    running: OnceLock<(tokio::runtime::Runtime, Arc<dyn Flow>)>,
 }
 
 impl Generation {
@@ -129,7 +133,7 @@ impl Generation {
         })
     }
 
-    fn running(&self) -> Result<&(tokio::runtime::Runtime, Box<dyn Flow>)> {
+    fn running(&self) -> Result<&(tokio::runtime::Runtime, Arc<dyn Flow>)> {
         if let Some(r) = self.running.get() {
             return Ok(r);
         }
@@ -153,8 +157,8 @@ impl Generation {
                 .cloned()
                 .ok_or_else(|| Error::stage(name, format!("unknown engine `{n}`")))
         };
-        let flow: Box<dyn Flow> = match &self.config {
-            StageConfig::WebRewrite(w) => Box::new(
+        let flow: Arc<dyn Flow> = match &self.config {
+            StageConfig::WebRewrite(w) => Arc::new(
                 agents::web_rewrite::WebRewrite::new(
                     w.flow.clone(),
                     client(&w.flow.engine)?,
@@ -168,7 +172,7 @@ impl Generation {
                     Some(c) => client(c)?,
                     None => author.clone(),
                 };
-                Box::new(
+                Arc::new(
                     agents::self_revision::SelfRevision::new(
                         s.flow.clone(),
                         author,
@@ -178,11 +182,11 @@ impl Generation {
                     .map_err(|e| Error::stage(name, e))?,
                 )
             }
-            StageConfig::MultiAgent(m) => Box::new(
+            StageConfig::MultiAgent(m) => Arc::new(
                 agents::multi_agent::MultiAgent::new(m.flow.clone(), &clients, self.seed)
                     .map_err(|e| Error::stage(name, e))?,
             ),
-            StageConfig::InstructionReversal(r) => Box::new(
+            StageConfig::InstructionReversal(r) => Arc::new(
                 agents::instruction_reversal::InstructionReversal::new(
                     r.flow.clone(),
                     client(&r.flow.engine)?,
@@ -208,6 +212,10 @@ impl Stage for Generation {
         self.running().map(|_| ())
     }
 
+    fn inputs_at_once(&self) -> usize {
+        AT_ONCE
+    }
+
     fn process(&self, _input: &Sample) -> Result<Outcome> {
         Err(Error::stage(
             &self.name,
@@ -225,22 +233,38 @@ impl Stage for Generation {
             .join("requests")
             .join(unit.stage)
             .join(format!("{slot}.jsonl"));
-        let cache = RequestCache::open(&path).map_err(|e| Error::stage(name, e))?;
-        let generated: Vec<_> = runtime.block_on(async {
-            futures::stream::iter(inputs.iter())
-                .map(|s| {
-                    let (cache, flow) = (&cache, &**flow);
-                    async move { (&s.id, flow.run(cache, &s.id, &s.content).await) }
-                })
-                .buffered(IN_FLIGHT)
-                .collect()
-                .await
-        });
+        let cache = Arc::new(RequestCache::open(&path).map_err(|e| Error::stage(name, e))?);
+        // Each input's flow is a task of the runtime (its workers poll the flows and the HTTP
+        // connections alike, without waking this thread per reply), at most IN_FLIGHT at once,
+        // each started as soon as another finishes; results are put back in input order.
+        let mut generated: Vec<_> = runtime.block_on(async {
+            let mut running = tokio::task::JoinSet::new();
+            let mut done = Vec::with_capacity(inputs.len());
+            let mut next = inputs.iter().enumerate();
+            loop {
+                while running.len() < IN_FLIGHT {
+                    let Some((k, s)) = next.next() else { break };
+                    let (cache, flow) = (cache.clone(), flow.clone());
+                    let (id, content) = (s.id.clone(), s.content.clone());
+                    running.spawn(async move { (k, flow.run(&cache, &id, &content).await) });
+                }
+                match running.join_next().await {
+                    Some(Ok(r)) => done.push(r),
+                    Some(Err(e)) => {
+                        return Err(Error::stage(name, format!("a generation task failed: {e}")))
+                    }
+                    None => return Ok(done),
+                }
+            }
+        })?;
+        generated.sort_unstable_by_key(|(k, _)| *k);
         let client = flow.client();
         let model = client.identity().model.clone();
         generated
             .into_iter()
-            .map(|(id, r)| {
+            .zip(inputs)
+            .map(|((_, r), s)| {
+                let id = &s.id;
                 let g = r.map_err(|e| Error::stage(name, format!("sample {id}: {e}")))?;
                 agents::stats::outcome(&g);
                 Ok(match g {

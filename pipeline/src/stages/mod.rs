@@ -58,6 +58,12 @@ pub trait Stage: Send + Sync {
     fn reads_lineage(&self) -> bool {
         false
     }
+    /// Inputs handed to [`Stage::process_unit`] at once, at least: the runner gathers the view's
+    /// batches up to this many (default: one batch). A stage that keeps many inputs in flight
+    /// (generation) asks for more, so that in-flight work does not drain at every batch's end.
+    fn inputs_at_once(&self) -> usize {
+        1
+    }
     /// One-time set-up (building an index), done before a batch of units runs.
     fn prepare(&self) -> Result<()> {
         Ok(())

@@ -5,7 +5,8 @@
 //! samples (each with its input's id) and a tombstone per dropped input. Inputs the same stage has
 //! already seen in this slot (an earlier unit of a file that has since grown) take their results
 //! from that unit's output instead of running again: the same stage on the same input gives the
-//! same result. Memory holds one batch and, when reusing, the earlier unit's results.
+//! same result. Memory holds one batch (or what the stage asks for at once, at most a unit) and,
+//! when reusing, the earlier unit's results.
 
 use super::{Kind, Outcome, Stage, UnitPlace};
 use crate::sample::Sample;
@@ -108,7 +109,18 @@ pub fn run(
     let rel = spec.file(".parquet");
     let mut w = create_shard(root, &rel)?;
     let mut t = Tally::default();
-    while let Some(entries) = reader.next_entries()? {
+    let at_once = stage.inputs_at_once();
+    loop {
+        let mut entries = Vec::new();
+        while entries.len() < at_once {
+            match reader.next_entries()? {
+                Some(more) => entries.extend(more),
+                None => break,
+            }
+        }
+        if entries.is_empty() {
+            break;
+        }
         let inputs: Vec<&Sample> = entries
             .iter()
             .map(|e| {
