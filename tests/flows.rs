@@ -216,7 +216,8 @@ fn a_self_revise_stage_keeps_drafts_that_pass_and_counts_the_rest() {
             return Ok(json!({"scores": {"correctness": s, "clarity": s, "completeness": s, "self_contained": s}, "feedback": "More steps."}).to_string());
         }
         let version = messages.iter().filter(|m| m["role"] == "assistant").count() + 1;
-        Ok(format!("A worked example, draft v{version}."))
+        let seed = first.split(" is ").next().unwrap().rsplit(' ').next().unwrap();
+        Ok(format!("A worked example for seed {seed}, draft v{version}."))
     })
     .unwrap();
     let dir = Dir::new();
@@ -254,7 +255,7 @@ output: {{path: out, format: jsonl}}
     assert_eq!(out.len(), 3);
     for r in &out {
         assert_eq!(r["class"], "synthetic");
-        assert_eq!(r["text"], "A worked example, draft v2.");
+        assert!(r["text"].as_str().unwrap().ends_with(", draft v2."), "{r}");
         assert_eq!(r["lineage"]["rounds"], 2);
         assert_eq!(r["lineage"]["quality"]["score"], 9.0);
         assert_eq!(r["lineage"]["turns"].as_array().unwrap().len(), 4);
@@ -387,8 +388,9 @@ fn the_generation_examples_validate_and_build_on_real_seeds() {
             let s = if last.contains("(revised)") { 9 } else { 6 };
             return Ok(json!({"scores": {"correctness": s, "clarity": s, "completeness": s, "self_contained": s}, "feedback": "Add a step."}).to_string());
         }
-        if last.starts_with("Using the material") {
-            return Ok("Question: how does sorted() order equal keys? Answer: stably.".into());
+        if let Some(material) = last.strip_prefix("Using the material") {
+            let words: Vec<&str> = material.split_whitespace().rev().take(6).collect();
+            return Ok(format!("Question: what does \"{}\" say? Answer: stably.", words.join(" ")));
         }
         if last.starts_with("A reviewer scored") {
             let draft = messages[1]["content"].as_str().unwrap();
@@ -464,4 +466,83 @@ fn the_generation_examples_validate_and_build_on_real_seeds() {
             );
         }
     }
+}
+
+#[test]
+fn quality_gates_drop_refusals_boilerplate_and_duplicates_of_kept_samples() {
+    // One agent answers each seed; the seed's text decides what the model says.
+    let server = FaultServer::scripted(|_, body| {
+        let last = last_message(body);
+        let topic = last.rsplit("Topic: ").next().unwrap().trim();
+        let long = |t: &str| {
+            format!("{t}: a long explanation of stable sorting, with keys, runs, merges and the guarantees the sort gives to equal elements in every case.")
+        };
+        Ok(match topic {
+            "refuse" => "I'm sorry, but I can't help with that.".into(),
+            "chatty" => format!("{} I hope this helps!", long("chatty")),
+            "again" | "first" => long("first"),
+            "near" => long("first").replace("every case", "all cases"),
+            "tiny" => "Short.".into(),
+            t => format!("{t}: heaps keep their least element on top, and pushing or popping costs time logarithmic in the heap's size."),
+        })
+    })
+    .unwrap();
+    let dir = Dir::new();
+    dir.write(
+        "recipe.yaml",
+        format!(
+            r#"name: gated
+sources:
+  seeds: {{path: seeds.jsonl, class: web}}
+engines:
+  pool: {{kind: openai, model: test-model, endpoints: ["{}"]}}
+stages:
+  - name: answers
+    type: multi_agent
+    inputs: [seeds]
+    engine: pool
+    agents:
+      - {{name: writer, prompt: "Explain. Topic: {{{{ text }}}}"}}
+    sample:
+      - {{role: user, content: "Explain stable sorting."}}
+      - {{role: assistant, content: "{{{{ writer.reply }}}}"}}
+    gates: {{min_chars: 40, near_threshold: 0.5}}
+output: {{path: out, format: jsonl}}
+"#,
+            server.url()
+        ),
+    );
+    let topics = [
+        "first", "refuse", "chatty", "again", "near", "tiny", "other",
+    ];
+    let seeds: Vec<Value> = topics.iter().map(|t| json!({"id": t, "text": t})).collect();
+    dir.write_jsonl("seeds.jsonl", &seeds);
+    dir.ok(&["build", "recipe.yaml"]);
+    let kept: Vec<String> = stage_rows(&dir, "answers")
+        .iter()
+        .map(|r| r["messages"][1]["content"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(
+        kept[0].starts_with("first:") && kept[1].starts_with("other:"),
+        "{kept:?}"
+    );
+    let stage = &report(&dir)["stages"][1];
+    assert_eq!(
+        stage["dropped"],
+        json!({"refusal": 1, "boilerplate": 1, "duplicate": 1, "near_duplicate": 1, "below_min_chars": 1}),
+        "{stage}"
+    );
+
+    // A gate's bad setting is refused where it is.
+    let text = std::fs::read_to_string(dir.path("recipe.yaml")).unwrap();
+    dir.write(
+        "recipe.yaml",
+        text.replace("near_threshold: 0.5", "near_threshold: 2"),
+    );
+    let err = dir.fails(&["validate", "recipe.yaml"]);
+    assert!(
+        err.contains("recipe.yaml:16:") && err.contains("stages[0].gates.near_threshold"),
+        "{err}"
+    );
 }

@@ -14,6 +14,8 @@
 //!   checked by regenerating the output from it (ROUGE-L; for Python, that both parse);
 //! - [`multi_agent`]: an author writes a question from the seed, one or N solvers answer it
 //!   (plurality answer kept, too easy and too hard questions dropped), a critic checks it;
+//! - [`gates`]: quality gates every generation stage applies to what its flow made (length,
+//!   refusals, boilerplate, exact and near duplicates of samples already kept);
 //! - [`stats`]: counts for progress displays (requests, cached replies, tokens, kept, dropped);
 //! - [`parse`]: reading structured replies (JSON with required fields, tagged sections, a regex).
 //!
@@ -23,6 +25,7 @@
 pub mod cache;
 pub mod client;
 mod error;
+pub mod gates;
 pub mod instruction_reversal;
 pub mod multi_agent;
 pub mod parse;

@@ -114,18 +114,6 @@ impl WebRewriteConfig {
     }
 }
 
-/// Openings of replies that refuse instead of rewriting (lowercased).
-const REFUSALS: &[&str] = &[
-    "i'm sorry",
-    "i am sorry",
-    "i cannot",
-    "i can't",
-    "as an ai",
-    "i apologize",
-    "i'm unable",
-    "i am unable",
-];
-
 /// The running flow.
 pub struct WebRewrite {
     config: WebRewriteConfig,
@@ -248,7 +236,7 @@ impl crate::Flow for WebRewrite {
 fn check_reply(reply: &str, prefix: &str) -> Result<String, &'static str> {
     let t = reply.trim();
     let lower: String = t.chars().take(40).collect::<String>().to_lowercase();
-    if REFUSALS.iter().any(|r| lower.starts_with(r)) {
+    if crate::gates::REFUSALS.iter().any(|r| lower.starts_with(r)) {
         return Err("refusal");
     }
     let body = if prefix.is_empty() {

@@ -9,6 +9,8 @@
 //! - [`index`]: every item's 13-grams and 7-grams as seeded xxh3 hashes, with the items behind
 //!   each 7-gram, minus boilerplate n-grams;
 //! - [`scan`]: the verdict for one sample (clean, partial or contaminated, and why);
+//! - [`minhash`]: near-duplicates by MinHash signatures and LSH buckets (generation's quality
+//!   gates);
 //! - [`audit`]: whole corpora, streamed on all cores, into `audit.json`, `samples.jsonl`,
 //!   `hits.parquet` and `report.md`, and, when decontaminating, kept and removed documents.
 //!
@@ -26,6 +28,7 @@ pub mod audit;
 pub mod benchmark;
 mod error;
 pub mod index;
+pub mod minhash;
 pub mod normalize;
 pub mod report;
 pub mod scan;

@@ -303,14 +303,30 @@ pub(super) fn check_values(
             }
             StageConfig::WebRewrite(w) => {
                 let refs = [("engine", Some(&w.flow.engine))];
-                check_flow(c, *i, &w.unknown, &refs, engines, w.flow.problems());
+                check_flow(
+                    c,
+                    *i,
+                    &w.unknown,
+                    &refs,
+                    engines,
+                    w.flow.problems(),
+                    &w.gates,
+                );
             }
             StageConfig::SelfRevise(w) => {
                 let refs = [
                     ("engine", Some(&w.flow.engine)),
                     ("critic_engine", w.flow.critic_engine.as_ref()),
                 ];
-                check_flow(c, *i, &w.unknown, &refs, engines, w.flow.problems());
+                check_flow(
+                    c,
+                    *i,
+                    &w.unknown,
+                    &refs,
+                    engines,
+                    w.flow.problems(),
+                    &w.gates,
+                );
             }
             StageConfig::MultiAgent(m) => {
                 let refs: Vec<(String, Option<&String>)> = m
@@ -319,11 +335,27 @@ pub(super) fn check_values(
                     .into_iter()
                     .map(|(f, e)| (f, Some(e)))
                     .collect();
-                check_flow(c, *i, &m.unknown, &refs, engines, m.flow.problems());
+                check_flow(
+                    c,
+                    *i,
+                    &m.unknown,
+                    &refs,
+                    engines,
+                    m.flow.problems(),
+                    &m.gates,
+                );
             }
             StageConfig::InstructionReversal(r) => {
                 let refs = [("engine", Some(&r.flow.engine))];
-                check_flow(c, *i, &r.unknown, &refs, engines, r.flow.problems());
+                check_flow(
+                    c,
+                    *i,
+                    &r.unknown,
+                    &refs,
+                    engines,
+                    r.flow.problems(),
+                    &r.gates,
+                );
             }
             StageConfig::DedupExact(_) => {}
         }
@@ -369,6 +401,7 @@ fn check_flow<R: std::fmt::Display, P: std::fmt::Display>(
     refs: &[(R, Option<&String>)],
     engines: &[String],
     problems: Vec<(P, String)>,
+    gates: &agents::gates::Gates,
 ) {
     for key in unknown.keys() {
         c.error(
@@ -391,6 +424,9 @@ fn check_flow<R: std::fmt::Display, P: std::fmt::Display>(
         }
     }
     for (field, message) in problems {
+        c.error(&format!("stages[{i}].{field}"), message);
+    }
+    for (field, message) in gates.problems() {
         c.error(&format!("stages[{i}].{field}"), message);
     }
 }

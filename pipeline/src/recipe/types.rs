@@ -265,6 +265,9 @@ pub struct WebRewriteStage {
     /// The class of the rewrites (default `web_rewrite`).
     #[serde(default = "web_rewrite_class")]
     pub class: MixClass,
+    /// Quality gates on what the flow made (length, refusals, boilerplate, duplicates).
+    #[serde(default)]
+    pub gates: agents::gates::Gates,
     #[serde(flatten)]
     pub flow: agents::web_rewrite::WebRewriteConfig,
     /// Keys neither the stage nor the flow knows (reported as unknown fields).
@@ -285,6 +288,9 @@ pub struct SelfReviseStage {
     /// The class of the kept drafts (default `synthetic`).
     #[serde(default = "synthetic_class")]
     pub class: MixClass,
+    /// Quality gates on what the flow made (length, refusals, boilerplate, duplicates).
+    #[serde(default)]
+    pub gates: agents::gates::Gates,
     #[serde(flatten)]
     pub flow: agents::self_revision::SelfRevisionConfig,
     /// Keys neither the stage nor the flow knows (reported as unknown fields).
@@ -301,6 +307,9 @@ pub struct MultiAgentStage {
     /// The class of the kept samples (default `synthetic`).
     #[serde(default = "synthetic_class")]
     pub class: MixClass,
+    /// Quality gates on what the flow made (length, refusals, boilerplate, duplicates).
+    #[serde(default)]
+    pub gates: agents::gates::Gates,
     #[serde(flatten)]
     pub flow: agents::multi_agent::MultiAgentConfig,
     /// Keys neither the stage nor the flow knows (reported as unknown fields).
@@ -317,6 +326,9 @@ pub struct InstructionReversalStage {
     /// The class of the kept pairs (default `synthetic`).
     #[serde(default = "synthetic_class")]
     pub class: MixClass,
+    /// Quality gates on what the flow made (length, refusals, boilerplate, duplicates).
+    #[serde(default)]
+    pub gates: agents::gates::Gates,
     #[serde(flatten)]
     pub flow: agents::instruction_reversal::InstructionReversalConfig,
     /// Keys neither the stage nor the flow knows (reported as unknown fields).

@@ -21,6 +21,7 @@ use crate::{Error, Result};
 use agents::cache::RequestCache;
 use agents::client::Client;
 use agents::{Flow, Generated};
+use corpus::sample::Content;
 use engines::config::EngineConfig;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -33,9 +34,10 @@ const VERSION: u32 = 1;
 /// enough to keep a server pool busy while each input waits on its turns one after another.
 const IN_FLIGHT: usize = 2048;
 
-/// Inputs a unit is handed at once: the runner gathers this many before the flows start, so that
-/// in-flight requests do not drain at the end of every read batch.
-const AT_ONCE: usize = 16_384;
+/// Inputs a unit is handed at once: all of them (a unit is bounded, about 16 MB of text), so that
+/// in-flight requests do not drain at the end of every read batch, and the quality gates see the
+/// whole unit's kept samples.
+const AT_ONCE: usize = usize::MAX;
 
 /// The engine names a generation stage uses, first the one named in lineage.
 fn engine_names(config: &StageConfig) -> Vec<&str> {
@@ -87,6 +89,7 @@ pub struct Generation {
     config: StageConfig,
     name: String,
     class: MixClass,
+    gates: agents::gates::Gates,
     fp: String,
     prompt_hash: String,
     engines: BTreeMap<String, EngineConfig>,
@@ -98,11 +101,11 @@ pub struct Generation {
 impl Generation {
     pub fn new(recipe: &Recipe, config: &StageConfig, fp: &str) -> Result<Generation> {
         let name = config.name().to_string();
-        let class = match config {
-            StageConfig::WebRewrite(w) => w.class,
-            StageConfig::SelfRevise(s) => s.class,
-            StageConfig::MultiAgent(m) => m.class,
-            StageConfig::InstructionReversal(r) => r.class,
+        let (class, gates) = match config {
+            StageConfig::WebRewrite(w) => (w.class, &w.gates),
+            StageConfig::SelfRevise(s) => (s.class, &s.gates),
+            StageConfig::MultiAgent(m) => (m.class, &m.gates),
+            StageConfig::InstructionReversal(r) => (r.class, &r.gates),
             _ => return Err(Error::stage(&name, "not a generation stage")),
         };
         let mut engines = BTreeMap::new();
@@ -125,6 +128,7 @@ impl Generation {
             config: config.clone(),
             name,
             class,
+            gates: gates.clone(),
             fp: fp.to_string(),
             prompt_hash: prompt_hash(config),
             engines,
@@ -260,12 +264,15 @@ impl Stage for Generation {
         generated.sort_unstable_by_key(|(k, _)| *k);
         let client = flow.client();
         let model = client.identity().model.clone();
+        // The gates, in input order: of two duplicates the earlier input's sample is kept.
+        let mut keeper = self.gates.keeper();
         generated
             .into_iter()
             .zip(inputs)
             .map(|((_, r), s)| {
                 let id = &s.id;
                 let g = r.map_err(|e| Error::stage(name, format!("sample {id}: {e}")))?;
+                let g = gate(&mut keeper, g);
                 agents::stats::outcome(&g);
                 Ok(match g {
                     Generated::Dropped(reason) => Outcome::Drop(reason),
@@ -293,4 +300,21 @@ impl Stage for Generation {
             })
             .collect()
     }
+}
+
+/// What the gates leave of a flow's result: its samples, or the first gate one of them failed.
+fn gate(keeper: &mut agents::gates::Keeper, g: Generated) -> Generated {
+    let Generated::Samples(outputs) = g else {
+        return g;
+    };
+    for o in &outputs {
+        let turns: Vec<&str> = match &o.content {
+            Content::Messages { messages } => messages.iter().map(|m| m.content.as_str()).collect(),
+            Content::Text { text } => vec![text.as_str()],
+        };
+        if let Err(reason) = keeper.check(&turns) {
+            return Generated::Dropped(reason.to_string());
+        }
+    }
+    Generated::Samples(outputs)
 }
