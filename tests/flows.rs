@@ -546,3 +546,99 @@ output: {{path: out, format: jsonl}}
         "{err}"
     );
 }
+
+/// The other generation examples on the local engine with the tiny test model (random weights):
+/// each flow runs end to end, its replies come from the local model and are cached, every input
+/// is accounted for (the random text rarely follows a flow's format, so most are dropped with the
+/// flow's reason), and a rebuild sends nothing again.
+#[test]
+fn the_generation_examples_run_on_the_local_engine() {
+    let tiny = root().join("engines/tests/data/phi3-tiny");
+    let local = format!(
+        "writer: {{kind: local, model: {}, device: cpu, slots: 4, context: 1024}}",
+        tiny.to_str().unwrap()
+    );
+    for (file, seeds, stage) in [
+        ("self-revision.yaml", "doc-sections.jsonl", "examples"),
+        ("multi-agent.yaml", "doc-sections.jsonl", "problems"),
+        ("declared-agents.yaml", "doc-sections.jsonl", "tutoring"),
+        (
+            "instruction-reversal.yaml",
+            "stdlib-functions.jsonl",
+            "instructions",
+        ),
+    ] {
+        let dir = Dir::new();
+        example(&dir, file, seeds, "unused");
+        // The local engine, and short replies (the tiny model's context is 1,024 tokens).
+        let text = std::fs::read_to_string(dir.path("recipe.yaml")).unwrap();
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("writer: {kind: openai") {
+                    format!("  {local}")
+                } else if l == "    engine: writer" {
+                    let mut l = format!("{l}\n    sampling: {{temperature: 0.8, max_tokens: 24}}");
+                    if file == "self-revision.yaml" {
+                        l.push_str("\n    critic_sampling: {temperature: 0.0, max_tokens: 24}");
+                    }
+                    l
+                } else {
+                    l.replace("max_tokens: 768", "max_tokens: 24")
+                        .replace("max_tokens: 256", "max_tokens: 24")
+                }
+            })
+            .collect();
+        dir.write("recipe.yaml", text.join("\n"));
+        dir.ok(&["validate", "recipe.yaml"]);
+        dir.ok(&["build", "recipe.yaml"]);
+        let r = report(&dir);
+        let st = r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == stage)
+            .unwrap()
+            .clone();
+        let dropped: u64 = st["dropped"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(st["samples_in"], 4, "{file}: {st}");
+        assert_eq!(
+            st["samples_out"].as_u64().unwrap() + dropped,
+            4,
+            "{file}: every input is kept or dropped with a reason: {st}"
+        );
+        // The replies the flow got, from the local model, in the request cache.
+        let (mut replies, mut tokens) = (0, 0);
+        for e in std::fs::read_dir(dir.path(&format!("out/.phiforge/requests/{stage}"))).unwrap() {
+            for line in read_jsonl(&e.unwrap().path()) {
+                tokens += line["completion_tokens"].as_u64().unwrap();
+                replies += 1;
+            }
+        }
+        assert!(
+            replies >= 4 && tokens > 0,
+            "{file}: {replies} replies, {tokens} tokens cached"
+        );
+        for row in stage_rows(&dir, stage) {
+            assert_eq!(
+                row["lineage"]["turns"][0]["model"], "phi3-tiny",
+                "{file}: {row}"
+            );
+        }
+        // Rebuilt: nothing runs again.
+        dir.ok(&["build", "recipe.yaml"]);
+        let again = report(&dir);
+        let st = again["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == stage)
+            .unwrap();
+        assert_eq!(st["run"], 0, "{file}: {st}");
+    }
+}
