@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
@@ -235,86 +235,73 @@ pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
 
 /// `phiforge bench-engine`: builds the engine, then prints a JSON line per batch size.
 pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
+    use engines::bench_setup::{Precision, Setup, Shape, Weights};
     if a.batch.is_empty() || a.batch.contains(&0) || a.prompt_len == 0 || a.gen_len == 0 {
         anyhow::bail!("--batch sizes, --prompt-len and --gen-len must be at least 1");
     }
-    let device = match a.device {
-        DeviceArg::Auto => engines::local::default_device(),
-        DeviceArg::Cpu => candle_core::Device::Cpu,
-        DeviceArg::Cuda => candle_core::Device::new_cuda(0)
-            .context("--device cuda (is this binary built with `--features cuda`?)")?,
+    let setup = Setup {
+        weights: match &a.model_dir {
+            Some(spec) => Weights::Model(spec.clone()),
+            None => Weights::Random {
+                shape: match a.shape {
+                    ShapeArg::Phi4 => Shape::Phi4,
+                    ShapeArg::Tiny => Shape::Tiny,
+                },
+                layers: a.layers,
+            },
+        },
+        device: match a.device {
+            DeviceArg::Auto => engines::config::DeviceSpec::Auto,
+            DeviceArg::Cpu => engines::config::DeviceSpec::Cpu,
+            DeviceArg::Cuda => engines::config::DeviceSpec::Cuda(0),
+        },
+        precision: match a.dtype {
+            DTypeArg::Auto => Precision::Auto,
+            DTypeArg::F32 => Precision::F32,
+            DTypeArg::Bf16 => Precision::Bf16,
+            DTypeArg::F16 => Precision::F16,
+        },
+        slots: a.batch.iter().copied().max().unwrap_or(1),
+        context: a.prompt_len + a.gen_len + 1,
+        seed: a.seed,
+        kernels: a.kernels.clone(),
+        graphs: !a.no_graphs,
+        check: a.check,
+        profile: a.profile,
     };
-    let dtype = match a.dtype {
-        DTypeArg::Auto => engines::config::default_dtype(&device),
-        DTypeArg::F32 => candle_core::DType::F32,
-        DTypeArg::Bf16 => candle_core::DType::BF16,
-        DTypeArg::F16 => candle_core::DType::F16,
-    };
-    let slots = a.batch.iter().copied().max().unwrap_or(1);
-    let context = a.prompt_len + a.gen_len + 1;
-    let started = std::time::Instant::now();
-    let (mut model, codec): (_, Box<dyn engines::tokenizer::Codec>) = match &a.model_dir {
-        Some(spec) => {
-            let m = engines::config::load_model(spec, &device, dtype, slots, context)?;
-            (m.model, m.codec)
-        }
-        None => {
-            let mut cfg = match a.shape {
-                ShapeArg::Phi4 => engines::phi3::Config::phi4(),
-                ShapeArg::Tiny => engines::bench::tiny_config(),
-            };
-            if let Some(n) = a.layers {
-                cfg.num_hidden_layers = n;
-            }
-            let model = engines::bench::random_model(&cfg, dtype, &device, slots, context, a.seed)
-                .context("making random weights")?;
-            (model, Box::new(engines::tokenizer::Phi4Tokenizer::new()?))
-        }
-    };
-    let cfg = model.config().clone();
-    if let Some(spec) = &a.kernels {
-        let k = engines::kernels::Kernels::parse(spec)
-            .map_err(|e| anyhow::anyhow!("--kernels: {e}"))?;
-        model
-            .set_kernels(k.any().then_some(k))
-            .context("--kernels")?;
-    }
-    if a.no_graphs {
-        model.set_graphs(false);
+    let ready = engines::bench_setup::prepare(&setup)?;
+    for r in &ready.checks {
+        println!("{}", serde_json::json!({ "check": r }));
     }
     if a.check {
-        check_kernels(&mut model, &device, slots)?;
+        eprintln!("{} kernel checks passed", ready.checks.len());
     }
-    let kernels = model
-        .kernels()
-        .map_or("none".to_string(), |k| k.to_string());
-    let graphs = model.graphs();
-    let profile = a.profile.then(|| model.enable_profiling());
-    let dev_name = if device.is_cpu() { "cpu" } else { "cuda" };
+    let cfg = &ready.config;
     eprintln!(
-        "{} layers, hidden {}, {dtype:?} on {dev_name}, fused decode kernels: {kernels}, CUDA \
-         graphs: {}, ready in {:.1}s",
+        "{} layers, hidden {}, {:?} on {}, fused decode kernels: {}, CUDA graphs: {}, ready in {:.1}s",
         cfg.num_hidden_layers,
         cfg.hidden_size,
-        if graphs { "on" } else { "off" },
-        started.elapsed().as_secs_f64()
+        ready.dtype,
+        ready.device,
+        ready.kernels,
+        if ready.graphs { "on" } else { "off" },
+        ready.seconds
     );
-    let engine = engines::local::LocalEngine::new(model, codec.into(), "bench");
     let plan = engines::bench::Plan {
         batches: a.batch.clone(),
         prompt_len: a.prompt_len,
         gen_len: a.gen_len,
         seed: a.seed,
-        profile,
-        kernels,
-        graphs,
+        profile: ready.profile.clone(),
+        kernels: ready.kernels.clone(),
+        graphs: ready.graphs,
     };
     let bar = ProgressBar::new(plan.batches.len() as u64).with_style(
         ProgressStyle::with_template("{elapsed_precise} batch sizes {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("(measuring batch {})", plan.batches[0]));
-    engines::bench::run(&engine, &cfg, dev_name, dtype, &plan, |r| {
+    engines::bench::run(&ready.engine, cfg, ready.device, ready.dtype, &plan, |r| {
         if let Ok(line) = serde_json::to_string(r) {
             bar.suspend(|| println!("{line}"));
         }
@@ -333,65 +320,4 @@ pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
         println!("{}", serde_json::json!({ "cuda_graphs": line }));
     }
     Ok(())
-}
-
-/// `bench-engine --check`: every kernel against its reference, then the model's decode step on
-/// both paths; one JSON line each on standard output.
-fn check_kernels(
-    model: &mut engines::phi3::Model,
-    device: &candle_core::Device,
-    slots: usize,
-) -> Result<()> {
-    let cfg = model.config().clone();
-    let heads = engines::kernels::Heads {
-        h: cfg.num_attention_heads,
-        kvh: cfg.num_key_value_heads,
-        hd: cfg.head_dim(),
-        ctx: model.context(),
-    };
-    let mut results = engines::kernels::check(
-        device,
-        heads,
-        cfg.hidden_size,
-        cfg.intermediate_size,
-        model.dtype(),
-    )
-    .context("checking the fused kernels")?;
-    // The model's kernels, or all of them when it is on the general path.
-    let kernels = model.kernels().unwrap_or(engines::kernels::Kernels::ALL);
-    if model.supports_kernels() {
-        let mut batches = vec![1, slots.min(4)];
-        batches.dedup();
-        for b in batches {
-            results.push(
-                engines::bench::check_paths(model, kernels, b, 7)
-                    .context("checking the fused decode path")?,
-            );
-        }
-    }
-    let failed = engines::kernels::failures(&results);
-    for r in &results {
-        println!("{}", serde_json::json!({ "check": r }));
-    }
-    if !failed.is_empty() {
-        anyhow::bail!("fused kernels out of tolerance: {}", failed.join("; "));
-    }
-    eprintln!("{} kernel checks passed", results.len());
-    Ok(())
-}
-
-/// The local engine on `spec` (see [`engines::config::LocalConfig::model`]) as `serve` runs it,
-/// and the model's name.
-pub(crate) fn local_engine(
-    spec: &Path,
-    slots: usize,
-    context: usize,
-) -> Result<(engines::local::LocalEngine, String)> {
-    let device = engines::local::default_device();
-    let dtype = engines::config::default_dtype(&device);
-    let m = engines::config::load_model(spec, &device, dtype, slots, context)?;
-    Ok((
-        engines::local::LocalEngine::new(m.model, m.codec.into(), &m.name),
-        m.name,
-    ))
 }

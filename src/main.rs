@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 mod engine;
-use engine::{bench_engine, generate, local_engine, BenchArgs, GenerateArgs};
+use engine::{bench_engine, generate, BenchArgs, GenerateArgs};
 
 #[derive(Parser)]
 #[command(
@@ -279,7 +279,13 @@ fn run(cli: Cli) -> Result<()> {
             context,
             max_pending,
         } => {
-            let (engine, name) = local_engine(&model_dir, slots, context)?;
+            // As a recipe's local engine: the device chosen for it (a GPU when there is one).
+            let (engine, name) = engines::config::LocalConfig {
+                slots,
+                context,
+                ..engines::config::LocalConfig::new(&model_dir.to_string_lossy())
+            }
+            .engine()?;
             let max_pending = max_pending.unwrap_or(slots.saturating_mul(4)).max(1);
             let name = model_name.unwrap_or(name);
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -392,24 +398,9 @@ fn decont(a: DecontArgs, mode: Mode) -> Result<()> {
     };
     let inputs = corpus::expand_inputs(&a.input)?;
     let set = BenchmarkSet::load(&a.benchmarks, &fields)?;
-    let (allow, allow_ref) = match &a.allow_list {
-        Some(p) => {
-            let bytes =
-                std::fs::read(p).with_context(|| format!("reading allow-list {}", p.display()))?;
-            let text = String::from_utf8(bytes.clone())
-                .with_context(|| format!("{}: allow-list is not UTF-8", p.display()))?;
-            let lines: Vec<String> = text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(String::from)
-                .collect();
-            let hash = {
-                use sha2::Digest;
-                hex::encode(sha2::Sha256::digest(&bytes))
-            };
-            (lines, Some((p.clone(), hash)))
-        }
-        None => (Vec::new(), None),
+    let allow = match &a.allow_list {
+        Some(p) => dedup::index::AllowList::read(p)?,
+        None => dedup::index::AllowList::default(),
     };
     let settings = Settings {
         info_threshold: a.info_threshold,
@@ -417,7 +408,7 @@ fn decont(a: DecontArgs, mode: Mode) -> Result<()> {
         allow_min_items: a.allow_min_items,
         ..Settings::default()
     };
-    let index = BenchIndex::build(&set, settings, &allow)?;
+    let index = BenchIndex::build(&set, settings, &allow.texts)?;
     tracing::info!(
         items = index.items.len(),
         ngrams = index.stats.ngrams_short,
@@ -440,7 +431,7 @@ fn decont(a: DecontArgs, mode: Mode) -> Result<()> {
         },
         skip_bad_lines: a.skip_bad_lines,
         mode,
-        allow_list: allow_ref,
+        allow_list: allow.file,
     };
     let report = audit::run(&index, &set.files, &inputs, &a.out, &opts, &progress);
     progress.bar.finish_and_clear();

@@ -331,6 +331,41 @@ fn group(
     (ranges, postings)
 }
 
+/// A user's allow-list: texts (one per line) whose n-grams are not evidence, and what the
+/// report records of the file (its path and SHA-256).
+#[derive(Debug, Clone, Default)]
+pub struct AllowList {
+    pub texts: Vec<String>,
+    pub file: Option<(std::path::PathBuf, String)>,
+}
+
+impl AllowList {
+    /// Reads `path`: its non-empty lines, and the file's SHA-256.
+    pub fn read(path: &std::path::Path) -> Result<AllowList> {
+        use sha2::Digest;
+        let io = |source| crate::Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let bytes = std::fs::read(path).map_err(io)?;
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        let text = String::from_utf8(bytes).map_err(|e| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the allow-list is not UTF-8: {e}"),
+            ))
+        })?;
+        Ok(AllowList {
+            texts: text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(String::from)
+                .collect(),
+            file: Some((path.to_path_buf(), sha256)),
+        })
+    }
+}
+
 impl BenchIndex {
     /// Builds the index. `allow_list` holds texts whose n-grams are not evidence.
     pub fn build(

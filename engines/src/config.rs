@@ -192,19 +192,31 @@ impl EngineConfig {
         }
         match self {
             EngineConfig::Openai(c) => Ok(Arc::new(OpenAiEngine::new(c.clone())?)),
-            EngineConfig::Local(c) => {
-                let device = DeviceSpec::parse(&c.device)
-                    .map_err(EngineError::Config)?
-                    .device()?;
-                let dtype = default_dtype(&device);
-                let loaded = load_model(Path::new(&c.model), &device, dtype, c.slots, c.context)?;
-                Ok(Arc::new(crate::local::LocalEngine::new(
-                    loaded.model,
-                    loaded.codec.into(),
-                    &loaded.name,
-                )))
-            }
+            EngineConfig::Local(c) => Ok(Arc::new(c.engine()?.0)),
         }
+    }
+}
+
+impl LocalConfig {
+    /// The local engine (the model loaded on its device, bf16 on a GPU, f32 on the CPU), and
+    /// the model's name.
+    pub fn engine(&self) -> Result<(crate::local::LocalEngine, String), EngineError> {
+        let device = DeviceSpec::parse(&self.device)
+            .map_err(EngineError::Config)?
+            .device()?;
+        let dtype = default_dtype(&device);
+        let loaded = load_model(
+            Path::new(&self.model),
+            &device,
+            dtype,
+            self.slots,
+            self.context,
+        )?;
+        let name = loaded.name.clone();
+        Ok((
+            crate::local::LocalEngine::new(loaded.model, loaded.codec.into(), &loaded.name),
+            name,
+        ))
     }
 }
 

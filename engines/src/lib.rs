@@ -34,6 +34,7 @@
 //! ```
 
 pub mod bench;
+pub mod bench_setup;
 pub mod config;
 pub mod engine;
 pub mod generate;
