@@ -1,8 +1,9 @@
 //! Reading structured replies by a declared rule. A reply that does not follow its rule is an
 //! [`Unparsed`] with the reason; flows ask again a bounded number of times, then drop the input.
 //!
-//! - `json`: the first JSON object in the reply (inside a code fence or not) with the `required`
-//!   fields present;
+//! - `json`: the first JSON object in the reply (inside a code fence or not) with the required
+//!   fields present: a list of names, or a schema of names and their JSON types
+//!   (`{faithful: boolean, score: number}`);
 //! - `tags`: `<name>...</name>` sections, each required;
 //! - `regex`: a regular expression whose named groups are the fields.
 
@@ -10,17 +11,59 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// How a reply is read into fields; in a recipe `{json: [required, ...]}`, `{tags: [name, ...]}`
-/// or `{regex: PATTERN}`.
+/// How a reply is read into fields; in a recipe `{json: [required, ...]}` (or
+/// `{json: {field: type, ...}}`), `{tags: [name, ...]}` or `{regex: PATTERN}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Rule {
     /// The first JSON object in the reply, with these fields present.
-    Json(Vec<String>),
+    Json(JsonFields),
     /// `<name>...</name>` sections, each required (and not empty).
     Tags(Vec<String>),
     /// A regular expression whose named groups are the fields.
     Regex(String),
+}
+
+/// The fields a JSON reply must have: names, or names with their types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum JsonFields {
+    Names(Vec<String>),
+    Typed(std::collections::BTreeMap<String, JsonType>),
+}
+
+/// A JSON value's type, as JSON Schema names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonType {
+    String,
+    Number,
+    Integer,
+    Boolean,
+    Array,
+    Object,
+}
+
+impl JsonType {
+    fn holds(self, v: &Value) -> bool {
+        match self {
+            JsonType::String => v.is_string(),
+            JsonType::Number => v.is_number(),
+            JsonType::Integer => v.is_i64() || v.is_u64(),
+            JsonType::Boolean => v.is_boolean(),
+            JsonType::Array => v.is_array(),
+            JsonType::Object => v.is_object(),
+        }
+    }
+}
+
+impl Rule {
+    /// A JSON rule requiring `names`.
+    pub fn json(names: &[&str]) -> Rule {
+        Rule::Json(JsonFields::Names(
+            names.iter().map(|n| n.to_string()).collect(),
+        ))
+    }
 }
 
 /// Why a reply could not be read.
@@ -31,7 +74,8 @@ impl Rule {
     /// The fields the rule gives when it reads a reply (a JSON reply may give more).
     pub fn fields(&self) -> Vec<String> {
         match self {
-            Rule::Json(f) | Rule::Tags(f) => f.clone(),
+            Rule::Json(JsonFields::Names(f)) | Rule::Tags(f) => f.clone(),
+            Rule::Json(JsonFields::Typed(f)) => f.keys().cloned().collect(),
             Rule::Regex(p) => Regex::new(p)
                 .map(|r| r.capture_names().flatten().map(String::from).collect())
                 .unwrap_or_default(),
@@ -60,9 +104,21 @@ impl Rule {
             Rule::Json(required) => {
                 let v = first_json_object(reply)
                     .ok_or_else(|| Unparsed("no JSON object in the reply".into()))?;
-                for f in required {
-                    if !v.contains_key(f) {
-                        return Err(Unparsed(format!("the JSON has no `{f}`")));
+                let wanted: Vec<(&String, Option<JsonType>)> = match required {
+                    JsonFields::Names(n) => n.iter().map(|f| (f, None)).collect(),
+                    JsonFields::Typed(t) => t.iter().map(|(f, ty)| (f, Some(*ty))).collect(),
+                };
+                for (f, ty) in wanted {
+                    match (v.get(f), ty) {
+                        (None, _) => return Err(Unparsed(format!("the JSON has no `{f}`"))),
+                        (Some(x), Some(ty)) if !ty.holds(x) => {
+                            let ty = serde_json::to_value(ty).unwrap_or_default();
+                            return Err(Unparsed(format!(
+                                "the JSON's `{f}` is not of type {}: {x}",
+                                ty.as_str().unwrap_or("?")
+                            )));
+                        }
+                        _ => {}
                     }
                 }
                 Ok(v)
@@ -124,7 +180,7 @@ mod tests {
 
     #[test]
     fn each_rule_reads_its_fields_or_says_why_not() {
-        let json = Rule::Json(vec!["scores".into()]);
+        let json = Rule::json(&["scores"]);
         let reply = "Here you go:\n```json\n{\"scores\": {\"a\": 7}, \"feedback\": \"ok\"}\n```";
         assert_eq!(json.parse(reply).unwrap()["scores"]["a"], 7);
         assert_eq!(
@@ -160,5 +216,20 @@ mod tests {
         );
         let spec: Rule = serde_json::from_str(r#"{"tags": ["question"]}"#).unwrap();
         assert_eq!(spec, Rule::Tags(vec!["question".into()]));
+        let typed: Rule =
+            serde_json::from_str(r#"{"json": {"faithful": "boolean", "score": "integer"}}"#)
+                .unwrap();
+        assert_eq!(typed.fields(), ["faithful", "score"]);
+        assert_eq!(
+            typed.parse(r#"{"faithful": true, "score": 7}"#).unwrap()["score"],
+            7
+        );
+        assert_eq!(
+            typed.parse(r#"{"faithful": "yes", "score": 7}"#),
+            Err(Unparsed(
+                "the JSON's `faithful` is not of type boolean: \"yes\"".into()
+            ))
+        );
+        assert!(typed.parse(r#"{"faithful": true, "score": 7.5}"#).is_err());
     }
 }

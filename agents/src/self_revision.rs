@@ -197,7 +197,7 @@ impl SelfRevision {
 
     /// Scores from a critique reply: every criterion, an integer from 1 to 10.
     fn scores(&self, reply: &str) -> Option<(BTreeMap<String, f64>, String)> {
-        let rule = Rule::Json(vec!["scores".into()]);
+        let rule = Rule::json(&["scores"]);
         let fields = rule.parse(reply).ok()?;
         let scores = fields.get("scores")?.as_object()?;
         let mut out = BTreeMap::new();
