@@ -56,6 +56,12 @@ pub enum CallError {
     Cache(#[from] Error),
 }
 
+impl From<engines::tokenizer::Error> for CallError {
+    fn from(e: engines::tokenizer::Error) -> Self {
+        CallError::Engine(e.into())
+    }
+}
+
 impl Client {
     pub fn new(name: &str, engine: Arc<dyn Engine>) -> Client {
         let identity = engine.identity();

@@ -141,6 +141,12 @@ pub enum EngineError {
     Config(String),
 }
 
+impl From<tokens::Error> for EngineError {
+    fn from(e: tokens::Error) -> Self {
+        EngineError::Config(e.0)
+    }
+}
+
 impl EngineError {
     /// Worth another try: rate limits, server errors, timeouts, dropped connections, bad replies.
     pub fn is_retryable(&self) -> bool {

@@ -48,4 +48,5 @@ pub mod phi3;
 pub mod serve;
 #[cfg(feature = "test-server")]
 pub mod testing;
-pub mod tokenizer;
+/// The tokenizers (the `tokens` crate), as the engines use them.
+pub use tokens as tokenizer;

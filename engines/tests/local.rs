@@ -2,7 +2,7 @@
 //! same completion as running it alone, seeds make sampling reproducible, and limits are kept.
 
 use candle_core::{DType, Device};
-use engines::engine::{ChatRequest, Engine, EngineError, FinishReason, Message, Sampling};
+use engines::engine::{ChatRequest, Engine, FinishReason, Message, Sampling};
 use engines::local::LocalEngine;
 use engines::phi3::Model;
 use engines::tokenizer::Codec;
@@ -15,7 +15,7 @@ struct Bytes;
 const SPECIAL: [(&str, u32); 3] = [("<|im_start|>", 93), ("<|im_sep|>", 94), ("<|im_end|>", 95)];
 
 impl Codec for Bytes {
-    fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, engines::tokenizer::Error> {
         let mut ids = Vec::new();
         let mut rest = text;
         'outer: while !rest.is_empty() {
@@ -32,7 +32,7 @@ impl Codec for Bytes {
         }
         Ok(ids)
     }
-    fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+    fn decode(&self, ids: &[u32]) -> Result<String, engines::tokenizer::Error> {
         Ok(ids
             .iter()
             .filter(|&&i| i < 93)
@@ -174,10 +174,10 @@ fn prompts_fed_in_chunks_and_small_prefill_passes_change_nothing() {
 struct StopAt(u32);
 
 impl Codec for StopAt {
-    fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, engines::tokenizer::Error> {
         Bytes.encode(text)
     }
-    fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+    fn decode(&self, ids: &[u32]) -> Result<String, engines::tokenizer::Error> {
         Bytes.decode(ids)
     }
     fn stop_ids(&self) -> Vec<u32> {

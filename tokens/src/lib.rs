@@ -1,14 +1,19 @@
-//! Tokenizers for the local engine: a model folder's `tokenizer.json`, or Phi-4's own, which is
+//! Tokenizers without a model, for the local engine, the flows (splitting long inputs by tokens)
+//! and the mixer's token shards: a `tokenizer.json` (Hugging Face), or Phi-4's own, which is
 //! tiktoken's cl100k_base plus Phi-4's chat tokens and works offline.
 
-use crate::engine::EngineError;
 use std::path::Path;
+
+/// A tokenizer that could not be made, or text it could not encode or decode.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Error(pub String);
 
 /// Text to token ids and back; special tokens written in the text (`<|im_start|>`) are recognised.
 pub trait Codec: Send + Sync {
-    fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError>;
+    fn encode(&self, text: &str) -> Result<Vec<u32>, Error>;
     /// Decodes, leaving special tokens out.
-    fn decode(&self, ids: &[u32]) -> Result<String, EngineError>;
+    fn decode(&self, ids: &[u32]) -> Result<String, Error>;
     /// Tokens that end a completion (`<|im_end|>`, `<|endoftext|>`).
     fn stop_ids(&self) -> Vec<u32>;
 }
@@ -31,15 +36,14 @@ pub struct Phi4Tokenizer {
 }
 
 impl Phi4Tokenizer {
-    pub fn new() -> Result<Phi4Tokenizer, EngineError> {
-        let bpe = tiktoken_rs::cl100k_base()
-            .map_err(|e| EngineError::Config(format!("cl100k_base: {e}")))?;
+    pub fn new() -> Result<Phi4Tokenizer, Error> {
+        let bpe = tiktoken_rs::cl100k_base().map_err(|e| Error(format!("cl100k_base: {e}")))?;
         Ok(Phi4Tokenizer { bpe })
     }
 }
 
 impl Codec for Phi4Tokenizer {
-    fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, Error> {
         let mut ids = Vec::new();
         let mut rest = text;
         loop {
@@ -62,7 +66,7 @@ impl Codec for Phi4Tokenizer {
         }
     }
 
-    fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+    fn decode(&self, ids: &[u32]) -> Result<String, Error> {
         // cl100k_base's ordinary tokens are 0..100256 (every one has bytes); everything above is
         // special or unused. The bytes of a cut-off completion may end inside a character, and
         // a model may emit any byte sequence: those become U+FFFD rather than an error.
@@ -82,25 +86,25 @@ pub struct HfTokenizer {
 }
 
 impl HfTokenizer {
-    pub fn from_file(path: &Path) -> Result<HfTokenizer, EngineError> {
+    pub fn from_file(path: &Path) -> Result<HfTokenizer, Error> {
         let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error(format!("{}: {e}", path.display())))?;
         Ok(HfTokenizer { inner })
     }
 }
 
 impl Codec for HfTokenizer {
-    fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, Error> {
         self.inner
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())
-            .map_err(|e| EngineError::Config(format!("tokenizing: {e}")))
+            .map_err(|e| Error(format!("tokenizing: {e}")))
     }
 
-    fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+    fn decode(&self, ids: &[u32]) -> Result<String, Error> {
         self.inner
             .decode(ids, true)
-            .map_err(|e| EngineError::Config(format!("decoding: {e}")))
+            .map_err(|e| Error(format!("decoding: {e}")))
     }
 
     fn stop_ids(&self) -> Vec<u32> {
@@ -112,7 +116,7 @@ impl Codec for HfTokenizer {
 }
 
 /// The tokenizer of a model folder: its `tokenizer.json` when present, else Phi-4's.
-pub fn for_model(dir: &Path) -> Result<Box<dyn Codec>, EngineError> {
+pub fn for_model(dir: &Path) -> Result<Box<dyn Codec>, Error> {
     let file = dir.join("tokenizer.json");
     if file.exists() {
         Ok(Box::new(HfTokenizer::from_file(&file)?))
