@@ -10,11 +10,14 @@
 //!   indices that needs no memory per document;
 //! - [`interleave`]: the mix's documents in order, by largest deficit first (as Megatron-LM's
 //!   blended datasets), with each class's epochs, until the class's target is met;
-//! - the plan's [`plan::MixReport`]: target against achieved share per class, epochs per class.
+//! - the plan's [`plan::MixReport`]: target against achieved share per class, epochs per class;
+//! - [`tokshard`]: token shards, the trainer's input (tokens, document boundaries, loss masks), in
+//!   the format `docs/token-shards.md` documents.
 
 pub mod interleave;
 pub mod permute;
 pub mod plan;
+pub mod tokshard;
 
 pub use corpus::sample::MixClass;
 
