@@ -30,6 +30,12 @@ pub const PHI4_SPECIAL: &[(&str, u32)] = &[
     ("<|endofprompt|>", 100_276),
 ];
 
+/// cl100k_base's tokens of text without special tokens: GitHub's `bpe-openai` (the same ids as
+/// tiktoken, several times faster; a test checks them against tiktoken-rs on real text).
+fn ordinary(text: &str) -> Vec<u32> {
+    bpe_openai::cl100k_base().encode(text)
+}
+
 /// Phi-4's tokenizer without any file: cl100k_base for text, Phi-4's ids for its chat tokens.
 pub struct Phi4Tokenizer {
     bpe: tiktoken_rs::CoreBPE,
@@ -54,12 +60,12 @@ impl Codec for Phi4Tokenizer {
                 .min_by_key(|x| x.0);
             match next {
                 Some((at, s, id)) => {
-                    ids.extend(self.bpe.encode_ordinary(&rest[..at]));
+                    ids.extend(ordinary(&rest[..at]));
                     ids.push(id);
                     rest = &rest[at + s.len()..];
                 }
                 None => {
-                    ids.extend(self.bpe.encode_ordinary(rest));
+                    ids.extend(ordinary(rest));
                     return Ok(ids);
                 }
             }
@@ -141,5 +147,49 @@ mod tests {
         assert_eq!(t.decode(&ids).unwrap(), "userHello, world!");
         // cl100k_base's own ids for ordinary text.
         assert_eq!(t.encode("hello world").unwrap(), [15339, 1917]);
+    }
+
+    #[test]
+    fn the_fast_encoder_gives_tiktokens_ids_on_real_text() {
+        use std::io::Read;
+        let tiktoken = tiktoken_rs::cl100k_base().unwrap();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/corpus");
+        let mut checked = 0;
+        for name in [
+            "python-docs.jsonl.gz",
+            "python-stdlib.jsonl.gz",
+            "doc-sections.jsonl",
+            "stdlib-functions.jsonl",
+        ] {
+            let path = std::path::Path::new(dir).join(name);
+            let file = std::fs::File::open(&path).unwrap();
+            let mut text = String::new();
+            if name.ends_with(".gz") {
+                flate2::read::GzDecoder::new(file)
+                    .read_to_string(&mut text)
+                    .unwrap();
+            } else {
+                std::io::BufReader::new(file)
+                    .read_to_string(&mut text)
+                    .unwrap();
+            }
+            for line in text.lines().take(400) {
+                let doc: serde_json::Value = serde_json::from_str(line).unwrap();
+                let t = doc["text"].as_str().unwrap_or_default();
+                assert_eq!(ordinary(t), tiktoken.encode_ordinary(t), "{name}: {t}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 180, "{checked} documents checked");
+        for odd in [
+            "",
+            " ",
+            "  \n\n\t x",
+            "日本語のテキスト 🚀🚀",
+            "a\u{301}e\u{301}",
+            "'s 've 're 123456789 ...!!!",
+        ] {
+            assert_eq!(ordinary(odd), tiktoken.encode_ordinary(odd), "{odd:?}");
+        }
     }
 }
