@@ -12,9 +12,11 @@
 //!   blended datasets), with each class's epochs, until the class's target is met;
 //! - the plan's [`plan::MixReport`]: target against achieved share per class, epochs per class;
 //! - [`tokshard`]: token shards, the trainer's input (tokens, document boundaries, loss masks), in
-//!   the format `docs/token-shards.md` documents.
+//!   the format `docs/token-shards.md` documents;
+//! - [`megatron`]: the same documents as Megatron-LM's indexed dataset (`.bin` + `.idx`).
 
 pub mod interleave;
+pub mod megatron;
 pub mod permute;
 pub mod plan;
 pub mod tokshard;
