@@ -42,6 +42,12 @@ impl Codec for Bytes {
     fn stop_ids(&self) -> Vec<u32> {
         vec![95]
     }
+    fn vocab_size(&self) -> u32 {
+        96
+    }
+    fn end_of_text(&self) -> Option<u32> {
+        None
+    }
 }
 
 fn engine(slots: usize) -> LocalEngine {
@@ -182,6 +188,12 @@ impl Codec for StopAt {
     }
     fn stop_ids(&self) -> Vec<u32> {
         vec![self.0]
+    }
+    fn vocab_size(&self) -> u32 {
+        96
+    }
+    fn end_of_text(&self) -> Option<u32> {
+        None
     }
 }
 

@@ -16,6 +16,11 @@ pub trait Codec: Send + Sync {
     fn decode(&self, ids: &[u32]) -> Result<String, Error>;
     /// Tokens that end a completion (`<|im_end|>`, `<|endoftext|>`).
     fn stop_ids(&self) -> Vec<u32>;
+    /// Token ids are below this (special and added tokens included).
+    fn vocab_size(&self) -> u32;
+    /// The token that ends a document in training data (`<|endoftext|>`, or the tokenizer's own
+    /// end token).
+    fn end_of_text(&self) -> Option<u32>;
 }
 
 /// Phi-4's special tokens and their ids.
@@ -84,6 +89,15 @@ impl Codec for Phi4Tokenizer {
     fn stop_ids(&self) -> Vec<u32> {
         vec![100_265, 100_257]
     }
+
+    /// Phi-4's embedding rows: cl100k_base's 100,256 tokens, its special tokens, padded to 100,352.
+    fn vocab_size(&self) -> u32 {
+        100_352
+    }
+
+    fn end_of_text(&self) -> Option<u32> {
+        Some(100_257)
+    }
 }
 
 /// A Hugging Face `tokenizer.json`.
@@ -118,6 +132,16 @@ impl Codec for HfTokenizer {
             .iter()
             .filter_map(|t| self.inner.token_to_id(t))
             .collect()
+    }
+
+    fn vocab_size(&self) -> u32 {
+        self.inner.get_vocab_size(true) as u32
+    }
+
+    fn end_of_text(&self) -> Option<u32> {
+        ["<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"]
+            .iter()
+            .find_map(|t| self.inner.token_to_id(t))
     }
 }
 
