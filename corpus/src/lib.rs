@@ -13,7 +13,8 @@
 //! - [`atomic`] is the workspace's one atomic file write (temporary name, fsync, rename, checksum).
 //! - [`sample`] is the sample a build moves between stages (content id, class, text or messages,
 //!   lineage), [`shard`] the Parquet files it moves in between stages, and [`output`] the final
-//!   output files (copied from shards without decoding where they can be).
+//!   output files (copied from shards without decoding where they can be); [`mixdoc`] a training
+//!   mix's document shards (the samples in the mix's order, with their token counts).
 //!
 //! It owns the heavy Arrow/Parquet dependency; no other crate links it directly. JSON-lines
 //! records are picked apart by `extract` (only the text and id fields are materialised).
@@ -37,6 +38,7 @@ mod canonical;
 mod error;
 mod extract;
 mod format;
+pub mod mixdoc;
 pub mod output;
 mod read;
 pub mod sample;

@@ -13,9 +13,11 @@
 //! - the plan's [`plan::MixReport`]: target against achieved share per class, epochs per class;
 //! - [`tokshard`]: token shards, the trainer's input (tokens, document boundaries, loss masks), in
 //!   the format `docs/token-shards.md` documents;
+//! - [`manifest`]: every file of the mix with its counts and checksum, checked by readers;
 //! - [`megatron`]: the same documents as Megatron-LM's indexed dataset (`.bin` + `.idx`).
 
 pub mod interleave;
+pub mod manifest;
 pub mod megatron;
 pub mod permute;
 pub mod plan;
