@@ -26,8 +26,6 @@ stages:
     type: template
     inputs: [clean]
     template: "{{ text | upper }}"
-mix:
-  weights: {web: 1.0}
 output:
   path: out
   shards: 2
@@ -186,15 +184,15 @@ fn a_changed_template_reruns_that_stage_and_what_follows_only() {
     assert_eq!(stage(&w, "clean"), &("clean".into(), 31, 0));
     assert_eq!(stage(&w, "shout"), &("shout".into(), 0, 30));
     assert_eq!(report(&dir)["stages"][3]["reason"], "changed_config");
-    // Mix weights feed mixing and training only: no existing stage reruns.
+    // A mix feeds training only: adding one mixes, and no stage reruns.
     dir.write(
         "recipe.yaml",
-        RECIPE
-            .replace("{{ text | upper }}", "{{ text | lower }}")
-            .replace("{web: 1.0}", "{web: 0.5, code: 0.5}"),
+        RECIPE.replace("{{ text | upper }}", "{{ text | lower }}")
+            + "mix:\n  weights: {web: 1.0}\n",
     );
     let out = dir.ok(&["build", "recipe.yaml"]);
-    assert!(out.contains("nothing to do"), "{out}");
+    assert!(out.contains("mix: "), "{out}");
+    assert!(work(&dir).iter().all(|(_, _, run)| *run == 0), "{out}");
 }
 
 #[test]

@@ -9,5 +9,6 @@ mod build_units;
 mod decontaminate;
 mod flows;
 mod generate;
+mod mix;
 mod planted;
 mod slurm;

@@ -194,10 +194,12 @@ impl Builder<'_> {
             stages: reports,
             outputs: Vec::new(),
             outputs_unchanged: 0,
+            mix: None,
             seconds: 0.0,
         };
         if !self.opts.dry_run {
             self.outputs(&views, &mut report)?;
+            self.mix(&views, &mut report)?;
             report.seconds = started.elapsed().as_secs_f64();
             let json = serde_json::to_string_pretty(&report).unwrap_or_default();
             corpus::atomic::write(
@@ -574,6 +576,30 @@ impl Builder<'_> {
                 &stages,
             )?;
         }
+        Ok(())
+    }
+
+    /// Mixes the final stages' samples, when the recipe has a `mix` section.
+    fn mix(&mut self, views: &[Option<Vec<View>>], report: &mut RunReport) -> Result<()> {
+        let Some(mix) = &self.recipe.mix else {
+            return Ok(());
+        };
+        let inputs: Vec<(String, Vec<View>)> = self
+            .graph
+            .finals()
+            .into_iter()
+            .filter_map(|i| Some((self.graph.nodes[i].name.clone(), views[i].clone()?)))
+            .collect();
+        let summary = crate::mix::run(
+            self.root,
+            self.recipe,
+            mix,
+            &report.recipe_fingerprint,
+            &inputs,
+            self.opts.progress,
+        )?;
+        report.did_work |= !summary.up_to_date;
+        report.mix = Some(summary);
         Ok(())
     }
 

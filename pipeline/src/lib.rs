@@ -14,7 +14,9 @@
 //! - [`store`] indexes done units in SQLite (never samples);
 //! - [`build`] runs a build node by node, recomputing only units whose inputs or fingerprint
 //!   changed, then [`output`] writes the final files and the manifest, and [`report`] says what
-//!   happened; [`lineage`] answers where a sample came from.
+//!   happened; [`lineage`] answers where a sample came from;
+//! - [`mix`] mixes the final samples at the recipe's weights into token shards, document shards
+//!   and Megatron-LM's indexed dataset, with a manifest the trainer checks.
 //!
 //! Samples move between stages as Parquet files on disk, never all in memory: a unit holds one
 //! batch of its view at a time, so memory is set by the number of cores, not the corpus.
@@ -35,6 +37,7 @@ pub mod build;
 mod error;
 pub mod executor;
 pub mod lineage;
+pub mod mix;
 pub mod output;
 pub mod plan;
 pub mod recipe;

@@ -97,6 +97,9 @@ pub struct RunReport {
     /// Output files written (relative to the output folder); unchanged ones are not rewritten.
     pub outputs: Vec<String>,
     pub outputs_unchanged: usize,
+    /// The mix, when the recipe has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mix: Option<crate::mix::MixSummary>,
     pub did_work: bool,
     pub seconds: f64,
 }
@@ -122,6 +125,30 @@ impl RunReport {
                 } else {
                     format!("  dropped: {}", dropped.join(", "))
                 },
+            ));
+        }
+        if let Some(m) = &self.mix {
+            let classes: Vec<String> = m
+                .report
+                .classes
+                .iter()
+                .map(|(c, a)| {
+                    format!(
+                        "{} {:.2}% ({:+.3} pp, {} epochs)",
+                        c.as_str(),
+                        a.share * 100.0,
+                        a.error_pp,
+                        a.epochs
+                    )
+                })
+                .collect();
+            out.push_str(&format!(
+                "mix{}: {} tokens, {} documents, {} token shards; {}\n",
+                if m.up_to_date { " (up to date)" } else { "" },
+                m.tokens,
+                m.documents,
+                m.token_shards,
+                classes.join(", ")
             ));
         }
         if self.did_work {

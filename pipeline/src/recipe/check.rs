@@ -278,7 +278,7 @@ pub(super) fn check_stages(c: &mut Checker, sources: &[String], stages: &[(usize
 pub(super) fn check_values(
     c: &mut Checker,
     decont: &DecontaminateConfig,
-    mix: &MixConfig,
+    mix: Option<&MixConfig>,
     output: Option<&OutputConfig>,
     stages: &[(usize, StageConfig)],
     engines: &[String],
@@ -369,19 +369,8 @@ pub(super) fn check_values(
             }
         }
     }
-    for (class, w) in &mix.weights {
-        if !(w.is_finite() && *w >= 0.0) {
-            c.error(
-                &format!("mix.weights.{}", class.as_str()),
-                format!("a weight must be 0 or more, got {w}"),
-            );
-        }
-    }
-    if mix.weights.values().all(|w| *w >= 0.0) && mix.weights.values().sum::<f64>() <= 0.0 {
-        c.error("mix.weights", "the weights must not all be 0");
-    }
-    if mix.target_tokens == Some(0) {
-        c.error("mix.target_tokens", "must be more than 0");
+    if let Some(mix) = mix {
+        check_mix(c, mix, dir);
     }
     if let Some(o) = output {
         if o.path.trim().is_empty() {
@@ -428,5 +417,48 @@ fn check_flow<R: std::fmt::Display, P: std::fmt::Display>(
     }
     for (field, message) in gates.problems() {
         c.error(&format!("stages[{i}].{field}"), message);
+    }
+}
+
+fn check_mix(c: &mut Checker, mix: &MixConfig, dir: &Path) {
+    for (class, w) in &mix.weights {
+        if !(w.is_finite() && *w >= 0.0) {
+            c.error(
+                &format!("mix.weights.{}", class.as_str()),
+                format!("a weight must be 0 or more, got {w}"),
+            );
+        }
+    }
+    let sum: f64 = mix.weights.values().sum();
+    if mix.weights.values().all(|w| w.is_finite() && *w >= 0.0) && (sum - 1.0).abs() > 1e-6 {
+        c.error(
+            "mix.weights",
+            format!("the weights must sum to 1; they sum to {sum}"),
+        );
+    }
+    if mix.target_tokens == Some(0) {
+        c.error("mix.target_tokens", "must be more than 0");
+    }
+    for (class, p) in &mix.policies {
+        if let mixes::plan::Policy::Repeat { max_epochs } = p {
+            if !(max_epochs.is_finite() && *max_epochs >= 1.0) {
+                c.error(
+                    &format!("mix.policies.{}.repeat.max_epochs", class.as_str()),
+                    format!("must be at least 1, got {max_epochs}"),
+                );
+            }
+        }
+    }
+    if mix.shard_tokens == 0 {
+        c.error("mix.shard_tokens", "must be more than 0");
+    }
+    if mix.tokenizer != "phi4" && !resolve(dir, &mix.tokenizer).is_file() {
+        c.error(
+            "mix.tokenizer",
+            format!(
+                "`{}` is neither `phi4` nor a tokenizer.json file",
+                mix.tokenizer
+            ),
+        );
     }
 }

@@ -112,7 +112,10 @@ impl Recipe {
             Some(_) => c.error("stages", "expected a list of stages"),
         }
         let decontaminate: DecontaminateConfig = c.section(&root, "decontaminate");
-        let mix: MixConfig = c.section(&root, "mix");
+        let mix = match top.get("mix") {
+            None | Some(Value::Null) => None,
+            Some(v) => c.typed::<MixConfig>("mix", v),
+        };
         let execution: ExecutionConfig = c.section(&root, "execution");
         let output = match top.get("output") {
             Some(v) => c.typed::<OutputConfig>("output", v),
@@ -143,7 +146,7 @@ impl Recipe {
         check_values(
             &mut c,
             &decontaminate,
-            &mix,
+            mix.as_ref(),
             output.as_ref(),
             &stages,
             &engine_names,

@@ -95,7 +95,9 @@ impl DecontaminateConfig {
     }
 }
 
-/// Mixing: weights by class (by tokens) and the target size.
+/// Mixing: weights by class (by tokens), the target size, what a short class does, and the token
+/// shards' tokenizer and size. A recipe with a `mix` section mixes its final stages' samples after
+/// every build (see `crate::mix`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MixConfig {
@@ -103,6 +105,19 @@ pub struct MixConfig {
     pub weights: BTreeMap<MixClass, f64>,
     #[serde(default)]
     pub target_tokens: Option<u64>,
+    /// Per class: `{repeat: {max_epochs: N}}`, `fail` or `renormalise` (default: synthetic repeats
+    /// up to 14 epochs, the other classes fail).
+    #[serde(default)]
+    pub policies: BTreeMap<MixClass, mixes::plan::Policy>,
+    /// `phi4` (Phi-4's tokenizer, offline), or the path of a `tokenizer.json`.
+    #[serde(default = "default_tokenizer")]
+    pub tokenizer: String,
+    /// Tokens per token shard (a shard is held in memory while it is written).
+    #[serde(default = "default_shard_tokens")]
+    pub shard_tokens: u64,
+    /// Also write Megatron-LM's indexed dataset (`megatron.bin` + `megatron.idx`).
+    #[serde(default = "yes")]
+    pub megatron: bool,
 }
 
 fn default_weights() -> BTreeMap<MixClass, f64> {
@@ -112,11 +127,27 @@ fn default_weights() -> BTreeMap<MixClass, f64> {
         .collect()
 }
 
+fn default_tokenizer() -> String {
+    "phi4".into()
+}
+
+fn default_shard_tokens() -> u64 {
+    1 << 26
+}
+
+fn yes() -> bool {
+    true
+}
+
 impl Default for MixConfig {
     fn default() -> Self {
         MixConfig {
             weights: default_weights(),
             target_tokens: None,
+            policies: BTreeMap::new(),
+            tokenizer: default_tokenizer(),
+            shard_tokens: default_shard_tokens(),
+            megatron: true,
         }
     }
 }
@@ -400,7 +431,8 @@ pub struct Recipe {
     pub engines: BTreeMap<String, EngineConfig>,
     pub stages: Vec<StageConfig>,
     pub decontaminate: DecontaminateConfig,
-    pub mix: MixConfig,
+    /// Absent: the build does not mix.
+    pub mix: Option<MixConfig>,
     pub output: OutputConfig,
     pub train: Option<TrainConfig>,
     pub execution: ExecutionConfig,
