@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 mod engine;
+mod vocab;
 use engine::{bench_engine, generate, BenchArgs, GenerateArgs};
 
 #[derive(Parser)]
@@ -109,6 +110,9 @@ enum Command {
     /// or on random weights of Phi-4's shape made on the device; one JSON line per batch size
     /// (the fields of ../shared/gpu/hf_bench.py, for side-by-side runs).
     BenchEngine(BenchArgs),
+    /// Learns a small byte-level BPE tokenizer.json from documents (for models trained from
+    /// scratch), with Phi-4's chat and end-of-text tokens as its special tokens.
+    TrainTokenizer(vocab::TrainTokenizerArgs),
     /// Prints the normalised form of a text (argument or standard input), as matching sees it.
     Normalize {
         /// The text; read from standard input when absent.
@@ -298,6 +302,7 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("serving on {listen}"))
         }
         Command::BenchEngine(a) => bench_engine(a),
+        Command::TrainTokenizer(a) => vocab::train_tokenizer(a),
         Command::Normalize { text } => {
             let text = match text {
                 Some(t) => t,

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+pub mod train;
+
 /// A tokenizer that could not be made, or text it could not encode or decode.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
