@@ -66,7 +66,10 @@ pub fn width_for(vocab: u32) -> u32 {
     }
 }
 
-/// Builds one shard in memory (its size is bounded by the caller's shard size), then writes it.
+/// Builds one shard: in memory, written whole by [`ShardWriter::write`] (its size is bounded by
+/// the caller's shard size); or streamed to its file as documents come, when the caller knows
+/// the shard's counts beforehand ([`ShardWriter::streaming`]): then only the document index and
+/// the mask bits (a ninth of a byte per token or less) are held until [`ShardWriter::finish`].
 pub struct ShardWriter {
     width: u32,
     vocab: u32,
@@ -74,6 +77,30 @@ pub struct ShardWriter {
     count: u64,
     index: Vec<u64>,
     mask: Option<Vec<u8>>,
+    stream: Option<Stream>,
+}
+
+/// A streamed shard's file and the counts its header promised.
+struct Stream {
+    path: PathBuf,
+    file: AtomicFile,
+    tokens: u64,
+    documents: u64,
+}
+
+/// Token bytes buffered before a streamed shard writes them.
+const STREAM_BUFFER: usize = 1 << 20;
+
+fn header(width: u32, tokens: u64, documents: u64, masked: bool, vocab: u32) -> [u8; HEADER_BYTES] {
+    let mut h = [0u8; HEADER_BYTES];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&width.to_le_bytes());
+    h[16..24].copy_from_slice(&tokens.to_le_bytes());
+    h[24..32].copy_from_slice(&documents.to_le_bytes());
+    h[32..36].copy_from_slice(&(masked as u32).to_le_bytes());
+    h[36..40].copy_from_slice(&vocab.to_le_bytes());
+    h
 }
 
 impl ShardWriter {
@@ -86,7 +113,30 @@ impl ShardWriter {
             count: 0,
             index: vec![0],
             mask: with_mask.then(Vec::new),
+            stream: None,
         }
+    }
+
+    /// A shard of exactly `tokens` tokens in `documents` documents, streamed to `path` (under a
+    /// temporary name until [`ShardWriter::finish`]).
+    pub fn streaming(
+        path: &Path,
+        vocab: u32,
+        with_mask: bool,
+        tokens: u64,
+        documents: u64,
+    ) -> Result<ShardWriter, ShardError> {
+        let mut w = ShardWriter::new(vocab, with_mask);
+        let mut file = AtomicFile::create(path)?;
+        file.write_all(&header(w.width, tokens, documents, with_mask, vocab))
+            .map_err(io(path))?;
+        w.stream = Some(Stream {
+            path: path.to_path_buf(),
+            file,
+            tokens,
+            documents,
+        });
+        Ok(w)
     }
 
     /// Tokens so far.
@@ -141,27 +191,76 @@ impl ShardWriter {
         }
         self.count += ids.len() as u64;
         self.index.push(self.count);
+        let documents = self.documents();
+        if let Some(st) = &mut self.stream {
+            if self.count > st.tokens || documents > st.documents {
+                return Err(format!(
+                    "more than the {} tokens in {} documents the shard was made for",
+                    st.tokens, st.documents
+                ));
+            }
+            if self.tokens.len() >= STREAM_BUFFER {
+                st.file
+                    .write_all(&self.tokens)
+                    .map_err(|e| format!("{}: {e}", st.path.display()))?;
+                self.tokens.clear();
+            }
+        }
         Ok(())
     }
 
-    /// Writes the shard to `path` (atomically).
-    pub fn write(self, path: &Path) -> Result<Written, ShardError> {
-        let mut f = AtomicFile::create(path)?;
-        let mut header = [0u8; HEADER_BYTES];
-        header[..8].copy_from_slice(MAGIC);
-        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        header[12..16].copy_from_slice(&self.width.to_le_bytes());
-        header[16..24].copy_from_slice(&self.count.to_le_bytes());
-        header[24..32].copy_from_slice(&(self.index.len() as u64 - 1).to_le_bytes());
-        header[32..36].copy_from_slice(&(self.mask.is_some() as u32).to_le_bytes());
-        header[36..40].copy_from_slice(&self.vocab.to_le_bytes());
-        f.write_all(&header).map_err(io(path))?;
+    /// Completes a streamed shard: the rest of its tokens, its index and mask, then the file is
+    /// moved into place. Refused when the documents pushed are not the counts promised.
+    pub fn finish(mut self) -> Result<Written, ShardError> {
+        let Some(mut st) = self.stream.take() else {
+            return Err(ShardError::Bad {
+                path: PathBuf::new(),
+                message: "finish() on a shard built in memory (use write)".into(),
+            });
+        };
+        let path = st.path.clone();
+        if self.count != st.tokens || self.documents() != st.documents {
+            return Err(bad(
+                &path,
+                format!(
+                    "{} tokens in {} documents were pushed into a shard made for {} in {}",
+                    self.count,
+                    self.documents(),
+                    st.tokens,
+                    st.documents
+                ),
+            ));
+        }
+        self.write_rest(&mut st.file, &path)?;
+        Ok(st.file.commit()?)
+    }
+
+    /// The buffered tokens, the index and the mask.
+    fn write_rest(&self, f: &mut AtomicFile, path: &Path) -> Result<(), ShardError> {
         f.write_all(&self.tokens).map_err(io(path))?;
         let index: Vec<u8> = self.index.iter().flat_map(|o| o.to_le_bytes()).collect();
         f.write_all(&index).map_err(io(path))?;
         if let Some(mask) = &self.mask {
             f.write_all(mask).map_err(io(path))?;
         }
+        Ok(())
+    }
+
+    /// Writes the shard built in memory to `path` (atomically).
+    pub fn write(self, path: &Path) -> Result<Written, ShardError> {
+        if self.stream.is_some() {
+            return Err(bad(path, "write() on a streamed shard (use finish)"));
+        }
+        let mut f = AtomicFile::create(path)?;
+        let h = header(
+            self.width,
+            self.count,
+            self.documents(),
+            self.mask.is_some(),
+            self.vocab,
+        );
+        f.write_all(&h).map_err(io(path))?;
+        self.write_rest(&mut f, path)?;
         Ok(f.commit()?)
     }
 }
@@ -316,5 +415,34 @@ mod tests {
                 .to_string()
                 .contains("PFTOKSHD"));
         }
+    }
+
+    #[test]
+    fn a_streamed_shard_is_the_same_bytes_and_holds_to_its_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let docs: Vec<Vec<u32>> = (0..3000u32).map(|k| (k..k + 700).collect()).collect();
+        let tokens: u64 = docs.iter().map(|d| d.len() as u64).sum();
+        let mut mem = ShardWriter::new(5000, true);
+        let a = dir.path().join("a.tok");
+        let mut st = ShardWriter::streaming(&a, 5000, true, tokens, docs.len() as u64).unwrap();
+        for (k, d) in docs.iter().enumerate() {
+            let mask: Vec<bool> = d.iter().map(|t| (t + k as u32).is_multiple_of(3)).collect();
+            mem.push(d, Some(&mask)).unwrap();
+            st.push(d, Some(&mask)).unwrap();
+        }
+        let b = dir.path().join("b.tok");
+        let wb = mem.write(&b).unwrap();
+        let wa = st.finish().unwrap();
+        assert_eq!(wa, wb);
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        // Fewer documents than promised: refused, and no file left under the name.
+        let c = dir.path().join("c.tok");
+        let mut st = ShardWriter::streaming(&c, 5000, false, 10, 2).unwrap();
+        st.push(&[1, 2, 3], None).unwrap();
+        let e = st.finish().unwrap_err().to_string();
+        assert!(e.contains("made for 10 in 2"), "{e}");
+        assert!(!c.exists());
+        let mut st = ShardWriter::streaming(&c, 5000, false, 2, 1).unwrap();
+        assert!(st.push(&[1, 2, 3], None).is_err());
     }
 }

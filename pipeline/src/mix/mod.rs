@@ -6,8 +6,10 @@
 //! 1. every final sample is tokenized (in parallel, in order; [`encode`]) and appended to its
 //!    class's files on disk ([`spill`]), which counts each class's unique tokens;
 //! 2. the plan (`mixes::plan`) sets each class's target from those counts and its policy, and the
-//!    interleaving (`mixes::interleave`, largest deficit first, seeded epochs) reads the documents
-//!    back in the mix's order into the shards, a new shard every `mix.shard_tokens` tokens.
+//!    interleaving (`mixes::interleave`, largest deficit first, seeded epochs) walks the mix's
+//!    order twice: once reading only token counts, which fixes each shard's size (a new shard
+//!    every `mix.shard_tokens` tokens), then reading the documents back, streamed into the
+//!    shards. Memory holds a shard's document index and mask bits, never its tokens.
 //!
 //! The mix is written into `OUT/mix.partial/` and renamed to `OUT/mix/` when complete, so a
 //! killed mix leaves the previous one whole. Its fingerprint hashes the final samples' files, the
@@ -155,33 +157,35 @@ pub fn run(
         policies: mix.policies.clone(),
     };
     let plan = mixes::plan::plan(&supply, &settings).map_err(|e| Error::stage("mix", e))?;
-    let open = |c: MixClass| SpillReader::open(&spill_dir, c.as_str(), docs[&c]);
-    let mut counters = BTreeMap::new();
-    let mut readers = BTreeMap::new();
-    for &c in plan.classes.keys().filter(|c| docs.contains_key(c)) {
-        counters.insert(c, open(c)?);
-        readers.insert(c, open(c)?);
-    }
-
-    // Pass 2: the documents in the mix's order, into the shards.
-    progress.stage(
-        "mix (write)",
-        plan.target_tokens.div_ceil(mix.shard_tokens) as usize,
-    );
-    let mut failed: Option<Error> = None;
-    let tokens_of = |c: MixClass, k: u64| -> u64 {
-        let got = counters.get_mut(&c).map(|r| r.tokens_of(k));
-        match got {
-            Some(Ok(n)) => n,
-            Some(Err(e)) => {
-                failed.get_or_insert(e);
-                0
-            }
-            None => 0,
+    // Each shard's counts first (its header comes before its tokens), from a walk of the same
+    // order that reads only the documents' token counts.
+    let mut counter = Counter::open(&spill_dir, &docs)?;
+    let mut sizes = Vec::new();
+    let (mut tokens, mut documents) = (0, 0);
+    for pick in Interleaver::new(plan.clone(), &docs, recipe.seed, |c, k| {
+        counter.tokens(c, k)
+    }) {
+        tokens += pick.tokens;
+        documents += 1;
+        if tokens >= mix.shard_tokens {
+            sizes.push((tokens, documents));
+            (tokens, documents) = (0, 0);
         }
-    };
-    let mut picks = Interleaver::new(plan, &docs, recipe.seed, tokens_of);
-    let mut shards = Shards::new(&partial, enc.vocab, chats, mix)?;
+    }
+    if documents > 0 {
+        sizes.push((tokens, documents));
+    }
+    counter.check()?;
+
+    // Pass 2: the documents in the mix's order, streamed into the shards.
+    progress.stage("mix (write)", sizes.len());
+    let mut readers = BTreeMap::new();
+    for (&c, &n) in &docs {
+        readers.insert(c, SpillReader::open(&spill_dir, c.as_str(), n)?);
+    }
+    let mut counter = Counter::open(&spill_dir, &docs)?;
+    let mut picks = Interleaver::new(plan, &docs, recipe.seed, |c, k| counter.tokens(c, k));
+    let mut shards = Shards::new(&partial, enc.vocab, chats, mix, sizes)?;
     for pick in picks.by_ref() {
         let Some(r) = readers.get_mut(&pick.class) else {
             continue;
@@ -191,9 +195,7 @@ pub fn run(
     }
     let report = picks.report();
     drop(picks);
-    if let Some(e) = failed {
-        return Err(e);
-    }
+    counter.check()?;
     let (token_shards, document_shards, megatron) = shards.finish(progress)?;
     progress.stage_done();
     remove_dir(&spill_dir)?;
@@ -228,6 +230,41 @@ pub fn run(
     ))
 }
 
+/// Per class, a reader of its documents' token counts for the interleaving, which cannot take an
+/// error from its callback: the first one is kept for [`Counter::check`].
+struct Counter {
+    readers: BTreeMap<MixClass, SpillReader>,
+    failed: Option<Error>,
+}
+
+impl Counter {
+    fn open(dir: &Path, docs: &BTreeMap<MixClass, u64>) -> Result<Counter> {
+        let mut readers = BTreeMap::new();
+        for (&c, &n) in docs {
+            readers.insert(c, SpillReader::open(dir, c.as_str(), n)?);
+        }
+        Ok(Counter {
+            readers,
+            failed: None,
+        })
+    }
+
+    fn tokens(&mut self, c: MixClass, k: u64) -> u64 {
+        match self.readers.get_mut(&c).map(|r| r.tokens_of(k)) {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => {
+                self.failed.get_or_insert(e);
+                0
+            }
+            None => 0,
+        }
+    }
+
+    fn check(self) -> Result<()> {
+        self.failed.map_or(Ok(()), Err)
+    }
+}
+
 fn remove_dir(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(dir, e)),
@@ -235,14 +272,15 @@ fn remove_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// The shards being written: a token shard and its document shard at a time, and the Megatron
-/// files for the whole mix.
+/// The shards being written: a token shard and its document shard at a time (each streamed), and
+/// the Megatron files for the whole mix.
 struct Shards<'a> {
     dir: &'a Path,
     vocab: u32,
     masked: bool,
-    shard_tokens: u64,
-    tokens: ShardWriter,
+    /// Each shard's tokens and documents, in order.
+    sizes: Vec<(u64, u64)>,
+    tokens: Option<ShardWriter>,
     docs: Option<MixDocWriter>,
     classes: BTreeMap<MixClass, ClassCount>,
     megatron: Option<MegatronWriter>,
@@ -252,7 +290,13 @@ struct Shards<'a> {
 }
 
 impl<'a> Shards<'a> {
-    fn new(dir: &'a Path, vocab: u32, masked: bool, mix: &MixConfig) -> Result<Shards<'a>> {
+    fn new(
+        dir: &'a Path,
+        vocab: u32,
+        masked: bool,
+        mix: &MixConfig,
+        sizes: Vec<(u64, u64)>,
+    ) -> Result<Shards<'a>> {
         let megatron = if mix.megatron {
             let prefix = dir.join("megatron").join("mix");
             Some(MegatronWriter::create(&prefix, vocab).map_err(|e| Error::stage("mix", e))?)
@@ -263,8 +307,8 @@ impl<'a> Shards<'a> {
             dir,
             vocab,
             masked,
-            shard_tokens: mix.shard_tokens,
-            tokens: ShardWriter::new(vocab, masked),
+            sizes,
+            tokens: None,
             docs: None,
             classes: BTreeMap::new(),
             megatron,
@@ -286,16 +330,25 @@ impl<'a> Shards<'a> {
         let class = d.sample.class;
         let n = d.ids.len() as u64;
         let mask = self.masked.then_some(d.mask.as_slice());
-        self.tokens
+        if self.docs.is_none() {
+            let k = self.token_entries.len();
+            let &(tokens, documents) = self.sizes.get(k).ok_or_else(|| {
+                Error::stage("mix", format!("shard {k} is past the {} planned", k))
+            })?;
+            let (tok_name, doc_name) = self.names();
+            let path = self.dir.join(tok_name);
+            let w = ShardWriter::streaming(&path, self.vocab, self.masked, tokens, documents)
+                .map_err(|e| Error::stage("mix", e))?;
+            self.tokens = Some(w);
+            self.docs = Some(MixDocWriter::create(&self.dir.join(doc_name))?);
+        }
+        let (Some(tokens), Some(docs)) = (&mut self.tokens, &mut self.docs) else {
+            return Err(Error::stage("mix", "no shard open"));
+        };
+        tokens
             .push(&d.ids, mask)
             .map_err(|e| Error::stage("mix", format!("sample {}: {e}", d.sample.id)))?;
-        if self.docs.is_none() {
-            let path = self.dir.join(self.names().1);
-            self.docs = Some(MixDocWriter::create(&path)?);
-        }
-        if let Some(w) = &mut self.docs {
-            w.push(&d.sample, n, epoch)?;
-        }
+        docs.push(&d.sample, n, epoch)?;
         if let Some(m) = &mut self.megatron {
             m.push(&d.ids).map_err(|e| Error::stage("mix", e))?;
         }
@@ -304,24 +357,22 @@ impl<'a> Shards<'a> {
             c.documents += 1;
             c.tokens += n;
         }
-        if self.tokens.tokens() >= self.shard_tokens {
+        let k = self.token_entries.len();
+        if self.sizes.get(k).is_some_and(|s| tokens.documents() == s.1) {
             self.close()?;
             progress.unit_done();
         }
         Ok(())
     }
 
-    /// Writes the shard being filled (if it has documents).
+    /// Completes the shard being filled (if it has documents).
     fn close(&mut self) -> Result<()> {
-        let Some(docs) = self.docs.take() else {
+        let (Some(w), Some(docs)) = (self.tokens.take(), self.docs.take()) else {
             return Ok(());
         };
         let (tok_name, _) = self.names();
-        let w = std::mem::replace(&mut self.tokens, ShardWriter::new(self.vocab, self.masked));
         let (tokens, documents) = (w.tokens(), w.documents());
-        let written = w
-            .write(&self.dir.join(&tok_name))
-            .map_err(|e| Error::stage("mix", e))?;
+        let written = w.finish().map_err(|e| Error::stage("mix", e))?;
         let classes = std::mem::take(&mut self.classes);
         let info = docs.finish()?;
         let rel = |p: &Path| {
@@ -356,6 +407,16 @@ impl<'a> Shards<'a> {
         if self.docs.is_some() {
             self.close()?;
             progress.unit_done();
+        }
+        if self.token_entries.len() != self.sizes.len() {
+            return Err(Error::stage(
+                "mix",
+                format!(
+                    "{} shards written where {} were planned",
+                    self.token_entries.len(),
+                    self.sizes.len()
+                ),
+            ));
         }
         let mut megatron = Vec::new();
         if let Some(m) = self.megatron.take() {
