@@ -199,14 +199,20 @@ impl Builder<'_> {
         };
         if !self.opts.dry_run {
             self.outputs(&views, &mut report)?;
-            self.mix(&views, &mut report)?;
+            // A mix that fails (a class short of its share) loses none of the build: the report,
+            // the views and the store are written first, the error is returned last.
+            let mixed = self.mix(&views, &mut report);
             report.seconds = started.elapsed().as_secs_f64();
             let json = serde_json::to_string_pretty(&report).unwrap_or_default();
             corpus::atomic::write(
                 &self.root.join("report.json"),
                 format!("{json}\n").as_bytes(),
             )?;
-            corpus::atomic::write(&self.root.join("report.txt"), report.summary().as_bytes())?;
+            let mut summary = report.summary();
+            if let Err(e) = &mixed {
+                summary.push_str(&format!("mix failed: {e}\n"));
+            }
+            corpus::atomic::write(&self.root.join("report.txt"), summary.as_bytes())?;
             let named: Vec<(String, String, Vec<View>)> = self
                 .graph
                 .nodes
@@ -216,6 +222,7 @@ impl Builder<'_> {
                 .collect();
             self.store.set_views(&named)?;
             self.collect_garbage()?;
+            mixed?;
         }
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)

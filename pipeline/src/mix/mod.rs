@@ -105,6 +105,33 @@ pub fn run(
     }
     let partial = root.join(format!("{DIR}.partial"));
     remove_dir(&partial)?;
+    let mixed = mix_into(&partial, root, recipe, mix, recipe_fp, inputs, fp, progress);
+    if mixed.is_err() {
+        // Nothing of a failed mix is kept (the previous mix, if any, is untouched).
+        let _ = remove_dir(&partial);
+    }
+    let manifest = mixed?;
+    remove_dir(&out)?;
+    std::fs::rename(&partial, &out).map_err(|e| Error::io(&out, e))?;
+    Ok(MixSummary::of(
+        &manifest,
+        false,
+        started.elapsed().as_secs_f64(),
+    ))
+}
+
+/// Writes the whole mix into `partial`; returns its manifest.
+#[allow(clippy::too_many_arguments)]
+fn mix_into(
+    partial: &Path,
+    root: &Path,
+    recipe: &Recipe,
+    mix: &MixConfig,
+    recipe_fp: &str,
+    inputs: &[(String, Vec<View>)],
+    fp: String,
+    progress: &dyn Progress,
+) -> Result<Manifest> {
     let spill_dir = partial.join(".spill");
     std::fs::create_dir_all(&spill_dir).map_err(|e| Error::io(&spill_dir, e))?;
     let enc = Encoder::new(&mix.tokenizer, &recipe.dir)?;
@@ -185,7 +212,7 @@ pub fn run(
     }
     let mut counter = Counter::open(&spill_dir, &docs)?;
     let mut picks = Interleaver::new(plan, &docs, recipe.seed, |c, k| counter.tokens(c, k));
-    let mut shards = Shards::new(&partial, enc.vocab, chats, mix, sizes)?;
+    let mut shards = Shards::new(partial, enc.vocab, chats, mix, sizes)?;
     for pick in picks.by_ref() {
         let Some(r) = readers.get_mut(&pick.class) else {
             continue;
@@ -221,13 +248,7 @@ pub fn run(
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::stage("mix", e))?;
     corpus::atomic::write(&partial.join(mixes::manifest::FILE_NAME), &json)?;
     corpus::atomic::write(&partial.join("report.txt"), summary(&manifest).as_bytes())?;
-    remove_dir(&out)?;
-    std::fs::rename(&partial, &out).map_err(|e| Error::io(&out, e))?;
-    Ok(MixSummary::of(
-        &manifest,
-        false,
-        started.elapsed().as_secs_f64(),
-    ))
+    Ok(manifest)
 }
 
 /// Per class, a reader of its documents' token counts for the interleaving, which cannot take an
