@@ -22,6 +22,11 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear_no_bias, Embedding, Linear, RmsNorm, VarBuilder};
 use serde::Deserialize;
 
+// Training on the same modules: `Model::forward_train`, `Model::from_varmap`, `init_varmap`.
+#[path = "phi3_train.rs"]
+mod train;
+pub use train::{init_varmap, parameters, ParamInit};
+
 /// The model's shape, as in `config.json` (keys the model does not use are ignored). Both
 /// layouts of RoPE settings are read: `rope_theta` at the top (Phi-4's own file) and
 /// `rope_parameters` (files written by transformers 5).
@@ -613,7 +618,9 @@ impl Model {
     ) -> Result<Model> {
         let context = context.min(cfg.max_position_embeddings);
         let shape = (slots, cfg.num_key_value_heads, context, cfg.head_dim());
-        let caches = (0..cfg.num_hidden_layers)
+        // No slots (a model for training): no cache at all.
+        let layers_cached = if slots == 0 { 0 } else { cfg.num_hidden_layers };
+        let caches = (0..layers_cached)
             .map(|_| {
                 Ok(KvCache {
                     k: Tensor::zeros(shape, dtype, device)?,
@@ -674,7 +681,7 @@ impl Model {
     /// candle's operations on this GPU (at small widths; `PHIFORGE_DECODE_KERNELS` = `none`, or a
     /// list as `bench-engine --kernels` takes, overrides the set); on the CPU the general step.
     fn with_default_kernels(mut self) -> Model {
-        if !self.device.is_cuda() || !self.supports_kernels() {
+        if !self.device.is_cuda() || self.caches.is_empty() || !self.supports_kernels() {
             return self;
         }
         let wanted = match std::env::var("PHIFORGE_DECODE_KERNELS") {
