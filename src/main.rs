@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 mod engine;
+mod tokenize;
 mod vocab;
 use engine::{bench_engine, generate, BenchArgs, GenerateArgs};
 
@@ -113,6 +114,9 @@ enum Command {
     /// Learns a small byte-level BPE tokenizer.json from documents (for models trained from
     /// scratch), with Phi-4's chat and end-of-text tokens as its special tokens.
     TrainTokenizer(vocab::TrainTokenizerArgs),
+    /// Tokenizes documents into token shards (Phi-4's tokenizer or a tokenizer.json), each
+    /// document ended by the end-of-text token; optionally also Megatron-LM's indexed dataset.
+    Tokenize(tokenize::TokenizeArgs),
     /// Prints the normalised form of a text (argument or standard input), as matching sees it.
     Normalize {
         /// The text; read from standard input when absent.
@@ -303,6 +307,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::BenchEngine(a) => bench_engine(a),
         Command::TrainTokenizer(a) => vocab::train_tokenizer(a),
+        Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Normalize { text } => {
             let text = match text {
                 Some(t) => t,

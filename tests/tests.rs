@@ -12,3 +12,4 @@ mod generate;
 mod mix;
 mod planted;
 mod slurm;
+mod tokenize;
