@@ -20,6 +20,7 @@ use std::time::Instant;
 
 mod engine;
 mod tokenize;
+mod train;
 mod vocab;
 use engine::{bench_engine, generate, BenchArgs, GenerateArgs};
 
@@ -117,6 +118,9 @@ enum Command {
     /// Tokenizes documents into token shards (Phi-4's tokenizer or a tokenizer.json), each
     /// document ended by the end-of-text token; optionally also Megatron-LM's indexed dataset.
     Tokenize(tokenize::TokenizeArgs),
+    /// Trains a Phi-3-architecture model on the recipe's mix with its `train:` section
+    /// (checkpoints, `--resume`, metrics.jsonl, loss.svg, a model folder engines load).
+    Train(train::TrainArgs),
     /// Prints the normalised form of a text (argument or standard input), as matching sees it.
     Normalize {
         /// The text; read from standard input when absent.
@@ -306,6 +310,7 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("serving on {listen}"))
         }
         Command::BenchEngine(a) => bench_engine(a),
+        Command::Train(a) => train::train(a),
         Command::TrainTokenizer(a) => vocab::train_tokenizer(a),
         Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Normalize { text } => {

@@ -186,7 +186,10 @@ impl TrainConfig {
         if self.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
             bad.push(format!("betas {:?} must be in [0, 1)", self.betas));
         }
-        if !(self.eps > 0.0) || self.weight_decay < 0.0 || self.grad_clip < 0.0 {
+        if self.eps.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+            || self.weight_decay < 0.0
+            || self.grad_clip < 0.0
+        {
             bad.push("eps must be above 0; weight_decay and grad_clip 0 or more".into());
         }
         if self.eval_every > 0 && self.eval_batches == 0 {
@@ -197,15 +200,15 @@ impl TrainConfig {
         }
         if m.hidden_size == 0 || m.num_hidden_layers == 0 || m.num_attention_heads == 0 {
             bad.push("the model needs a hidden size, layers and heads".into());
-        } else if m.hidden_size % m.num_attention_heads != 0
+        } else if !m.hidden_size.is_multiple_of(m.num_attention_heads)
             || m.num_key_value_heads == 0
-            || m.num_attention_heads % m.num_key_value_heads != 0
+            || !m.num_attention_heads.is_multiple_of(m.num_key_value_heads)
         {
             bad.push(format!(
                 "heads ({}) must divide hidden_size ({}), and KV heads ({}) the heads",
                 m.num_attention_heads, m.hidden_size, m.num_key_value_heads
             ));
-        } else if (m.hidden_size / m.num_attention_heads) % 2 != 0 {
+        } else if !(m.hidden_size / m.num_attention_heads).is_multiple_of(2) {
             bad.push("the head size (hidden_size / heads) must be even for RoPE".into());
         }
         if bad.is_empty() {

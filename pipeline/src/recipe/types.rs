@@ -245,18 +245,8 @@ pub struct SlurmConfig {
     pub sbatch_args: Vec<String>,
 }
 
-/// Training on the mixed shards (used by the trainer; checked here).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    pub steps: u64,
-    #[serde(default)]
-    pub batch_size: Option<u32>,
-    #[serde(default)]
-    pub sequence_length: Option<u32>,
-    #[serde(default)]
-    pub learning_rate: Option<f64>,
-}
+/// Training on the mixed shards: the trainer's own settings (see docs/training.md).
+pub use trainer::TrainConfig;
 
 /// Exact deduplication by content id: the first sample of each content is kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
