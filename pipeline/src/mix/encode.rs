@@ -45,9 +45,11 @@ impl Encoder {
         })
     }
 
+    /// Text as text: a special token's name written in it (`<|endoftext|>` in a web page) is
+    /// not that token.
     fn ids(&self, text: &str) -> Result<Vec<u32>> {
         self.codec
-            .encode(text)
+            .encode_ordinary(text)
             .map_err(|e| Error::stage("mix", format!("tokenizing: {e}")))
     }
 
@@ -104,6 +106,16 @@ mod tests {
             .unwrap();
         assert_eq!(ids, [9906, 1917, 100_257]);
         assert_eq!(mask, None);
+        // A special token's name in a text is text.
+        let (ids, _) = e
+            .encode(&Content::Text {
+                text: "<|endoftext|>".into(),
+            })
+            .unwrap();
+        assert!(
+            ids.len() > 2 && !ids[..ids.len() - 1].contains(&100_257),
+            "{ids:?}"
+        );
         let chat = Content::Messages {
             messages: vec![
                 Message {
