@@ -165,7 +165,10 @@ fn bad_mixes_are_refused_before_any_mix_is_written() {
     assert!(!dir.path("out/mix.partial").exists());
     // The build itself is kept and reported; only the mix failed.
     let txt = std::fs::read_to_string(dir.path("out/report.txt")).unwrap();
-    assert!(txt.contains("unique") && txt.contains("mix failed"), "{txt}");
+    assert!(
+        txt.contains("unique") && txt.contains("mix failed"),
+        "{txt}"
+    );
     // A class short of its share under `fail`.
     setup(
         &dir,
