@@ -68,13 +68,18 @@ fn a_build_mixes_its_classes_at_their_weights() {
     let m = manifest(&dir);
     m.verify(&dir.path("out/mix")).unwrap();
     let r = &m.report;
-    // Target against achieved share, within half a percentage point; the plan's target met.
+    // Target against achieved share, within half a percentage point; the plan's target met to
+    // within half a document per class (each class ends at the boundary nearest its target).
     for (class, want) in [(MixClass::Web, 0.7), (MixClass::Code, 0.3)] {
         let a = &r.classes[&class];
         assert!((a.share - want).abs() < 0.005, "{class:?}: {a:?}");
         assert!(a.error_pp.abs() < 0.5, "{a:?}");
     }
-    assert!(r.achieved_tokens >= 200_000, "{}", r.achieved_tokens);
+    assert!(
+        r.achieved_tokens.abs_diff(200_000) < 1_000,
+        "{}",
+        r.achieved_tokens
+    );
     // The code class is short of its share, so it repeats (each epoch in a new order).
     let code = &r.plan.classes[&MixClass::Code];
     assert!(code.epochs > 1.0, "{code:?}");

@@ -1,13 +1,20 @@
 //! The mix's documents in order: at each step the class furthest behind its share of the tokens
 //! emitted so far (largest deficit first, as Megatron-LM's blended datasets pick), its next
-//! document in its current epoch's seeded order, until every class has met its target. The same
-//! plan, documents and seed give the same order.
+//! document in its current epoch's seeded order, until every class has reached its target. A class
+//! ends at the document boundary nearest its target: its last document is not taken when it would
+//! overshoot the target by more than leaving it out falls short (a class always gets at least one
+//! document), so each class misses its target by at most half a document, not a whole one. The
+//! same plan, documents and seed give the same order.
 
 use crate::permute::Permutation;
 use crate::plan::{Achieved, MixPlan, MixReport};
 use crate::MixClass;
 use std::collections::BTreeMap;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// The interleaving's version, in a mix's fingerprint: raised whenever the same plan, documents
+/// and seed would give another order (2: classes end at the boundary nearest their target).
+pub const VERSION: u32 = 2;
 
 /// One document of the mix: the `doc`-th of its class, in its class's epoch `epoch` (from 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +33,24 @@ struct ClassState {
     emitted: u64,
     picked: u64,
     order: Permutation,
+    /// The epoch `order` is for.
+    order_epoch: u64,
+    /// Ended at the boundary nearest its target.
+    done: bool,
+}
+
+impl ClassState {
+    /// The next document: its epoch, its place in the epoch and its index (reshuffling the order
+    /// at an epoch's start).
+    fn next_doc(&mut self, seed: u64) -> (u64, u64) {
+        let epoch = self.picked / self.docs;
+        let at = self.picked % self.docs;
+        if at == 0 && epoch > 0 && self.order_epoch != epoch {
+            self.order = Permutation::new(self.docs, epoch_key(seed, self.class, epoch));
+            self.order_epoch = epoch;
+        }
+        (epoch, self.order.get(at))
+    }
 }
 
 /// Walks a plan; `tokens_of(class, doc)` gives a document's tokens.
@@ -59,6 +84,8 @@ impl<F: FnMut(MixClass, u64) -> u64> Interleaver<F> {
                     emitted: 0,
                     picked: 0,
                     order: Permutation::new(n, epoch_key(seed, class, 0)),
+                    order_epoch: 0,
+                    done: false,
                 }
             })
             .filter(|c| c.docs > 0)
@@ -108,38 +135,40 @@ impl<F: FnMut(MixClass, u64) -> u64> Iterator for Interleaver<F> {
     type Item = Pick;
 
     fn next(&mut self) -> Option<Pick> {
-        let total = self.total as f64;
-        let mut best: Option<(usize, f64)> = None;
-        for (k, c) in self.classes.iter().enumerate() {
-            if c.emitted >= c.target {
+        loop {
+            let total = self.total as f64;
+            let mut best: Option<(usize, f64)> = None;
+            for (k, c) in self.classes.iter().enumerate() {
+                if c.done || c.emitted >= c.target {
+                    continue;
+                }
+                let deficit = c.share * total - c.emitted as f64;
+                if best.is_none_or(|(_, d)| deficit > d) {
+                    best = Some((k, deficit));
+                }
+            }
+            let (k, _) = best?;
+            let seed = self.seed;
+            let c = &mut self.classes[k];
+            let (epoch, doc) = c.next_doc(seed);
+            let class = c.class;
+            let tokens = (self.tokens_of)(class, doc);
+            let c = &mut self.classes[k];
+            let short = c.target - c.emitted;
+            if c.picked > 0 && tokens.saturating_sub(short) > short {
+                c.done = true;
                 continue;
             }
-            let deficit = c.share * total - c.emitted as f64;
-            if best.is_none_or(|(_, d)| deficit > d) {
-                best = Some((k, deficit));
-            }
+            c.picked += 1;
+            c.emitted += tokens;
+            self.total += tokens;
+            return Some(Pick {
+                class,
+                doc,
+                epoch: epoch as u32,
+                tokens,
+            });
         }
-        let (k, _) = best?;
-        let seed = self.seed;
-        let c = &mut self.classes[k];
-        let epoch = c.picked / c.docs;
-        let at = c.picked % c.docs;
-        if at == 0 && epoch > 0 {
-            c.order = Permutation::new(c.docs, epoch_key(seed, c.class, epoch));
-        }
-        let doc = c.order.get(at);
-        let class = c.class;
-        c.picked += 1;
-        let tokens = (self.tokens_of)(class, doc);
-        let c = &mut self.classes[k];
-        c.emitted += tokens;
-        self.total += tokens;
-        Some(Pick {
-            class,
-            doc,
-            epoch: epoch as u32,
-            tokens,
-        })
     }
 }
 
@@ -206,5 +235,34 @@ mod tests {
         // Another seed, another order.
         let other: Vec<Pick> = Interleaver::new(p, &docs, 43, len).collect();
         assert_ne!(other, picks);
+    }
+
+    #[test]
+    fn a_class_of_large_documents_ends_at_the_boundary_nearest_its_target() {
+        // Web: 1,000 documents of 10 tokens; code: 10 of 1,000. Code's target of 2,400 lies between
+        // 2,000 (two documents, 400 short) and 3,000 (three, 600 over): it stops at two.
+        let len = |class: MixClass, _doc: u64| if class == MixClass::Code { 1000 } else { 10 };
+        let docs = BTreeMap::from([(MixClass::Web, 1000), (MixClass::Code, 10)]);
+        let supply = BTreeMap::from([(MixClass::Web, 10_000), (MixClass::Code, 10_000)]);
+        let settings = |target| MixSettings {
+            weights: BTreeMap::from([(MixClass::Web, 0.5), (MixClass::Code, 0.5)]),
+            target_tokens: Some(target),
+            policies: BTreeMap::new(),
+        };
+        let tokens = |target| {
+            let p = plan(&supply, &settings(target)).unwrap();
+            let mut it = Interleaver::new(p, &docs, 1, len);
+            it.by_ref().for_each(drop);
+            let r = it.report();
+            (
+                r.classes[&MixClass::Web].tokens,
+                r.classes[&MixClass::Code].tokens,
+            )
+        };
+        assert_eq!(tokens(4_800), (2_400, 2_000));
+        // 2,700: three documents overshoot by 300, less than two fall short (700).
+        assert_eq!(tokens(5_400), (2_700, 3_000));
+        // A class always gets a document, however small its target.
+        assert_eq!(tokens(400), (200, 1_000));
     }
 }

@@ -75,6 +75,7 @@ pub fn fingerprint(recipe: &Recipe, mix: &MixConfig, inputs: &[(String, Vec<View
     crate::stages::fingerprint(&serde_json::json!({
         "mix": mix, "seed": recipe.seed, "views": views,
         "version": env!("CARGO_PKG_VERSION"),
+        "interleave": mixes::interleave::VERSION,
     }))
 }
 
