@@ -56,7 +56,8 @@ enum Command {
         #[arg(long)]
         force: Vec<String>,
     },
-    /// Builds a recipe, recomputing only what changed since the last build.
+    /// Builds a recipe, recomputing only what changed since the last build; then mixes (`mix:`)
+    /// and trains (`train:`).
     Build {
         recipe: PathBuf,
         /// Redo these stages and everything after them.
@@ -216,6 +217,12 @@ fn run(cli: Cli) -> Result<()> {
             };
             let report = pipeline::build::build(&r, &recipe, &opts)?;
             print!("{}", report.plan_summary());
+            if let Some(t) = &r.train {
+                println!(
+                    "then train: {} steps on the mix (skipped when the mix and settings are unchanged)",
+                    t.steps
+                );
+            }
             Ok(())
         }
         Command::Build {
@@ -238,7 +245,7 @@ fn run(cli: Cli) -> Result<()> {
             bar.bar.finish_and_clear();
             let report = report?;
             print!("{}", report.summary());
-            Ok(())
+            train::after_build(&r)
         }
         Command::Lineage { recipe, id } => {
             let r = Recipe::load(&recipe)?;

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use pipeline::recipe::Recipe;
 use std::path::PathBuf;
+use trainer::TrainConfig;
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -33,10 +34,40 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let manifest = a
         .manifest
         .unwrap_or_else(|| root.join("mix").join("manifest.json"));
-    let out = a.out.unwrap_or_else(|| match &cfg.output {
+    let out = a.out.unwrap_or_else(|| out_dir(&r, &cfg));
+    prepare(&cfg);
+    let mut t = trainer::Trainer::from_manifest(&cfg, &manifest, &out, a.resume)
+        .with_context(|| format!("training from {}", manifest.display()))?;
+    let bar = trainer::run::Bar::new();
+    let s = t.run(&bar)?;
+    print_summary(&s);
+    Ok(())
+}
+
+fn print_summary(s: &trainer::run::Summary) {
+    println!(
+        "{} steps, {} tokens, loss {:.4}{}, {:.0} tokens/s; model in {}",
+        s.steps,
+        s.tokens,
+        s.last_loss,
+        s.last_eval_loss
+            .map(|e| format!(", held-out {e:.4}"))
+            .unwrap_or_default(),
+        s.tokens_per_s,
+        s.model_dir.display()
+    );
+}
+
+/// The run's folder: `train.output`, else `<output.path>/train`.
+fn out_dir(r: &Recipe, cfg: &TrainConfig) -> PathBuf {
+    match &cfg.output {
         Some(o) => r.resolve(o),
-        None => root.join("train"),
-    });
+        None => r.resolve(&r.output.path).join("train"),
+    }
+}
+
+/// Settings of this process for training: the allocator and the thread count.
+fn prepare(cfg: &TrainConfig) {
     // Freed memory stays with the allocator: candle allocates every operation's output anew, and
     // each big buffer given back to the system is page-faulted in and zeroed by the kernel again
     // (a third of a step at Phi-4's vocabulary). `mi_option_purge_delay` is 15 in mimalloc 3's
@@ -49,20 +80,41 @@ pub fn train(a: TrainArgs) -> Result<()> {
         // any pool exists.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    let mut t = trainer::Trainer::from_manifest(&cfg, &manifest, &out, a.resume)
-        .with_context(|| format!("training from {}", manifest.display()))?;
+}
+
+/// The last step of `phiforge build` for a recipe with `train:` and `mix:` sections: trains on the
+/// mix just written, unless the run there is already this one (see `trainer::incremental`).
+pub fn after_build(r: &Recipe) -> Result<()> {
+    let Some(cfg) = r.train.clone() else {
+        return Ok(());
+    };
+    if r.mix.is_none() {
+        println!(
+            "train: skipped: the recipe has no `mix:` section to train on \
+             (`phiforge train RECIPE --manifest DIR` trains on another mix)"
+        );
+        return Ok(());
+    }
+    prepare(&cfg);
+    let manifest = r.resolve(&r.output.path).join("mix").join("manifest.json");
+    let out = out_dir(r, &cfg);
     let bar = trainer::run::Bar::new();
-    let s = t.run(&bar)?;
-    println!(
-        "{} steps, {} tokens, loss {:.4}{}, {:.0} tokens/s; model in {}",
-        s.steps,
-        s.tokens,
-        s.last_loss,
-        s.last_eval_loss
-            .map(|e| format!(", held-out {e:.4}"))
-            .unwrap_or_default(),
-        s.tokens_per_s,
-        s.model_dir.display()
-    );
+    let outcome = trainer::incremental::train(&cfg, &manifest, &out, &bar)
+        .with_context(|| format!("training on {}", manifest.display()))?;
+    match outcome {
+        trainer::incremental::Outcome::UpToDate(model) => {
+            println!("train (up to date): model in {}", model.display())
+        }
+        trainer::incremental::Outcome::Trained {
+            summary,
+            resumed_at,
+        } => {
+            print!("train: ");
+            if let Some(step) = resumed_at {
+                print!("continued from step {step}; ");
+            }
+            print_summary(&summary);
+        }
+    }
     Ok(())
 }

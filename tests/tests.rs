@@ -13,3 +13,4 @@ mod mix;
 mod planted;
 mod slurm;
 mod tokenize;
+mod train;

@@ -13,7 +13,9 @@
 //! - [`checkpoint`]: model (Hugging Face names), optimizer state and data position, written
 //!   atomically; resume reproduces an uninterrupted run's losses exactly;
 //! - [`run`]: the loop ([`Trainer`]), with `metrics.jsonl`, `loss.svg` ([`plot`]), a progress bar
-//!   and the final model folder.
+//!   and the final model folder;
+//! - [`incremental`]: training as a build's last step, skipped when the mix and settings are
+//!   unchanged and continued from its checkpoint after a killed build.
 //!
 //! ```no_run
 //! use trainer::{TrainConfig, Trainer};
@@ -29,6 +31,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 mod error;
+pub mod incremental;
 pub mod loss;
 pub mod memory;
 pub mod optim;
