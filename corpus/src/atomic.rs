@@ -51,11 +51,14 @@ impl AtomicFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(path, e))?;
+        let prefix = format!(".{name}.");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".tmp");
+        // A temporary file is private (0600); the finished file is an ordinary one (0666 less
+        // the umask, as `File::create` makes it).
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let tmp = builder.tempfile_in(&dir).map_err(|e| Error::io(path, e))?;
         Ok(AtomicFile {
             path: path.to_path_buf(),
             file: BufWriter::with_capacity(1 << 20, tmp),
@@ -197,5 +200,18 @@ mod tests {
             std::fs::read_dir(dir.path().join("sub")).unwrap().count(),
             1
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_written_file_has_ordinary_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.txt");
+        write(&path, b"x").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        // Readable by others unless the umask says otherwise (022 here and in CI).
+        assert_eq!(mode & 0o600, 0o600);
+        assert_ne!(mode, 0o600, "{mode:o}");
     }
 }
