@@ -147,7 +147,12 @@ impl<'a> Scanner<'a> {
                 }
             }
         }
-        if self.hits.iter().all(|h| h.2.len == 0) && self.exact_hits.is_empty() {
+        // Clean unless some evidence was found: a 7-gram that is not boilerplate, a 13-gram (whose
+        // 7-grams may all be boilerplate: the 13-gram still counts), or an exact short item.
+        if self.hits.iter().all(|h| h.2.len == 0)
+            && self.long_hits.is_empty()
+            && self.exact_hits.is_empty()
+        {
             return None;
         }
         self.decide()
@@ -313,5 +318,67 @@ impl<'a> Scanner<'a> {
             }
         }
         best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::benchmark::{BenchmarkSet, Item};
+    use crate::index::Settings;
+
+    fn item(id: &str, question: String) -> Item {
+        Item {
+            benchmark: "test".into(),
+            id: id.into(),
+            question,
+            choices: Vec::new(),
+            answer: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_13_gram_counts_when_all_its_7_grams_are_boilerplate() {
+        let w: Vec<&str> =
+            "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike"
+                .split(' ')
+                .collect();
+        // Item `a` holds the 13-gram; five others hold each of its 7-grams apart, so every 7-gram is
+        // in six items (boilerplate at five) while the 13-gram is in one.
+        let mut items = vec![item(
+            "a",
+            format!(
+                "{} then nothing else of note happened across the quiet northern valley that long winter",
+                w.join(" ")
+            ),
+        )];
+        for k in 0..5 {
+            let parts: Vec<String> = (0..7)
+                .map(|i| format!("{} sep{k}x{i}", w[i..i + 7].join(" ")))
+                .collect();
+            items.push(item(&format!("b{k}"), parts.join(" ")));
+        }
+        let set = BenchmarkSet {
+            files: Vec::new(),
+            items,
+        };
+        let index = BenchIndex::build(&set, Settings::default(), &[]).unwrap();
+        let mut scanner = Scanner::new(&index);
+        let sample = format!(
+            "We walked to the market in the morning and wrote down {} before going home for dinner.",
+            w.join(" ")
+        );
+        let f = scanner
+            .scan(&sample)
+            .expect("the shared 13-gram is evidence");
+        assert_eq!(
+            (f.verdict, f.rule),
+            (Verdict::Contaminated, Rule::LongNgram)
+        );
+        assert_eq!(index.items[f.item as usize].id, "a");
+        assert_eq!(&sample[f.span.0..f.span.1], w.join(" "));
+        // The 7-grams alone (no 13-gram) stay boilerplate: clean.
+        let apart = format!("{} and then {}", w[..7].join(" "), w[6..].join(" "));
+        assert!(scanner.scan(&apart).is_none());
     }
 }
