@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use pipeline::build::output_dir;
 use pipeline::recipe::Recipe;
 use std::path::PathBuf;
 use trainer::TrainConfig;
@@ -30,10 +31,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             a.recipe.display()
         )
     };
-    let root = r.resolve(&r.output.path);
-    let manifest = a
-        .manifest
-        .unwrap_or_else(|| root.join("mix").join("manifest.json"));
+    let manifest = a.manifest.unwrap_or_else(|| manifest_path(&r));
     let out = a.out.unwrap_or_else(|| out_dir(&r, &cfg));
     prepare(&cfg);
     let mut t = trainer::Trainer::from_manifest(&cfg, &manifest, &out, a.resume)
@@ -58,11 +56,18 @@ fn print_summary(s: &trainer::run::Summary) {
     );
 }
 
+/// The manifest of the recipe's mix: `<output.path>/mix/manifest.json`.
+fn manifest_path(r: &Recipe) -> PathBuf {
+    output_dir(r)
+        .join(pipeline::mix::DIR)
+        .join(mixes::manifest::FILE_NAME)
+}
+
 /// The run's folder: `train.output`, else `<output.path>/train`.
 fn out_dir(r: &Recipe, cfg: &TrainConfig) -> PathBuf {
     match &cfg.output {
         Some(o) => r.resolve(o),
-        None => r.resolve(&r.output.path).join("train"),
+        None => output_dir(r).join("train"),
     }
 }
 
@@ -96,7 +101,7 @@ pub fn after_build(r: &Recipe) -> Result<()> {
         return Ok(());
     }
     prepare(&cfg);
-    let manifest = r.resolve(&r.output.path).join("mix").join("manifest.json");
+    let manifest = manifest_path(r);
     let out = out_dir(r, &cfg);
     let bar = trainer::run::Bar::new();
     let outcome = trainer::incremental::train(&cfg, &manifest, &out, &bar)

@@ -33,21 +33,18 @@ struct ClassState {
     emitted: u64,
     picked: u64,
     order: Permutation,
-    /// The epoch `order` is for.
-    order_epoch: u64,
     /// Ended at the boundary nearest its target.
     done: bool,
 }
 
 impl ClassState {
-    /// The next document: its epoch, its place in the epoch and its index (reshuffling the order
-    /// at an epoch's start).
+    /// The next document: its epoch and its index (reshuffling the order at an epoch's start).
+    /// Called once per document picked: a class whose next document is left out ends there.
     fn next_doc(&mut self, seed: u64) -> (u64, u64) {
         let epoch = self.picked / self.docs;
         let at = self.picked % self.docs;
-        if at == 0 && epoch > 0 && self.order_epoch != epoch {
+        if at == 0 && epoch > 0 {
             self.order = Permutation::new(self.docs, epoch_key(seed, self.class, epoch));
-            self.order_epoch = epoch;
         }
         (epoch, self.order.get(at))
     }
@@ -84,7 +81,6 @@ impl<F: FnMut(MixClass, u64) -> u64> Interleaver<F> {
                     emitted: 0,
                     picked: 0,
                     order: Permutation::new(n, epoch_key(seed, class, 0)),
-                    order_epoch: 0,
                     done: false,
                 }
             })

@@ -81,7 +81,7 @@ pub fn train(
 ) -> Result<Outcome> {
     cfg.check()?;
     let manifest_file = if manifest.is_dir() {
-        manifest.join("manifest.json")
+        manifest.join(mixes::manifest::FILE_NAME)
     } else {
         manifest.to_path_buf()
     };
