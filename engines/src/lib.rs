@@ -48,5 +48,6 @@ pub mod phi3;
 pub mod serve;
 #[cfg(feature = "test-server")]
 pub mod testing;
+pub mod train_ops;
 /// The tokenizers (the `tokens` crate), as the engines use them.
 pub use tokens as tokenizer;

@@ -3,9 +3,11 @@
 //!
 //! The inference pass writes keys and values into the KV cache in place and runs candle's fused
 //! operations (`rms_norm`, `softmax_last_dim`, `rope_thd`), none of which has a backward pass.
-//! [`Model::forward_train`] computes the same function with operations autograd follows: the
-//! decomposed RMS norm, softmax and rotation, a causal mask, grouped-query attention by folding each
-//! KV head's query heads into one product (no copies of K and V), and no cache at all.
+//! [`Model::forward_train`] computes the same function with operations autograd follows: in f32 on
+//! the CPU the fused operations of [`crate::train_ops`] (RMS norm, rotation, causal softmax, SwiGLU,
+//! each with its own backward pass), elsewhere candle's decomposed RMS norm, softmax and rotation
+//! and a causal mask; grouped-query attention by folding each KV head's query heads into one
+//! product (no copies of K and V); and no cache at all.
 //!
 //! A model for training is built with no cache slots ([`Model::from_varmap`]), so no cache is
 //! allocated; its variables come from [`init_varmap`] (transformers' Phi-3 initialisation, seeded) or
@@ -24,9 +26,11 @@
 //! ```
 
 use super::{Attention, Config, Mlp, Model};
+use crate::train_ops;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{RmsNorm, VarBuilder, VarMap};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// How a parameter starts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -183,6 +187,33 @@ impl Model {
     /// each attending to the positions before it in its own row, from position 0. Uses only
     /// operations with a backward pass; no cache.
     pub fn forward_train(&self, ids: &Tensor) -> Result<Tensor> {
+        self.forward_train_with(ids, true)
+    }
+
+    /// What [`Model::forward_train`] feeds the output projection: the final norm's output
+    /// (b·l, hidden), row `i·l + j` for position `j` of row `i`. A trainer that fuses the
+    /// projection ([`Model::output_weight`]) with its loss starts here, and never holds the
+    /// logits' gradient as a graph node.
+    pub fn forward_train_hidden(&self, ids: &Tensor) -> Result<Tensor> {
+        self.hidden_with(ids, true)
+    }
+
+    /// The output projection's weight (vocab, hidden): the embeddings' when they are tied.
+    pub fn output_weight(&self) -> Result<&Tensor> {
+        self.lm_head
+            .weight()
+            .ok_or_else(|| candle_core::Error::Msg("a quantized output projection".into()))
+    }
+
+    /// [`Model::forward_train`]; `fused`: with the fused operations of [`crate::train_ops`] where
+    /// they apply (f32 on the CPU), else with candle's decomposed ones.
+    fn forward_train_with(&self, ids: &Tensor, fused: bool) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let h = self.hidden_with(ids, fused)?;
+        self.lm_head.forward(&h)?.reshape((b, l, ()))
+    }
+
+    fn hidden_with(&self, ids: &Tensor, fused: bool) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
         if l == 0 || l > self.cfg.max_position_embeddings {
             candle_core::bail!(
@@ -194,24 +225,52 @@ impl Model {
         let dev = &self.device;
         let cos = self.rope.cos.narrow(0, 0, l)?.to_dtype(dtype)?;
         let sin = self.rope.sin.narrow(0, 0, l)?.to_dtype(dtype)?;
-        let mask = causal_mask(l, dev)?;
+        let fused = fused && dev.is_cpu() && dtype == DType::F32;
+        let pass = if fused {
+            Pass::Fused(Arc::new((
+                cos.flatten_all()?.to_vec1::<f32>()?,
+                sin.flatten_all()?.to_vec1::<f32>()?,
+            )))
+        } else {
+            Pass::Decomposed {
+                cos,
+                sin,
+                mask: causal_mask(l, dev)?,
+            }
+        };
         let mut x = self.embed_tokens.forward(&ids.flatten_all()?)?; // (b*l, hidden)
         for layer in &self.layers {
-            let h = norm(&layer.input_layernorm, &x)?;
-            let h = layer.attn.forward_train(&h, b, l, &cos, &sin, &mask)?;
+            let h = norm(&layer.input_layernorm, &x, fused)?;
+            let h = layer.attn.forward_train(&h, b, l, &pass)?;
             let x1 = (x + h)?;
-            let h = norm(&layer.post_attention_layernorm, &x1)?;
-            let h = layer.mlp.forward_train(&h)?;
+            let h = norm(&layer.post_attention_layernorm, &x1, fused)?;
+            let h = layer.mlp.forward_train(&h, fused)?;
             x = (x1 + h)?;
         }
-        let h = norm(&self.norm, &x)?;
-        self.lm_head.forward(&h)?.reshape((b, l, ()))
+        norm(&self.norm, &x, fused)
     }
 }
 
-/// RMS norm by decomposed operations (candle's fused one has no backward), accumulated in f32.
-fn norm(n: &RmsNorm, x: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::rms_norm_slow(x, n.weight(), n.eps() as f32)
+/// How a training pass computes attention's rotation, mask and softmax.
+enum Pass {
+    /// The fused CPU operations: RoPE's `cos` and `sin` tables (l, head size / 2), row-major.
+    Fused(Arc<(Vec<f32>, Vec<f32>)>),
+    /// candle's operations on any device: the tables as tensors, and the causal mask.
+    Decomposed {
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor,
+    },
+}
+
+/// RMS norm, fused, or by decomposed operations (candle's fused one has no backward); both
+/// accumulate in f32.
+fn norm(n: &RmsNorm, x: &Tensor, fused: bool) -> Result<Tensor> {
+    if fused {
+        train_ops::rms_norm(x, n.weight(), n.eps() as f32)
+    } else {
+        candle_nn::ops::rms_norm_slow(x, n.weight(), n.eps() as f32)
+    }
 }
 
 /// (l, l) f32: 0 where a query may attend (the key is not after it), -inf elsewhere.
@@ -224,50 +283,63 @@ fn causal_mask(l: usize, dev: &Device) -> Result<Tensor> {
 
 impl Attention {
     /// `x` (b*l, hidden) → (b*l, hidden).
-    fn forward_train(
-        &self,
-        x: &Tensor,
-        b: usize,
-        l: usize,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-    ) -> Result<Tensor> {
+    fn forward_train(&self, x: &Tensor, b: usize, l: usize, pass: &Pass) -> Result<Tensor> {
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let rep = h / kvh;
         let dtype = x.dtype();
-        let qkv = self.qkv_proj.forward(x)?.reshape((b, l, h + 2 * kvh, hd))?;
-        // (b, heads, l, hd) each.
-        let q = qkv.narrow(2, 0, h)?.transpose(1, 2)?.contiguous()?;
-        let k = qkv.narrow(2, h, kvh)?.transpose(1, 2)?.contiguous()?;
-        let v = qkv.narrow(2, h + kvh, kvh)?.transpose(1, 2)?.contiguous()?;
-        let q = candle_nn::rotary_emb::rope_slow(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope_slow(&k, cos, sin)?;
-        // Query head g*rep + r reads KV head g (transformers' repeat_kv): fold the `rep` query
-        // heads of each KV head into the rows of one product.
+        let qkv = self.qkv_proj.forward(x)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let q = (q * scale)?.reshape((b, kvh, rep * l, hd))?;
-        let scores = q.matmul(&k.t()?)?; // (b, kvh, rep*l, l)
-        let scores = scores
-            .to_dtype(DType::F32)?
-            .reshape((b, kvh, rep, l, l))?
-            .broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?
-            .to_dtype(dtype)?
-            .reshape((b, kvh, rep * l, l))?;
-        let out = probs.matmul(&v)?; // (b, kvh, rep*l, hd) = (b, h, l, hd)
-        let out = out
-            .reshape((b, h, l, hd))?
-            .transpose(1, 2)?
-            .reshape((b * l, h * hd))?;
+        // Query head g*rep + r reads KV head g (transformers' repeat_kv): fold the `rep` query
+        // heads of each KV head into the rows of one product (no copies of K and V).
+        let out = match pass {
+            Pass::Fused(rope) => {
+                let shape = train_ops::Attention {
+                    b,
+                    l,
+                    heads: h,
+                    kv_heads: kvh,
+                    head_dim: hd,
+                    scale: scale as f32,
+                    rope: rope.clone(),
+                };
+                train_ops::attention(&qkv, &shape)?
+            }
+            Pass::Decomposed { cos, sin, mask } => {
+                let qkv = qkv.reshape((b, l, h + 2 * kvh, hd))?;
+                // (b, heads, l, hd) each.
+                let q = qkv.narrow(2, 0, h)?.transpose(1, 2)?.contiguous()?;
+                let k = qkv.narrow(2, h, kvh)?.transpose(1, 2)?.contiguous()?;
+                let v = qkv.narrow(2, h + kvh, kvh)?.transpose(1, 2)?.contiguous()?;
+                let q = candle_nn::rotary_emb::rope_slow(&q, cos, sin)?;
+                let k = candle_nn::rotary_emb::rope_slow(&k, cos, sin)?;
+                let q = (q * scale)?.reshape((b, kvh, rep * l, hd))?;
+                let scores = q.matmul(&k.t()?)?; // (b, kvh, rep*l, l)
+                let scores = scores
+                    .to_dtype(DType::F32)?
+                    .reshape((b, kvh, rep, l, l))?
+                    .broadcast_add(mask)?;
+                let probs = candle_nn::ops::softmax(&scores, D::Minus1)?
+                    .to_dtype(dtype)?
+                    .reshape((b, kvh, rep * l, l))?;
+                // (b, kvh, rep*l, hd) = (b, h, l, hd) → (b*l, h*hd).
+                probs
+                    .matmul(&v)?
+                    .reshape((b, h, l, hd))?
+                    .transpose(1, 2)?
+                    .reshape((b * l, h * hd))?
+            }
+        };
         self.o_proj.forward(&out)
     }
 }
 
 impl Mlp {
     /// `x` (b*l, hidden) → (b*l, hidden).
-    fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward_train(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         let gu = self.gate_up_proj.forward(x)?;
+        if fused {
+            return self.down_proj.forward(&train_ops::swiglu(&gu)?);
+        }
         let gate = gu.narrow(D::Minus1, 0, self.inter)?;
         let up = gu.narrow(D::Minus1, self.inter, self.inter)?;
         self.down_proj.forward(&(up * gate.silu()?)?)
@@ -366,6 +438,61 @@ mod tests {
                 assert_eq!(g.dtype(), DType::F32);
                 assert_eq!(g.shape(), var.shape());
             }
+        }
+    }
+
+    /// The fused CPU operations and candle's decomposed ones compute the same logits and the same
+    /// gradient for every variable (non-trivial norm weights, a loss that weighs every logit
+    /// differently).
+    #[test]
+    fn fused_matches_decomposed() {
+        let cfg = tiny();
+        let dev = Device::Cpu;
+        let vars = init_varmap(&cfg, 11, &dev).unwrap();
+        for (name, var) in vars.data().lock().unwrap().iter() {
+            if name.contains("norm") {
+                let n = var.as_tensor().elem_count();
+                let w: Vec<f32> = (0..n).map(|i| 0.6 + (i % 5) as f32 / 5.0).collect();
+                var.set(&Tensor::from_vec(w, n, &dev).unwrap()).unwrap();
+            }
+        }
+        let model = Model::from_varmap(&cfg, &vars, DType::F32).unwrap();
+        let (b, l) = (3, 17);
+        let ids: Vec<u32> = (0..b * l).map(|i| (i as u32 * 53 + 7) % 96).collect();
+        let ids = Tensor::from_vec(ids, (b, l), &dev).unwrap();
+        let weigh: Vec<f32> = (0..b * l * 96)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 48.0)
+            .collect();
+        let weigh = Tensor::from_vec(weigh, (b, l, 96), &dev).unwrap();
+        let run = |fused: bool| {
+            let logits = model.forward_train_with(&ids, fused).unwrap();
+            let loss = (&logits * &weigh).unwrap().sum_all().unwrap();
+            (logits, loss.backward().unwrap())
+        };
+        let ((la, ga), (lb, gb)) = (run(true), run(false));
+        let max_abs = |t: &Tensor| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let d = max_abs(&(&la - &lb).unwrap());
+        assert!(d < 1e-5 * max_abs(&lb).max(1.0), "logits differ by {d}");
+        for (name, var) in vars.data().lock().unwrap().iter() {
+            let (a, b) = (
+                ga.get(var.as_tensor()).unwrap(),
+                gb.get(var.as_tensor()).unwrap(),
+            );
+            assert_eq!(a.shape(), b.shape(), "{name}");
+            let d = max_abs(&(a - b).unwrap());
+            let m = max_abs(b);
+            assert!(m > 0.0, "{name}: no gradient");
+            assert!(
+                d <= 1e-4 * m,
+                "{name}: gradients differ by {d} (largest {m})"
+            );
         }
     }
 

@@ -8,7 +8,10 @@
 //! small model's step). Elsewhere (CUDA) the decomposed operations run; a test checks that both
 //! agree in value and gradient.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, InplaceOp1, Layout, Result, Shape, Tensor, D,
+};
+use engines::train_ops::fast_exp;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +41,40 @@ pub fn masked_cross_entropy(
     } else {
         decomposed_rows(&logits, targets, weights)?
     };
+    per_row.sum_all()? / denom.max(1e-12) as f64
+}
+
+/// [`masked_cross_entropy`] of the logits `hidden · weightᵀ`, with `hidden` (N, H) and `weight`
+/// (V, H) f32: the output projection and the loss in one. On the CPU its backward pass goes from
+/// the loss to the gradients of `hidden` and `weight` without the logits' gradient becoming a node
+/// of candle's graph; elsewhere it is the projection followed by [`masked_cross_entropy`].
+pub fn linear_cross_entropy(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &[u32],
+    weights: &[f32],
+    denom: f32,
+) -> Result<Tensor> {
+    let (n, _) = hidden.dims2()?;
+    let (v, _) = weight.dims2()?;
+    let f32_cpu =
+        hidden.device().is_cpu() && hidden.dtype() == DType::F32 && weight.dtype() == DType::F32;
+    if !f32_cpu {
+        return masked_cross_entropy(&hidden.matmul(&weight.t()?)?, targets, weights, denom);
+    }
+    if targets.len() != n || weights.len() != n {
+        candle_core::bail!("cross-entropy: {n} rows, {} targets", targets.len())
+    }
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= v) {
+        candle_core::bail!("cross-entropy: target {t} outside the vocabulary of {v}")
+    }
+    let logits = hidden.detach().matmul(&weight.detach().t()?)?;
+    let op = LinearXent(FusedXent {
+        targets: Arc::new(targets.to_vec()),
+        weights: Arc::new(weights.to_vec()),
+        lse: Arc::new(Mutex::new(Vec::new())),
+    });
+    let per_row = hidden.apply_op3(weight, &logits, op)?;
     per_row.sum_all()? / denom.max(1e-12) as f64
 }
 
@@ -74,7 +111,17 @@ impl CustomOp1 for FusedXent {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, v) = l.shape().dims2()?;
-        let x = contiguous_f32(s, l)?;
+        self.rows(contiguous_f32(s, l)?, n, v)
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.logits_grad(arg, grad_res, false)?))
+    }
+}
+
+impl FusedXent {
+    /// Each row's weighted loss, keeping its log-sum-exp for the backward pass.
+    fn rows(&self, x: &[f32], n: usize, v: usize) -> Result<(CpuStorage, Shape)> {
         let rows: Vec<(f32, f32)> = x
             .par_chunks(v)
             .zip(self.targets.par_iter().zip(self.weights.par_iter()))
@@ -95,14 +142,16 @@ impl CustomOp1 for FusedXent {
         Ok((CpuStorage::F32(loss), Shape::from(n)))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+    /// The gradient with respect to the `logits` (N, V), given the rows' gradient `grad_res` (N):
+    /// a new tensor, or (`in_place`) written over `logits`, which nothing may read afterwards.
+    fn logits_grad(&self, logits: &Tensor, grad_res: &Tensor, in_place: bool) -> Result<Tensor> {
         let g = grad_res.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let lse = self
             .lse
             .lock()
             .map_err(|_| candle_core::Error::Msg("cross-entropy: poisoned lock".into()))?
             .clone();
-        let grad = arg.apply_op1_no_bwd(&XentGrad {
+        let op = XentGrad {
             targets: self.targets.clone(),
             scale: g
                 .iter()
@@ -110,8 +159,54 @@ impl CustomOp1 for FusedXent {
                 .map(|(g, w)| g * w)
                 .collect(),
             lse,
-        })?;
-        Ok(Some(grad))
+        };
+        if in_place {
+            logits.inplace_op1(&op)?;
+            Ok(logits.clone())
+        } else {
+            logits.apply_op1_no_bwd(&op)
+        }
+    }
+}
+
+/// [`FusedXent`] over the logits `hidden · weightᵀ`, given (detached) as the third argument:
+/// the backward pass turns the logits' gradient straight into the gradients of `hidden` and
+/// `weight` (two matrix products), so that no (N × V) gradient is ever a node of the graph (candle
+/// would add each into a fresh zero tensor: two more passes over the largest tensor of the step).
+struct LinearXent(FusedXent);
+
+impl CustomOp3 for LinearXent {
+    fn name(&self) -> &'static str {
+        "masked-linear-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, v) = l3.shape().dims2()?;
+        self.0.rows(contiguous_f32(s3, l3)?, n, v)
+    }
+
+    fn bwd(
+        &self,
+        hidden: &Tensor,
+        weight: &Tensor,
+        logits: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // The logits are this operation's own (detached, made for it): overwritten by their
+        // gradient, with no new (N, V) buffer.
+        let d = self.0.logits_grad(logits, grad_res, true)?; // (N, V)
+        let dh = d.matmul(weight)?; // (N, H)
+        let dw = d.t()?.matmul(hidden)?; // (V, H)
+        Ok((Some(dh), Some(dw), None))
     }
 }
 
@@ -129,44 +224,87 @@ impl CustomOp1 for XentGrad {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, v) = l.shape().dims2()?;
-        let x = contiguous_f32(s, l)?;
-        if self.lse.len() != n {
+        let (_, v) = l.shape().dims2()?;
+        let mut out = contiguous_f32(s, l)?.to_vec();
+        self.overwrite(&mut out, v)?;
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+impl InplaceOp1 for XentGrad {
+    fn name(&self) -> &'static str {
+        "masked-cross-entropy-grad-in-place"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let (_, v) = l.shape().dims2()?;
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("cross-entropy: logits must be contiguous")
+        };
+        match s {
+            CpuStorage::F32(x) => self.overwrite(&mut x[a..b], v),
+            _ => candle_core::bail!("cross-entropy: f32 logits expected"),
+        }
+    }
+}
+
+impl XentGrad {
+    /// Replaces the logits `x` (rows of `v`) by their gradient.
+    fn overwrite(&self, x: &mut [f32], v: usize) -> Result<()> {
+        if self.lse.len() * v != x.len() {
             candle_core::bail!("cross-entropy: backward before forward")
         }
-        let mut out = vec![0f32; n * v];
-        out.par_chunks_mut(v)
-            .zip(x.par_chunks(v))
-            .enumerate()
-            .for_each(|(i, (o, row))| {
-                let s = self.scale[i];
-                if s != 0.0 {
-                    softmax_scaled(row, self.lse[i], s, o);
-                    o[self.targets[i] as usize] -= s;
-                }
-            });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        x.par_chunks_mut(v).enumerate().for_each(|(i, row)| {
+            let s = self.scale[i];
+            if s == 0.0 {
+                row.fill(0.0);
+            } else {
+                softmax_scaled(row, self.lse[i], s);
+                row[self.targets[i] as usize] -= s;
+            }
+        });
+        Ok(())
     }
 }
 
 /// log(sum(exp(row))), stable.
 fn log_sum_exp(row: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { log_sum_exp_avx2(row) };
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { log_sum_exp_avx512(row) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { log_sum_exp_avx2(row) };
+        }
     }
     log_sum_exp_generic(row)
 }
 
-/// `out = exp(row - lse) * scale`.
-fn softmax_scaled(row: &[f32], lse: f32, scale: f32, out: &mut [f32]) {
+/// `row = exp(row - lse) * scale`, in place.
+fn softmax_scaled(row: &mut [f32], lse: f32, scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: as above.
-        return unsafe { softmax_scaled_avx2(row, lse, scale, out) };
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { softmax_scaled_avx512(row, lse, scale) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { softmax_scaled_avx2(row, lse, scale) };
+        }
     }
-    softmax_scaled_generic(row, lse, scale, out)
+    softmax_scaled_generic(row, lse, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn log_sum_exp_avx512(row: &[f32]) -> f32 {
+    log_sum_exp_generic(row)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -176,9 +314,15 @@ unsafe fn log_sum_exp_avx2(row: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn softmax_scaled_avx512(row: &mut [f32], lse: f32, scale: f32) {
+    softmax_scaled_generic(row, lse, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_scaled_avx2(row: &[f32], lse: f32, scale: f32, out: &mut [f32]) {
-    softmax_scaled_generic(row, lse, scale, out)
+unsafe fn softmax_scaled_avx2(row: &mut [f32], lse: f32, scale: f32) {
+    softmax_scaled_generic(row, lse, scale)
 }
 
 const LANES: usize = 16;
@@ -214,28 +358,10 @@ fn log_sum_exp_generic(row: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn softmax_scaled_generic(row: &[f32], lse: f32, scale: f32, out: &mut [f32]) {
-    for (o, &x) in out.iter_mut().zip(row) {
-        *o = fast_exp(x - lse) * scale;
+fn softmax_scaled_generic(row: &mut [f32], lse: f32, scale: f32) {
+    for x in row.iter_mut() {
+        *x = fast_exp(*x - lse) * scale;
     }
-}
-
-/// e^x for x ≤ 0 to within about 2 ulp (Cephes' expf: range reduction by ln 2, a degree-6
-/// polynomial), branch-free so that the loops above vectorise. Below -87 it returns 0.
-#[inline(always)]
-fn fast_exp(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = 1.987_569_1e-4_f32;
-    let p = p.mul_add(r, 1.398_199_9e-3);
-    let p = p.mul_add(r, 8.333_452e-3);
-    let p = p.mul_add(r, 4.166_579_6e-2);
-    let p = p.mul_add(r, 1.666_666_5e-1);
-    let p = p.mul_add(r, 5e-1);
-    let p = (p * r).mul_add(r, r) + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
-    p * f32::from_bits(bits)
 }
 
 #[cfg(test)]
@@ -243,14 +369,33 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
+    /// The projection fused with the loss against the projection followed by the loss: same
+    /// loss, same gradients for the hidden states and the weight.
     #[test]
-    fn fast_exp_is_accurate() {
-        for i in 0..2000 {
-            let x = -80.0 + i as f32 * 0.04;
-            let (a, b) = (fast_exp(x), x.exp());
-            assert!((a - b).abs() <= 4e-7 * b, "{x}: {a} vs {b}");
+    fn linear_matches_projection_then_loss() {
+        let dev = Device::Cpu;
+        let (n, h, v) = (5, 8, 23);
+        let hv: Vec<f32> = (0..n * h)
+            .map(|i| ((i * 37 % 29) as f32 - 14.0) / 7.0)
+            .collect();
+        let wv: Vec<f32> = (0..v * h)
+            .map(|i| ((i * 53 % 31) as f32 - 15.0) / 11.0)
+            .collect();
+        let hidden = Var::from_vec(hv, (n, h), &dev).unwrap();
+        let weight = Var::from_vec(wv, (v, h), &dev).unwrap();
+        let (targets, weights) = ([1u32, 22, 0, 7, 7], [1.0f32, 1.0, 0.0, 1.0, 1.0]);
+        let a = linear_cross_entropy(&hidden, &weight, &targets, &weights, 4.0).unwrap();
+        let logits = hidden.matmul(&weight.t().unwrap()).unwrap();
+        let b = masked_cross_entropy(&logits, &targets, &weights, 4.0).unwrap();
+        let (la, lb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
+        assert!((la - lb).abs() < 1e-5 * lb.abs(), "{la} vs {lb}");
+        let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
+        for var in [&hidden, &weight] {
+            let (x, y) = (ga.get(var).unwrap(), gb.get(var).unwrap());
+            let d = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+            let d = d.to_scalar::<f32>().unwrap();
+            assert!(d < 1e-5, "gradient differs by {d}");
         }
-        assert!(fast_exp(-1000.0) < 1e-37);
     }
 
     /// The fused CPU operation against log_softmax + gather + masked mean: same loss, same

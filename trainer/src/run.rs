@@ -1,8 +1,8 @@
 //! The training loop and its outputs.
 //!
 //! [`Trainer::step`] is one optimizer step: `accumulation` micro-batches, each a forward pass of
-//! [`engines::phi3::Model::forward_train`] on the f32 master weights (or their bf16 copy), the
-//! masked cross-entropy divided by the step's count of targets (so the accumulated gradients are
+//! [`engines::phi3::Model::forward_train_hidden`] on the f32 master weights (or their bf16 copy),
+//! the output projection and masked cross-entropy in one operation ([`crate::loss::linear_cross_entropy`]) divided by the step's count of targets (so the accumulated gradients are
 //! exactly one big batch's), backward; then the global gradient norm, the clipping factor, the
 //! scheduled learning rate and an AdamW update. [`Trainer::run`] loops to `steps`, measuring the
 //! held-out loss every `eval_every` steps, writing a checkpoint every `checkpoint_every`, and
@@ -17,7 +17,7 @@
 
 use crate::checkpoint::{self, State};
 use crate::data::{self, Loader, TokenData};
-use crate::loss::masked_cross_entropy;
+use crate::loss::linear_cross_entropy;
 use crate::optim::{self, AdamW, AdamWSettings};
 use crate::{memory, Error, Result, TrainConfig};
 use candle_core::{Device, Tensor};
@@ -307,10 +307,14 @@ impl Trainer {
         let mut loss = 0f32;
         for batch in &batches {
             let ids = Tensor::from_slice(&batch.inputs, (batch.rows, batch.len), &self.device)?;
-            let logits = model
-                .forward_train(&ids)?
-                .reshape((batch.rows * batch.len, ()))?;
-            let l = masked_cross_entropy(&logits, &batch.targets, &batch.weights, denom)?;
+            let hidden = model.forward_train_hidden(&ids)?;
+            let l = linear_cross_entropy(
+                &hidden,
+                model.output_weight()?,
+                &batch.targets,
+                &batch.weights,
+                denom,
+            )?;
             loss += l.to_scalar::<f32>()?;
             let store = l.backward()?;
             let g = self
@@ -374,11 +378,9 @@ impl Trainer {
         let mut loss = 0f32;
         for batch in &batches {
             let ids = Tensor::from_slice(&batch.inputs, (batch.rows, batch.len), &self.device)?;
-            let logits = model
-                .forward_train(&ids)?
-                .reshape((batch.rows * batch.len, ()))?
-                .detach();
-            loss += masked_cross_entropy(&logits, &batch.targets, &batch.weights, denom)?
+            let hidden = model.forward_train_hidden(&ids)?.detach();
+            let weight = model.output_weight()?.detach();
+            loss += linear_cross_entropy(&hidden, &weight, &batch.targets, &batch.weights, denom)?
                 .to_scalar::<f32>()?;
         }
         Ok(Some(loss))

@@ -1,0 +1,373 @@
+//! Fused CPU operations with their own backward pass, for training on the CPU.
+//!
+//! candle's autograd runs every element-wise operation as a separate pass over memory, and for each
+//! node of the graph adds the gradient into a fresh zero tensor; its fused operations
+//! (`rms_norm`, `softmax_last_dim`, `rope`) have no backward at all. A small model's step is then
+//! mostly bookkeeping around its matrix products. Each operation here does one layer function in
+//! one pass forward and one pass backward:
+//!
+//! - [`rms_norm`]: `x / rms(x) * w`, its backward giving both `dx` and `dw`;
+//! - [`attention`]: causal grouped-query attention with RoPE, from the fused `qkv` projection to
+//!   the output projection's input, its probabilities kept for the backward pass;
+//! - [`swiglu`]: `silu(gate) * up` straight from the fused `gate_up` projection.
+//!
+//! They take f32 on the CPU only; [`fused`] says when they apply (elsewhere the model runs candle's
+//! decomposed operations, which autograd follows on any device).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Whether the fused operations can run on `t`: f32 on the CPU.
+pub fn fused(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
+/// e^x to within about 2 ulp for x in [-87, 88] (Cephes' expf: range reduction by ln 2, a
+/// degree-6 polynomial), branch-free so that loops over it vectorise. Below -87 it returns about 0.
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = 1.987_569_1e-4_f32;
+    let p = p.mul_add(r, 1.398_199_9e-3);
+    let p = p.mul_add(r, 8.333_452e-3);
+    let p = p.mul_add(r, 4.166_579_6e-2);
+    let p = p.mul_add(r, 1.666_666_5e-1);
+    let p = p.mul_add(r, 5e-1);
+    let p = (p * r).mul_add(r, r) + 1.0;
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// Runs the body compiled for AVX-512 or for AVX2 and FMA where the CPU has them (the loops then
+/// vectorise to the CPU's width, with fused multiply-adds), plainly elsewhere.
+macro_rules! simd {
+    ($name:ident, fn($($a:ident: $t:ty),*) $body:block) => {
+        fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn wide($($a: $t),*) $body
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn fast($($a: $t),*) $body
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features `wide` is compiled for.
+                    return unsafe { wide($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features `fast` is compiled for.
+                    return unsafe { fast($($a),*) };
+                }
+            }
+            $body
+        }
+    };
+}
+
+mod attention;
+pub use attention::{attention, Attention};
+
+// ---------------------------------------------------------------------------------------------
+// RMS norm
+
+/// `x / sqrt(mean(x²) + eps) * w` over the last dimension of `x`; `w` has that dimension's size.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+#[inline(always)]
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let ss: f32 = row.iter().map(|v| v * v).sum();
+    1.0 / (ss / row.len() as f32 + eps).sqrt()
+}
+
+simd!(norm_row, fn(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
+    let a = inv_rms(x, eps);
+    for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+        *y = x * a * w;
+    }
+});
+
+// One row's `dx` (into `dx`) and its share of `dw` (added into `dw`).
+simd!(norm_row_grad, fn(x: &[f32], w: &[f32], dy: &[f32], eps: f32, dx: &mut [f32], dw: &mut [f32]) {
+    let a = inv_rms(x, eps);
+    let dot: f32 = x.iter().zip(w).zip(dy).map(|((x, w), g)| x * w * g).sum();
+    let c = a * a * a * dot / x.len() as f32;
+    for i in 0..x.len() {
+        dx[i] = a * w[i] * dy[i] - c * x[i];
+        dw[i] += dy[i] * x[i] * a;
+    }
+});
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (
+            slice_f32(s1, l1, "rms norm")?,
+            slice_f32(s2, l2, "rms norm")?,
+        );
+        let d = w.len();
+        if l1.shape().dims().last() != Some(&d) {
+            candle_core::bail!("rms norm: {:?} against a weight of {d}", l1.shape())
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(y, x)| norm_row(x, w, self.eps, y));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = x.elem_count() / w.elem_count();
+        // One pass writes `dx` in rows 0..n and `dw` in row n.
+        let packed = x.apply_op2_no_bwd(
+            &dy.contiguous()?,
+            &RmsNormGrad {
+                w: w.flatten_all()?.to_vec1::<f32>()?,
+                eps: self.eps,
+            },
+        )?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n, 1)?.reshape(w.shape())?.contiguous()?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+struct RmsNormGrad {
+    w: Vec<f32>,
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dy) = (
+            slice_f32(s1, l1, "rms norm")?,
+            slice_f32(s2, l2, "rms norm")?,
+        );
+        let d = self.w.len();
+        let n = x.len() / d;
+        let mut out = vec![0f32; (n + 1) * d];
+        let (dx, dw_out) = out.split_at_mut(n * d);
+        // Rows in blocks, each block summing its own `dw`, then the blocks' sums added.
+        let block = n.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
+        let partial: Vec<Vec<f32>> = dx
+            .par_chunks_mut(block * d)
+            .zip(x.par_chunks(block * d).zip(dy.par_chunks(block * d)))
+            .map(|(dx, (x, dy))| {
+                let mut dw = vec![0f32; d];
+                for ((dx, x), dy) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d)) {
+                    norm_row_grad(x, &self.w, dy, self.eps, dx, &mut dw);
+                }
+                dw
+            })
+            .collect();
+        for p in partial {
+            for (o, v) in dw_out.iter_mut().zip(p) {
+                *o += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n + 1, d))))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU
+
+/// `silu(gate) * up` where `gu` (…, 2i) holds the gate in its first half and `up` in its second
+/// (Phi-3's fused `gate_up_proj`); the result is (…, i).
+pub fn swiglu(gu: &Tensor) -> Result<Tensor> {
+    let w = *gu.dims().last().unwrap_or(&0);
+    if w == 0 || w % 2 != 0 {
+        candle_core::bail!("swiglu: a last dimension of {w} is not even")
+    }
+    gu.contiguous()?.apply_op1(Swiglu)
+}
+
+struct Swiglu;
+
+/// (sigmoid(g), silu(g)).
+#[inline(always)]
+fn sig_silu(g: f32) -> (f32, f32) {
+    let e = fast_exp(-g.abs());
+    let s = if g >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    };
+    (s, g * s)
+}
+
+simd!(swiglu_row, fn(gu: &[f32], out: &mut [f32]) {
+    let (g, u) = gu.split_at(out.len());
+    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+        *o = sig_silu(g).1 * u;
+    }
+});
+
+simd!(swiglu_row_grad, fn(gu: &[f32], d: &[f32], dgu: &mut [f32]) {
+    let i = d.len();
+    let (g, u) = gu.split_at(i);
+    let (dg, du) = dgu.split_at_mut(i);
+    for k in 0..i {
+        let (s, silu) = sig_silu(g[k]);
+        du[k] = d[k] * silu;
+        dg[k] = d[k] * u[k] * (s + silu * (1.0 - s));
+    }
+});
+
+impl CustomOp1 for Swiglu {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(s, l, "swiglu")?;
+        let mut dims = l.shape().dims().to_vec();
+        let w = dims.last().copied().unwrap_or(0);
+        let i = w / 2;
+        if let Some(last) = dims.last_mut() {
+            *last = i;
+        }
+        let mut out = vec![0f32; x.len() / 2];
+        out.par_chunks_mut(i)
+            .zip(x.par_chunks(w))
+            .for_each(|(o, gu)| swiglu_row(gu, o));
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    fn bwd(&self, gu: &Tensor, _res: &Tensor, d: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(gu.apply_op2_no_bwd(&d.contiguous()?, &SwigluGrad)?))
+    }
+}
+
+struct SwigluGrad;
+
+impl CustomOp2 for SwigluGrad {
+    fn name(&self) -> &'static str {
+        "fused-swiglu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let gu = slice_f32(s1, l1, "swiglu")?;
+        let d = slice_f32(s2, l2, "swiglu")?;
+        let w = *l1.shape().dims().last().unwrap_or(&0);
+        let mut out = vec![0f32; gu.len()];
+        out.par_chunks_mut(w)
+            .zip(gu.par_chunks(w).zip(d.par_chunks(w / 2)))
+            .for_each(|(dgu, (gu, d))| swiglu_row_grad(gu, d, dgu));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        for i in 0..4200 {
+            let x = -80.0 + i as f32 * 0.04;
+            let (a, b) = (fast_exp(x), x.exp());
+            assert!((a - b).abs() <= 4e-7 * b, "{x}: {a} vs {b}");
+        }
+        assert!(fast_exp(-1000.0) < 1e-37);
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn input(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 31) % 211) as f32 / 40.0 - 2.6)
+            .collect()
+    }
+
+    /// Each operation against its decomposed form: the same values and the same gradient.
+    #[test]
+    fn ops_match_their_decomposed_forms() {
+        let dev = Device::Cpu;
+        let weigh = |t: &Tensor| {
+            let w = Tensor::from_vec(input(t.elem_count(), 9), t.shape(), &dev).unwrap();
+            (t * w).unwrap().sum_all().unwrap()
+        };
+        // RMS norm: dx and dw.
+        let x = Var::from_vec(input(5 * 12, 1), (5, 12), &dev).unwrap();
+        let w = Var::from_vec(input(12, 2), 12, &dev).unwrap();
+        let a = rms_norm(&x, &w, 1e-5).unwrap();
+        let b = candle_nn::ops::rms_norm_slow(&x, &w, 1e-5).unwrap();
+        assert!(max_diff(&a, &b) < 1e-5);
+        let (ga, gb) = (weigh(&a).backward().unwrap(), weigh(&b).backward().unwrap());
+        for v in [&x, &w] {
+            let d = max_diff(ga.get(v).unwrap(), gb.get(v).unwrap());
+            assert!(d < 1e-4, "rms norm gradient differs by {d}");
+        }
+        // SwiGLU, large gates of both signs included.
+        let gu = Var::from_vec(
+            input(4 * 10, 4).iter().map(|v| v * 9.0).collect(),
+            (4, 10),
+            &dev,
+        )
+        .unwrap();
+        let a = swiglu(&gu).unwrap();
+        let (g, u) = (gu.narrow(1, 0, 5).unwrap(), gu.narrow(1, 5, 5).unwrap());
+        let b = (g.silu().unwrap() * u).unwrap();
+        assert!(max_diff(&a, &b) < 1e-4);
+        let (ga, gb) = (weigh(&a).backward().unwrap(), weigh(&b).backward().unwrap());
+        assert!(max_diff(ga.get(&gu).unwrap(), gb.get(&gu).unwrap()) < 1e-4);
+    }
+}
