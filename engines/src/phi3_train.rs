@@ -263,6 +263,14 @@ enum Pass {
     },
 }
 
+/// A projection: [`train_ops::linear`] when fused and dense, else the module itself.
+fn project(p: &super::Proj, x: &Tensor, fused: bool) -> Result<Tensor> {
+    match (fused, p.weight()) {
+        (true, Some(w)) => train_ops::linear(x, w),
+        _ => p.forward(x),
+    }
+}
+
 /// RMS norm, fused, or by decomposed operations (candle's fused one has no backward); both
 /// accumulate in f32.
 fn norm(n: &RmsNorm, x: &Tensor, fused: bool) -> Result<Tensor> {
@@ -287,7 +295,7 @@ impl Attention {
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let rep = h / kvh;
         let dtype = x.dtype();
-        let qkv = self.qkv_proj.forward(x)?;
+        let qkv = project(&self.qkv_proj, x, matches!(pass, Pass::Fused(_)))?;
         let scale = 1.0 / (hd as f64).sqrt();
         // Query head g*rep + r reads KV head g (transformers' repeat_kv): fold the `rep` query
         // heads of each KV head into the rows of one product (no copies of K and V).
@@ -329,17 +337,18 @@ impl Attention {
                     .reshape((b * l, h * hd))?
             }
         };
-        self.o_proj.forward(&out)
+        project(&self.o_proj, &out, matches!(pass, Pass::Fused(_)))
     }
 }
 
 impl Mlp {
     /// `x` (b*l, hidden) → (b*l, hidden).
     fn forward_train(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
-        let gu = self.gate_up_proj.forward(x)?;
         if fused {
-            return self.down_proj.forward(&train_ops::swiglu(&gu)?);
+            let gu = project(&self.gate_up_proj, x, true)?;
+            return project(&self.down_proj, &train_ops::swiglu(&gu)?, true);
         }
+        let gu = self.gate_up_proj.forward(x)?;
         let gate = gu.narrow(D::Minus1, 0, self.inter)?;
         let up = gu.narrow(D::Minus1, self.inter, self.inter)?;
         self.down_proj.forward(&(up * gate.silu()?)?)

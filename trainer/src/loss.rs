@@ -11,7 +11,7 @@
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp3, DType, InplaceOp1, Layout, Result, Shape, Tensor, D,
 };
-use engines::train_ops::fast_exp;
+use engines::train_ops::{self, fast_exp};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -68,7 +68,7 @@ pub fn linear_cross_entropy(
     if let Some(t) = targets.iter().find(|&&t| t as usize >= v) {
         candle_core::bail!("cross-entropy: target {t} outside the vocabulary of {v}")
     }
-    let logits = hidden.detach().matmul(&weight.detach().t()?)?;
+    let logits = train_ops::linear(&hidden.detach(), &weight.detach())?;
     let op = LinearXent(FusedXent {
         targets: Arc::new(targets.to_vec()),
         weights: Arc::new(weights.to_vec()),
@@ -204,8 +204,8 @@ impl CustomOp3 for LinearXent {
         // The logits are this operation's own (detached, made for it): overwritten by their
         // gradient, with no new (N, V) buffer.
         let d = self.0.logits_grad(logits, grad_res, true)?; // (N, V)
-        let dh = d.matmul(weight)?; // (N, H)
-        let dw = d.t()?.matmul(hidden)?; // (V, H)
+        let dh = train_ops::product(&d, weight, false)?; // (N, H)
+        let dw = train_ops::product(&d, hidden, true)?; // (V, H)
         Ok((Some(dh), Some(dw), None))
     }
 }

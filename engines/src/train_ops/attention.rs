@@ -14,7 +14,7 @@
 //! probabilities and the head merge, each of which autograd would give a zeroed gradient buffer and
 //! an extra pass.
 
-use super::{fast_exp, slice_f32};
+use super::{fast_exp, gemm_product as product, slice_f32};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -59,55 +59,6 @@ pub fn attention(qkv: &Tensor, a: &Attention) -> Result<Tensor> {
         a: a.clone(),
         probs: Arc::new(Mutex::new(Vec::new())),
     })
-}
-
-/// `c (m×n, row-major, row stride ldc) (+)= A·B` with `A(i,p) = a[i·ars + p·acs]` and
-/// `B(p,j) = b[p·brs + j·bcs]`, on the calling thread.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    c: &mut [f32],
-    ldc: usize,
-    a: &[f32],
-    (ars, acs): (usize, usize),
-    b: &[f32],
-    (brs, bcs): (usize, usize),
-) {
-    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    if m == 0 || n == 0 || k == 0 {
-        return;
-    }
-    assert!(
-        last(m, ldc, n, 1) < c.len()
-            && last(m, ars, k, acs) < a.len()
-            && last(k, brs, n, bcs) < b.len(),
-        "attention: a matrix product outside its buffers"
-    );
-    // SAFETY: every element the product reads or writes is inside its slice (checked above), and
-    // `c` does not alias `a` or `b` (a `&mut` borrow).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            ldc as isize,
-            false,
-            a.as_ptr(),
-            acs as isize,
-            ars as isize,
-            b.as_ptr(),
-            bcs as isize,
-            brs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
 }
 
 /// Rotates one head's vector by the angles `(c, s)` (forward) or by their opposite (backward).
@@ -215,15 +166,12 @@ impl CustomOp1 for AttentionOp {
             .enumerate()
             .map(|(blk, pr)| {
                 let (q, k, v) = a.gather(qkv, blk / kvh, blk % kvh);
-                let mut s = vec![0f32; rl * l];
-                matmul((rl, l, hd), &mut s, l, &q, (hd, 1), &k, (1, hd));
+                let s = product((rl, l, hd), &q, (hd, 1), &k, (1, hd), false);
                 for (i, (s, p)) in s.chunks(l).zip(pr.chunks_mut(l)).enumerate() {
                     let seen = i % l + 1;
                     softmax_row(&s[..seen], a.scale, &mut p[..seen]);
                 }
-                let mut o = vec![0f32; rl * hd];
-                matmul((rl, hd, l), &mut o, hd, pr, (l, 1), &v, (hd, 1));
-                o
+                product((rl, hd, l), pr, (l, 1), &v, (hd, 1), false)
             })
             .collect();
         // (b·l, heads·hd): row bi·l + p, columns of query head g·rep + r.
@@ -309,8 +257,7 @@ impl CustomOp2 for AttentionGrad {
                             .copy_from_slice(&dout[src..src + hd]);
                     }
                 }
-                let mut dp = vec![0f32; rl * l];
-                matmul((rl, l, hd), &mut dp, l, &d_o, (hd, 1), &v, (1, hd));
+                let dp = product((rl, l, hd), &d_o, (hd, 1), &v, (1, hd), false);
                 let mut ds = vec![0f32; rl * l];
                 for (i, ((p, dp), ds)) in pr
                     .chunks(l)
@@ -321,12 +268,9 @@ impl CustomOp2 for AttentionGrad {
                     let seen = i % l + 1;
                     softmax_row_grad(&p[..seen], &dp[..seen], a.scale, &mut ds[..seen]);
                 }
-                let mut dq = vec![0f32; rl * hd];
-                matmul((rl, hd, l), &mut dq, hd, &ds, (l, 1), &k, (hd, 1));
-                let mut dk = vec![0f32; l * hd];
-                matmul((l, hd, rl), &mut dk, hd, &ds, (1, l), &q, (hd, 1));
-                let mut dv = vec![0f32; l * hd];
-                matmul((l, hd, rl), &mut dv, hd, pr, (1, l), &d_o, (hd, 1));
+                let dq = product((rl, hd, l), &ds, (l, 1), &k, (hd, 1), false);
+                let dk = product((l, hd, rl), &ds, (1, l), &q, (hd, 1), false);
+                let dv = product((l, hd, rl), pr, (1, l), &d_o, (hd, 1), false);
                 [dq, dk, dv]
             })
             .collect();

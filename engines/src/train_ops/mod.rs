@@ -9,7 +9,9 @@
 //! - [`rms_norm`]: `x / rms(x) * w`, its backward giving both `dx` and `dw`;
 //! - [`attention`]: causal grouped-query attention with RoPE, from the fused `qkv` projection to
 //!   the output projection's input, its probabilities kept for the backward pass;
-//! - [`swiglu`]: `silu(gate) * up` straight from the fused `gate_up` projection.
+//! - [`swiglu`]: `silu(gate) * up` straight from the fused `gate_up` projection;
+//! - [`linear`]: `x · wᵀ` whose backward gives `w` its gradient in `w`'s own layout (candle's
+//!   `matmul(w.t())` makes the transposed view a node of its own, with its own gradient buffer).
 //!
 //! They take f32 on the CPU only; [`fused`] says when they apply (elsewhere the model runs candle's
 //! decomposed operations, which autograd follows on any device).
@@ -31,11 +33,15 @@ fn slice_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
 }
 
 /// e^x to within about 2 ulp for x in [-87, 88] (Cephes' expf: range reduction by ln 2, a
-/// degree-6 polynomial), branch-free so that loops over it vectorise. Below -87 it returns about 0.
+/// degree-6 polynomial); below -87 it returns about 0. Branch-free and without float-to-integer
+/// conversions (Rust's saturating `as` does not vectorise): `n = round(x / ln 2)` comes from adding
+/// 1.5·2²³, whose float then holds `n` in its low mantissa bits, which become 2ⁿ's exponent.
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
+    const SHIFTER: f32 = 12_582_912.0; // 1.5 · 2^23
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    let k = x.mul_add(std::f32::consts::LOG2_E, SHIFTER);
+    let n = k - SHIFTER;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let p = 1.987_569_1e-4_f32;
     let p = p.mul_add(r, 1.398_199_9e-3);
@@ -44,7 +50,8 @@ pub fn fast_exp(x: f32) -> f32 {
     let p = p.mul_add(r, 1.666_666_5e-1);
     let p = p.mul_add(r, 5e-1);
     let p = (p * r).mul_add(r, r) + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
+    // k's bits are 0x4B40_0000 + n; shifted by 23 only n + 127, the biased exponent, remains.
+    let bits = k.to_bits().wrapping_add(127) << 23;
     p * f32::from_bits(bits)
 }
 
@@ -75,8 +82,66 @@ macro_rules! simd {
     };
 }
 
+/// `A·B` (m×n, row-major, a new buffer) with `A(i,p) = a[i·ars + p·acs]` and
+/// `B(p,j) = b[p·brs + j·bcs]`: the `gemm` crate's product (candle's own on the CPU), on the
+/// calling thread or (`parallel`) on rayon's. The buffer is not zeroed first: the product writes
+/// every element.
+fn gemm_product(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (ars, acs): (usize, usize),
+    b: &[f32],
+    (brs, bcs): (usize, usize),
+    parallel: bool,
+) -> Vec<f32> {
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0f32; m * n];
+    }
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(
+        last(m, ars, k, acs) < a.len() && last(k, brs, n, bcs) < b.len(),
+        "a matrix product outside its operands"
+    );
+    let mut c: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: every element read is inside `a` or `b` (checked above); `c` has room for m·n
+    // elements, and with `read_dst` false gemm writes each of them before any read (the first
+    // block of the inner dimension stores `A·B` without reading `c`), so all are initialised
+    // when the length is set.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            acs as isize,
+            ars as isize,
+            b.as_ptr(),
+            bcs as isize,
+            brs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            if parallel {
+                gemm::Parallelism::Rayon(rayon::current_num_threads())
+            } else {
+                gemm::Parallelism::None
+            },
+        );
+        c.set_len(m * n);
+    }
+    c
+}
+
 mod attention;
+mod linear;
 pub use attention::{attention, Attention};
+pub use linear::{linear, product};
 
 // ---------------------------------------------------------------------------------------------
 // RMS norm
