@@ -345,6 +345,9 @@ impl Mlp {
     /// `x` (b*l, hidden) → (b*l, hidden).
     fn forward_train(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         if fused {
+            if let (Some(wgu), Some(wd)) = (self.gate_up_proj.weight(), self.down_proj.weight()) {
+                return train_ops::mlp(x, wgu, wd);
+            }
             let gu = project(&self.gate_up_proj, x, true)?;
             return project(&self.down_proj, &train_ops::swiglu(&gu)?, true);
         }

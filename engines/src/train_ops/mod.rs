@@ -9,6 +9,8 @@
 //! - [`rms_norm`]: `x / rms(x) * w`, its backward giving both `dx` and `dw`;
 //! - [`attention`]: causal grouped-query attention with RoPE, from the fused `qkv` projection to
 //!   the output projection's input, its probabilities kept for the backward pass;
+//! - [`mlp`]: Phi-3's MLP (the fused `gate_up` projection, SwiGLU, the down projection) in one
+//!   operation, its two intermediates kept out of the graph;
 //! - [`swiglu`]: `silu(gate) * up` straight from the fused `gate_up` projection;
 //! - [`linear`]: `x · wᵀ` whose backward gives `w` its gradient in `w`'s own layout (candle's
 //!   `matmul(w.t())` makes the transposed view a node of its own, with its own gradient buffer).
@@ -140,8 +142,10 @@ fn gemm_product(
 
 mod attention;
 mod linear;
+mod mlp;
 pub use attention::{attention, Attention};
 pub use linear::{linear, product};
+pub use mlp::mlp;
 
 // ---------------------------------------------------------------------------------------------
 // RMS norm
