@@ -316,14 +316,9 @@ impl CustomOp2 for AttentionGrad {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_util::{input, max_diff};
     use super::*;
     use candle_core::{Device, Var, D};
-
-    fn input(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 7919 + seed * 31) % 211) as f32 / 40.0 - 2.6)
-            .collect()
-    }
 
     /// Against candle's operations (split, rotate, repeat K/V per query head, masked softmax,
     /// merge): the same output and the same gradient of `qkv`, with 2 query heads per KV head.
@@ -392,16 +387,6 @@ mod tests {
             .reshape((b * l, h * hd))
             .unwrap();
 
-        let max_diff = |x: &Tensor, y: &Tensor| {
-            (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
         assert_eq!(a.dims(), want.dims());
         assert!(
             max_diff(&a, &want) < 1e-5,

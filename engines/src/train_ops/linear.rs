@@ -96,6 +96,7 @@ impl CustomOp2 for Product {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_util::{input, max_diff};
     use super::*;
     use candle_core::{Device, Var};
 
@@ -103,22 +104,13 @@ mod tests {
     #[test]
     fn matches_candle_matmul() {
         let dev = Device::Cpu;
-        let input = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| ((i * 7919 + seed * 31) % 211) as f32 / 40.0 - 2.6)
-                .collect()
-        };
         let (n, k, o) = (7, 5, 3);
         let x = Var::from_vec(input(n * k, 1), (n, k), &dev).unwrap();
         let w = Var::from_vec(input(o * k, 2), (o, k), &dev).unwrap();
         let weigh = Tensor::from_vec(input(n * o, 3), (n, o), &dev).unwrap();
         let a = linear(&x, &w).unwrap();
         let b = x.matmul(&w.t().unwrap()).unwrap();
-        let diff = |p: &Tensor, q: &Tensor| {
-            let d = (p - q).unwrap().abs().unwrap().max_all().unwrap();
-            d.to_scalar::<f32>().unwrap()
-        };
-        assert!(diff(&a, &b) < 1e-5);
+        assert!(max_diff(&a, &b) < 1e-5);
         let ga = (&a * &weigh)
             .unwrap()
             .sum_all()
@@ -134,7 +126,11 @@ mod tests {
         for v in [&x, &w] {
             let (p, q) = (ga.get(v).unwrap(), gb.get(v).unwrap());
             assert_eq!(p.shape(), q.shape());
-            assert!(diff(p, q) < 1e-4, "gradient differs by {}", diff(p, q));
+            assert!(
+                max_diff(p, q) < 1e-4,
+                "gradient differs by {}",
+                max_diff(p, q)
+            );
         }
     }
 }

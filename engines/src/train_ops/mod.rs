@@ -374,8 +374,29 @@ impl CustomOp2 for SwigluGrad {
     }
 }
 
+/// Inputs and comparisons for the operations' tests.
+#[cfg(test)]
+mod test_util {
+    use candle_core::Tensor;
+
+    /// `n` values spread over about [-2.6, 2.7], different for each `seed`.
+    pub fn input(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 31) % 211) as f32 / 40.0 - 2.6)
+            .collect()
+    }
+
+    /// The largest absolute difference of two tensors of one shape.
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).and_then(|d| d.abs()).and_then(|d| d.max_all());
+        d.and_then(|d| d.to_scalar::<f32>())
+            .unwrap_or(f32::INFINITY)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_util::{input, max_diff};
     use super::*;
     use candle_core::{Device, Var};
 
@@ -387,23 +408,6 @@ mod tests {
             assert!((a - b).abs() <= 4e-7 * b, "{x}: {a} vs {b}");
         }
         assert!(fast_exp(-1000.0) < 1e-37);
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
-    fn input(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 7919 + seed * 31) % 211) as f32 / 40.0 - 2.6)
-            .collect()
     }
 
     /// Each operation against its decomposed form: the same values and the same gradient.
