@@ -38,7 +38,7 @@ pub struct Attention {
 pub fn attention(qkv: &Tensor, a: &Attention) -> Result<Tensor> {
     let (rows, width) = qkv.dims2()?;
     let hd = a.head_dim;
-    if a.kv_heads == 0 || a.heads % a.kv_heads != 0 || hd % 2 != 0 {
+    if a.kv_heads == 0 || !a.heads.is_multiple_of(a.kv_heads) || !hd.is_multiple_of(2) {
         candle_core::bail!(
             "attention: {} heads over {} KV heads of size {hd}",
             a.heads,

@@ -286,7 +286,7 @@ impl CustomOp2 for RmsNormGrad {
 /// (Phi-3's fused `gate_up_proj`); the result is (…, i).
 pub fn swiglu(gu: &Tensor) -> Result<Tensor> {
     let w = *gu.dims().last().unwrap_or(&0);
-    if w == 0 || w % 2 != 0 {
+    if w == 0 || !w.is_multiple_of(2) {
         candle_core::bail!("swiglu: a last dimension of {w} is not even")
     }
     gu.contiguous()?.apply_op1(Swiglu)
