@@ -4,10 +4,10 @@
 //! The inference pass writes keys and values into the KV cache in place and runs candle's fused
 //! operations (`rms_norm`, `softmax_last_dim`, `rope_thd`), none of which has a backward pass.
 //! [`Model::forward_train`] computes the same function with operations autograd follows: in f32 on
-//! the CPU the fused operations of [`crate::train_ops`] (RMS norm, rotation, causal softmax, SwiGLU,
-//! each with its own backward pass), elsewhere candle's decomposed RMS norm, softmax and rotation
-//! and a causal mask; grouped-query attention by folding each KV head's query heads into one
-//! product (no copies of K and V); and no cache at all.
+//! the CPU the fused operations of [`crate::train_ops`] (RMS norm, the projections, attention and
+//! the MLP, each with its own backward pass), elsewhere candle's decomposed RMS norm, softmax and
+//! rotation and a causal mask; grouped-query attention by folding each KV head's query heads into
+//! one product (no copies of K and V); and no cache at all.
 //!
 //! A model for training is built with no cache slots ([`Model::from_varmap`]), so no cache is
 //! allocated; its variables come from [`init_varmap`] (transformers' Phi-3 initialisation, seeded) or
@@ -225,7 +225,7 @@ impl Model {
         let dev = &self.device;
         let cos = self.rope.cos.narrow(0, 0, l)?.to_dtype(dtype)?;
         let sin = self.rope.sin.narrow(0, 0, l)?.to_dtype(dtype)?;
-        let fused = fused && dev.is_cpu() && dtype == DType::F32;
+        let fused = fused && train_ops::fused(self.embed_tokens.embeddings());
         let pass = if fused {
             Pass::Fused(Arc::new((
                 cos.flatten_all()?.to_vec1::<f32>()?,
@@ -344,12 +344,10 @@ impl Attention {
 impl Mlp {
     /// `x` (b*l, hidden) → (b*l, hidden).
     fn forward_train(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
-        if fused {
-            if let (Some(wgu), Some(wd)) = (self.gate_up_proj.weight(), self.down_proj.weight()) {
-                return train_ops::mlp(x, wgu, wd);
-            }
-            let gu = project(&self.gate_up_proj, x, true)?;
-            return project(&self.down_proj, &train_ops::swiglu(&gu)?, true);
+        if let (true, Some(wgu), Some(wd)) =
+            (fused, self.gate_up_proj.weight(), self.down_proj.weight())
+        {
+            return train_ops::mlp(x, wgu, wd);
         }
         let gu = self.gate_up_proj.forward(x)?;
         let gate = gu.narrow(D::Minus1, 0, self.inter)?;

@@ -11,7 +11,7 @@
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp3, DType, InplaceOp1, Layout, Result, Shape, Tensor, D,
 };
-use engines::train_ops::{self, fast_exp};
+use engines::train_ops::{self, exp_scaled, log_sum_exp};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -57,9 +57,7 @@ pub fn linear_cross_entropy(
 ) -> Result<Tensor> {
     let (n, _) = hidden.dims2()?;
     let (v, _) = weight.dims2()?;
-    let f32_cpu =
-        hidden.device().is_cpu() && hidden.dtype() == DType::F32 && weight.dtype() == DType::F32;
-    if !f32_cpu {
+    if !(train_ops::fused(hidden) && train_ops::fused(weight)) {
         return masked_cross_entropy(&hidden.matmul(&weight.t()?)?, targets, weights, denom);
     }
     if targets.len() != n || weights.len() != n {
@@ -259,108 +257,11 @@ impl XentGrad {
             if s == 0.0 {
                 row.fill(0.0);
             } else {
-                softmax_scaled(row, self.lse[i], s);
+                exp_scaled(row, self.lse[i], s);
                 row[self.targets[i] as usize] -= s;
             }
         });
         Ok(())
-    }
-}
-
-/// log(sum(exp(row))), stable.
-fn log_sum_exp(row: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { log_sum_exp_avx512(row) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { log_sum_exp_avx2(row) };
-        }
-    }
-    log_sum_exp_generic(row)
-}
-
-/// `row = exp(row - lse) * scale`, in place.
-fn softmax_scaled(row: &mut [f32], lse: f32, scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { softmax_scaled_avx512(row, lse, scale) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { softmax_scaled_avx2(row, lse, scale) };
-        }
-    }
-    softmax_scaled_generic(row, lse, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn log_sum_exp_avx512(row: &[f32]) -> f32 {
-    log_sum_exp_generic(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn log_sum_exp_avx2(row: &[f32]) -> f32 {
-    log_sum_exp_generic(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn softmax_scaled_avx512(row: &mut [f32], lse: f32, scale: f32) {
-    softmax_scaled_generic(row, lse, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_scaled_avx2(row: &mut [f32], lse: f32, scale: f32) {
-    softmax_scaled_generic(row, lse, scale)
-}
-
-const LANES: usize = 16;
-
-#[inline(always)]
-fn log_sum_exp_generic(row: &[f32]) -> f32 {
-    let mut m = [f32::NEG_INFINITY; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for j in 0..LANES {
-            m[j] = if c[j] > m[j] { c[j] } else { m[j] };
-        }
-    }
-    let mut max = rest.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    for v in m {
-        max = max.max(v);
-    }
-    if !max.is_finite() {
-        return max;
-    }
-    let mut s = [0f32; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for j in 0..LANES {
-            s[j] += fast_exp(c[j] - max);
-        }
-    }
-    let mut sum: f32 = rest.iter().map(|&x| fast_exp(x - max)).sum();
-    sum += s.iter().sum::<f32>();
-    max + sum.ln()
-}
-
-#[inline(always)]
-fn softmax_scaled_generic(row: &mut [f32], lse: f32, scale: f32) {
-    for x in row.iter_mut() {
-        *x = fast_exp(*x - lse) * scale;
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! [`Trainer::step`] is one optimizer step: `accumulation` micro-batches, each a forward pass of
 //! [`engines::phi3::Model::forward_train_hidden`] on the f32 master weights (or their bf16 copy),
-//! the output projection and masked cross-entropy in one operation ([`crate::loss::linear_cross_entropy`]) divided by the step's count of targets (so the accumulated gradients are
-//! exactly one big batch's), backward; then the global gradient norm, the clipping factor, the
+//! the output projection and masked cross-entropy in one operation
+//! ([`crate::loss::linear_cross_entropy`]) divided by the step's count of targets (so the
+//! accumulated gradients are exactly one big batch's), backward; then the global gradient norm, the clipping factor, the
 //! scheduled learning rate and an AdamW update. [`Trainer::run`] loops to `steps`, measuring the
 //! held-out loss every `eval_every` steps, writing a checkpoint every `checkpoint_every`, and
 //! leaves in the output folder:

@@ -11,14 +11,13 @@
 //!   the output projection's input, its probabilities kept for the backward pass;
 //! - [`mlp`]: Phi-3's MLP (the fused `gate_up` projection, SwiGLU, the down projection) in one
 //!   operation, its two intermediates kept out of the graph;
-//! - [`swiglu`]: `silu(gate) * up` straight from the fused `gate_up` projection;
 //! - [`linear`]: `x · wᵀ` whose backward gives `w` its gradient in `w`'s own layout (candle's
 //!   `matmul(w.t())` makes the transposed view a node of its own, with its own gradient buffer).
 //!
 //! They take f32 on the CPU only; [`fused`] says when they apply (elsewhere the model runs candle's
 //! decomposed operations, which autograd follows on any device).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Whether the fused operations can run on `t`: f32 on the CPU.
@@ -60,14 +59,15 @@ pub fn fast_exp(x: f32) -> f32 {
 /// Runs the body compiled for AVX-512 or for AVX2 and FMA where the CPU has them (the loops then
 /// vectorise to the CPU's width, with fused multiply-adds), plainly elsewhere.
 macro_rules! simd {
-    ($name:ident, fn($($a:ident: $t:ty),*) $body:block) => {
-        fn $name($($a: $t),*) {
+    ($(#[$m:meta])* $vis:vis $name:ident, fn($($a:ident: $t:ty),*) $(-> $r:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) $(-> $r)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn wide($($a: $t),*) $body
+                unsafe fn wide($($a: $t),*) $(-> $r)? $body
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn fast($($a: $t),*) $body
+                unsafe fn fast($($a: $t),*) $(-> $r)? $body
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has the features `wide` is compiled for.
                     return unsafe { wide($($a),*) };
@@ -139,6 +139,48 @@ fn gemm_product(
     }
     c
 }
+
+const LANES: usize = 16;
+
+simd!(
+    /// `log(sum(exp(row)))`, stable (the maximum subtracted first), in two vectorised passes.
+    pub log_sum_exp, fn(row: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..LANES {
+            m[j] = if c[j] > m[j] { c[j] } else { m[j] };
+        }
+    }
+    let mut max = rest.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for v in m {
+        max = max.max(v);
+    }
+    if !max.is_finite() {
+        return max;
+    }
+    let mut s = [0f32; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..LANES {
+            s[j] += fast_exp(c[j] - max);
+        }
+    }
+    let mut sum: f32 = rest.iter().map(|&x| fast_exp(x - max)).sum();
+    sum += s.iter().sum::<f32>();
+    max + sum.ln()
+});
+
+simd!(
+    /// `row = exp(row - shift) * scale`, in place: with `shift` the row's [`log_sum_exp`], its
+    /// softmax times `scale`.
+    pub exp_scaled, fn(row: &mut [f32], shift: f32, scale: f32) {
+    for x in row.iter_mut() {
+        *x = fast_exp(*x - shift) * scale;
+    }
+});
 
 mod attention;
 mod linear;
@@ -282,18 +324,6 @@ impl CustomOp2 for RmsNormGrad {
 // ---------------------------------------------------------------------------------------------
 // SwiGLU
 
-/// `silu(gate) * up` where `gu` (…, 2i) holds the gate in its first half and `up` in its second
-/// (Phi-3's fused `gate_up_proj`); the result is (…, i).
-pub fn swiglu(gu: &Tensor) -> Result<Tensor> {
-    let w = *gu.dims().last().unwrap_or(&0);
-    if w == 0 || !w.is_multiple_of(2) {
-        candle_core::bail!("swiglu: a last dimension of {w} is not even")
-    }
-    gu.contiguous()?.apply_op1(Swiglu)
-}
-
-struct Swiglu;
-
 /// (sigmoid(g), silu(g)).
 #[inline(always)]
 fn sig_silu(g: f32) -> (f32, f32) {
@@ -324,31 +354,8 @@ simd!(swiglu_row_grad, fn(gu: &[f32], d: &[f32], dgu: &mut [f32]) {
     }
 });
 
-impl CustomOp1 for Swiglu {
-    fn name(&self) -> &'static str {
-        "fused-swiglu"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice_f32(s, l, "swiglu")?;
-        let mut dims = l.shape().dims().to_vec();
-        let w = dims.last().copied().unwrap_or(0);
-        let i = w / 2;
-        if let Some(last) = dims.last_mut() {
-            *last = i;
-        }
-        let mut out = vec![0f32; x.len() / 2];
-        out.par_chunks_mut(i)
-            .zip(x.par_chunks(w))
-            .for_each(|(o, gu)| swiglu_row(gu, o));
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
-    }
-
-    fn bwd(&self, gu: &Tensor, _res: &Tensor, d: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(gu.apply_op2_no_bwd(&d.contiguous()?, &SwigluGrad)?))
-    }
-}
-
+/// SwiGLU's gradient with respect to `gu` (…, 2i), from `gu` and the gradient of `silu(gate) · up`
+/// (…, i).
 struct SwigluGrad;
 
 impl CustomOp2 for SwigluGrad {
@@ -436,11 +443,23 @@ mod tests {
             &dev,
         )
         .unwrap();
-        let a = swiglu(&gu).unwrap();
+        let rows = gu.as_tensor().to_vec2::<f32>().unwrap();
+        let a: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| {
+                let mut o = vec![0f32; 5];
+                swiglu_row(r, &mut o);
+                o
+            })
+            .collect();
+        let a = Tensor::from_vec(a, (4, 5), &dev).unwrap();
         let (g, u) = (gu.narrow(1, 0, 5).unwrap(), gu.narrow(1, 5, 5).unwrap());
         let b = (g.silu().unwrap() * u).unwrap();
         assert!(max_diff(&a, &b) < 1e-4);
-        let (ga, gb) = (weigh(&a).backward().unwrap(), weigh(&b).backward().unwrap());
-        assert!(max_diff(ga.get(&gu).unwrap(), gb.get(&gu).unwrap()) < 1e-4);
+        // The gradient of `weigh` with respect to SwiGLU's output is its weights.
+        let d = Tensor::from_vec(input(4 * 5, 9), (4, 5), &dev).unwrap();
+        let ga = gu.apply_op2_no_bwd(&d, &SwigluGrad).unwrap();
+        let gb = weigh(&b).backward().unwrap();
+        assert!(max_diff(&ga, gb.get(&gu).unwrap()) < 1e-4);
     }
 }
