@@ -158,20 +158,46 @@ fn greedy(tokens: u32) -> Sampling {
 }
 
 /// Sends the batch and waits for every completion; fails on the first error or short completion.
+/// Returns each completion's token times.
 async fn generate(
     engine: &LocalEngine,
     batch: Vec<Vec<u32>>,
     tokens: u32,
-) -> std::result::Result<Vec<Completion>, EngineError> {
-    let done = engine.complete_tokens(batch, &greedy(tokens)).await;
-    let done: Vec<Completion> = done.into_iter().collect::<std::result::Result<_, _>>()?;
-    if let Some(c) = done.iter().find(|c| c.completion_tokens != tokens) {
+) -> std::result::Result<Vec<Vec<Instant>>, EngineError> {
+    let done = engine.complete_tokens_timed(batch, &greedy(tokens)).await;
+    let done: Vec<(Completion, Vec<Instant>)> =
+        done.into_iter().collect::<std::result::Result<_, _>>()?;
+    if let Some((c, _)) = done
+        .iter()
+        .find(|(c, t)| c.completion_tokens != tokens || t.len() != tokens as usize)
+    {
         return Err(EngineError::Config(format!(
             "a completion has {} tokens, {tokens} were asked for",
             c.completion_tokens
         )));
     }
-    Ok(done)
+    Ok(done.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Where one call's time went: until every sequence had its first token (the prompt's prefill
+/// and one sampling), and from then to the last token.
+fn split(start: Instant, times: &[Vec<Instant>]) -> (f64, f64) {
+    let first = times
+        .iter()
+        .filter_map(|t| t.first())
+        .max()
+        .copied()
+        .unwrap_or(start);
+    let last = times
+        .iter()
+        .filter_map(|t| t.last())
+        .max()
+        .copied()
+        .unwrap_or(first);
+    (
+        first.duration_since(start).as_secs_f64(),
+        last.duration_since(first).as_secs_f64(),
+    )
 }
 
 /// Runs `plan` on `engine` (whose model has `cfg`'s shape), calling `each` with every batch
@@ -201,19 +227,18 @@ pub fn run(
             // batch shape (the GEMV's timing, a CUDA graph's recording and verification) is not
             // part of the figures.
             generate(engine, prompts(b, p.min(32), vocab, 54_321), 4).await?;
-            let t = Instant::now();
-            generate(engine, batch.clone(), 1).await?;
-            let gen1 = t.elapsed().as_secs_f64();
             if let Some(p) = &plan.profile {
                 p.take();
             }
+            // One call: the prefill figure is the time to every sequence's first token, the
+            // decode figure the time from there to the last token (the peer measures the same
+            // two as a one-token call and the difference of a full one).
             let t = Instant::now();
-            generate(engine, batch, g as u32).await?;
+            let times = generate(engine, batch, g as u32).await?;
             let gen = t.elapsed().as_secs_f64();
+            let (gen1, decode) = split(t, &times);
             let profile = plan.profile.as_ref().map(|p| per_pass(&p.take()));
-            // Decode time is a difference: too short a run can leave none to measure.
-            let steps = if gen > gen1 { g - 1 } else { 0 };
-            let decode = (gen - gen1).max(0.0);
+            let steps = if decode > 0.0 { g - 1 } else { 0 };
             let r = Record {
                 engine: "phiforge".into(),
                 batch: b,

@@ -25,6 +25,8 @@ struct Job {
     reply: tokio::sync::oneshot::Sender<Result<Completion, EngineError>>,
     /// Text deltas as tokens are generated (for streaming replies).
     stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// When each token was sampled (for latency figures: time to first token, between tokens).
+    ticks: Option<std::sync::mpsc::Sender<std::time::Instant>>,
 }
 
 /// A sequence being generated, in a cache slot.
@@ -209,6 +211,9 @@ fn schedule(model: Model, codec: Arc<dyn Codec>, rx: mpsc::Receiver<Vec<Job>>, l
             a.pending.drain(..fed);
             if !a.pending.is_empty() {
                 continue; // more of the prompt to feed
+            }
+            if let Some(ticks) = &a.job.ticks {
+                let _ = ticks.send(std::time::Instant::now());
             }
             let sp = &a.job.sampling;
             let may_stop = a.generated.len() >= sp.min_tokens as usize;
@@ -462,6 +467,7 @@ impl LocalEngine {
                 sampling: sampling.clone(),
                 reply: tx,
                 stream,
+                ticks: None,
             }])
             .map_err(|_| EngineError::Config("the local engine has stopped".into()))?;
         rx.await
@@ -475,17 +481,33 @@ impl LocalEngine {
         prompts: Vec<Vec<u32>>,
         sampling: &Sampling,
     ) -> Vec<Result<Completion, EngineError>> {
+        self.complete_tokens_timed(prompts, sampling)
+            .await
+            .into_iter()
+            .map(|r| r.map(|(c, _)| c))
+            .collect()
+    }
+
+    /// [`Self::complete_tokens`], with the instant each completion's tokens were sampled (a
+    /// stop token that ends a completion included), for time to first token and between tokens.
+    pub async fn complete_tokens_timed(
+        &self,
+        prompts: Vec<Vec<u32>>,
+        sampling: &Sampling,
+    ) -> Vec<Result<(Completion, Vec<std::time::Instant>), EngineError>> {
         let mut replies = Vec::with_capacity(prompts.len());
         let jobs: Vec<Job> = prompts
             .into_iter()
             .map(|prompt| {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                replies.push(rx);
+                let (ticks, times) = std::sync::mpsc::channel();
+                replies.push((rx, times));
                 Job {
                     prompt,
                     sampling: sampling.clone(),
                     reply: tx,
                     stream: None,
+                    ticks: Some(ticks),
                 }
             })
             .collect();
@@ -496,12 +518,14 @@ impl LocalEngine {
                 .collect();
         }
         let mut out = Vec::with_capacity(replies.len());
-        for rx in replies {
-            out.push(rx.await.unwrap_or_else(|_| {
+        for (rx, times) in replies {
+            let done = rx.await.unwrap_or_else(|_| {
                 Err(EngineError::Config(
                     "the local engine stopped before answering".into(),
                 ))
-            }));
+            });
+            // The reply is sent after the last tick, so every tick is already queued.
+            out.push(done.map(|c| (c, times.try_iter().collect())));
         }
         out
     }
