@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 mod engine;
+mod neardup;
 mod tokenize;
 mod train;
 mod vocab;
@@ -39,14 +40,18 @@ struct Cli {
 enum Command {
     /// Reports which documents of a corpus overlap benchmark test sets (Phi-4's 13/7-gram rule).
     Audit(DecontArgs),
-    /// Like `audit`, and also writes the kept and the removed documents in the input's format.
+    /// Like `audit`, and also writes the kept and the removed documents in the input's format
+    /// (contaminated and edited documents are removed).
     Decontaminate {
         #[command(flatten)]
         args: DecontArgs,
-        /// Remove partial matches too, not only contaminated documents.
+        /// Remove partial matches too, not only contaminated and edited documents.
         #[arg(long)]
         remove_partial: bool,
     },
+    /// Removes near-duplicate documents (MinHash, LSH, exact Jaccard): one kept per cluster, the
+    /// rest written to removed/ naming the kept one; bounded memory at any corpus size.
+    Neardup(neardup::NeardupArgs),
     /// Checks a recipe without running anything; reports every problem with file, line and field.
     Validate { recipe: PathBuf },
     /// Shows, per stage, how many inputs are cached and how many will run, and why.
@@ -171,6 +176,12 @@ struct DecontArgs {
     /// N-grams found in this many benchmark items or more are boilerplate, not evidence.
     #[arg(long, default_value_t = Settings::default().allow_min_items)]
     allow_min_items: usize,
+    /// Turn off the edit rule (items copied with words changed, found by word alignment).
+    #[arg(long)]
+    no_edit_rule: bool,
+    /// Alignment similarity (1 - edits / words) at or above which an item's copy is edited.
+    #[arg(long, default_value_t = Settings::default().edit_threshold)]
+    edit_threshold: f64,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -197,6 +208,7 @@ fn run(cli: Cli) -> Result<()> {
             args,
             remove_partial,
         } => decont(args, Mode::Decontaminate { remove_partial }),
+        Command::Neardup(a) => neardup::neardup(a),
         Command::Validate { recipe } => {
             let r = Recipe::load(&recipe)?;
             println!(
@@ -428,6 +440,8 @@ fn decont(a: DecontArgs, mode: Mode) -> Result<()> {
         info_threshold: a.info_threshold,
         contamination_threshold: a.contamination_threshold,
         allow_min_items: a.allow_min_items,
+        edit_rule: !a.no_edit_rule,
+        edit_threshold: a.edit_threshold,
         ..Settings::default()
     };
     let index = BenchIndex::build(&set, settings, &allow.texts)?;
@@ -460,12 +474,13 @@ fn decont(a: DecontArgs, mode: Mode) -> Result<()> {
     let report = report?;
     let t = &report.totals;
     println!(
-        "{} documents, {:.1} MB in {:.1} s ({:.1} MB/s): {} contaminated, {} partial, {} clean{}",
+        "{} documents, {:.1} MB in {:.1} s ({:.1} MB/s): {} contaminated, {} edited, {} partial, {} clean{}",
         t.documents,
         t.bytes as f64 / 1e6,
         t.seconds,
         t.mb_per_s,
         t.contaminated,
+        t.edited,
         t.partial,
         t.clean,
         if t.skipped_records > 0 {

@@ -103,6 +103,70 @@ fn audit_writes_every_output() {
 }
 
 #[test]
+fn a_sample_reports_every_item_it_touches() {
+    let dir = Dir::new();
+    let gsm = item("gsm8k", "gsm8k/3");
+    let mbpp = item("mbpp", "mbpp/11");
+    let q = |i: &Value| i["question"].as_str().unwrap().to_string();
+    dir.write_jsonl(
+        "input.jsonl",
+        &[json!({"id": "two", "text": format!("First: {}\n\nThen: {}", q(&gsm), q(&mbpp))})],
+    );
+    dir.ok(&[
+        "audit",
+        "-b",
+        "gsm8k",
+        "mbpp",
+        "-i",
+        "input.jsonl",
+        "-o",
+        "out",
+    ]);
+    let samples = read_jsonl(&dir.path("out/samples.jsonl"));
+    assert_eq!(samples.len(), 1);
+    let items: Vec<&str> = samples[0]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["item_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        items.contains(&"gsm8k/3") && items.contains(&"mbpp/11"),
+        "{items:?}"
+    );
+    // The best item leads the list and is the sample's own fields.
+    assert_eq!(samples[0]["item_id"], items[0]);
+    // One row per item in hits.parquet, ranked; both benchmarks count the sample.
+    let rows = corpus::read_records(&dir.path("out/hits.parquet")).unwrap();
+    let ranked: Vec<(u64, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.1["rank"].as_u64().unwrap(),
+                r.1["item_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, String)> = items
+        .iter()
+        .enumerate()
+        .map(|(k, i)| (k as u64, i.to_string()))
+        .collect();
+    assert_eq!(ranked, want);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path("out/audit.json")).unwrap())
+            .unwrap();
+    for b in ["gsm8k", "mbpp"] {
+        assert_eq!(report["benchmarks"][b]["samples_contaminated"], 1, "{b}");
+        assert!(
+            report["benchmarks"][b]["items_hit"].as_u64().unwrap() >= 1,
+            "{b}"
+        );
+    }
+    assert_eq!(report["totals"]["contaminated"], 1);
+}
+
+#[test]
 fn allow_list_lines_are_not_evidence() {
     let dir = Dir::new();
     golden_input(&dir);

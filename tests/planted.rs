@@ -149,14 +149,15 @@ fn cases() -> Vec<Case> {
             verdict: "contaminated",
             rule: "ngram7",
         },
-        // Every 12th token changed: no 13-gram survives, 6 of every 13 7-grams do.
+        // Every 12th token changed: no 13-gram survives, 6 of every 13 7-grams do: partial by
+        // Phi-4's rule, an edited copy by the alignment (11 of 12 words in place).
         Case {
             id: "planted/7gram-partial-12",
             text: break_every(&q(&arc), 12),
             benchmark: "gsm8k",
             item: id(&arc),
-            verdict: "partial",
-            rule: "ngram7",
+            verdict: "edited",
+            rule: "edit",
         },
         // Every 10th token changed: 3 of every 10 7-grams survive.
         Case {
@@ -164,8 +165,8 @@ fn cases() -> Vec<Case> {
             text: break_every(&q(&arc2), 10),
             benchmark: "gsm8k",
             item: id(&arc2),
-            verdict: "partial",
-            rule: "ngram7",
+            verdict: "edited",
+            rule: "edit",
         },
     ]
 }
@@ -263,10 +264,116 @@ fn planted_items_are_found_and_real_documents_stay_clean() {
             .unwrap();
     let t = &report["totals"];
     assert_eq!(t["documents"], docs.len());
-    assert_eq!(t["partial"], 2);
+    assert_eq!(t["partial"], 0);
+    assert_eq!(t["edited"], 2);
     assert_eq!(t["contaminated"], cases.len() as u64 - 1);
     assert_eq!(report["benchmarks"]["gsm8k"]["items_hit"], 4);
     assert_eq!(report["benchmarks"]["arc_challenge"]["items_hit"], 1);
+}
+
+/// `text` with one word in each run of eight replaced by another real word, at a seeded place.
+fn edit_one_in_eight(text: &str, seed: u64) -> String {
+    const WORDS: &[&str] = &[
+        "river", "garden", "yellow", "quietly", "market", "window", "seven", "travel", "bright",
+        "honest",
+    ];
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut words: Vec<&str> = text.split_whitespace().collect();
+    for block in (0..words.len()).step_by(8) {
+        let at = block + next((words.len() - block).min(8));
+        words[at] = WORDS[next(WORDS.len())];
+    }
+    words.join(" ")
+}
+
+/// Items of every bundled set, each copied whole (question, choices, answer) with one word in
+/// eight replaced, planted into real documents: no 13-gram survives and the 7-gram ratio stays
+/// near 1/8 to 1/4, so Phi-4's rule passes most as clean; the edit rule finds them.
+#[test]
+fn items_with_one_word_in_eight_changed_are_found_by_the_edit_rule() {
+    let dir = Dir::new();
+    let mut docs = python_docs();
+    let mut planted = Vec::new();
+    for name in [
+        "gsm8k",
+        "math",
+        "mmlu",
+        "humaneval",
+        "mbpp",
+        "arc_challenge",
+        "arc_easy",
+    ] {
+        for item in benchmark(name).into_iter().step_by(151).take(8) {
+            let mut text = item["question"].as_str().unwrap().to_string();
+            for c in item["choices"].as_array().into_iter().flatten() {
+                text = format!("{text}\n{}", c.as_str().unwrap());
+            }
+            text = format!("{text}\n{}", item["answer"].as_str().unwrap());
+            let k = planted.len();
+            let at = 5 + 3 * k;
+            let host = docs[at]["text"].as_str().unwrap().to_string();
+            let id = format!("edited/{k}");
+            docs[at] = json!({"id": id, "text": plant(&host, &edit_one_in_eight(&text, k as u64))});
+            planted.push((id, item["id"].as_str().unwrap().to_string()));
+        }
+    }
+    dir.write_jsonl("corpus.jsonl", &docs);
+    let found = |args: &[&str]| -> (usize, usize, Vec<String>) {
+        dir.ok(&[
+            &["audit", "-b", "standard", "-i", "corpus.jsonl", "-o", "out"],
+            args,
+        ]
+        .concat());
+        let flagged: BTreeMap<String, Value> = read_jsonl(&dir.path("out/samples.jsonl"))
+            .into_iter()
+            .map(|s| (s["id"].as_str().unwrap().to_string(), s))
+            .collect();
+        let (mut removed, mut edited) = (0, 0);
+        for (id, item) in &planted {
+            let Some(s) = flagged.get(id) else { continue };
+            // The planted item is among the items the sample touches, with the verdict.
+            let hit = s["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["item_id"] == *item);
+            match hit.map(|h| h["item_verdict"].as_str().unwrap()) {
+                Some("contaminated") => removed += 1,
+                Some("edited") => {
+                    removed += 1;
+                    edited += 1;
+                }
+                _ => {}
+            }
+        }
+        let extra = flagged
+            .keys()
+            .filter(|k| !k.starts_with("edited/") && k.as_str() != REAL_LEAK.0)
+            .cloned()
+            .collect();
+        (removed, edited, extra)
+    };
+    let (phi4, none, extra) = found(&["--no-edit-rule"]);
+    assert_eq!(none, 0);
+    assert!(extra.is_empty(), "false positives: {extra:?}");
+    let (both, edited, extra) = found(&[]);
+    assert!(extra.is_empty(), "false positives: {extra:?}");
+    eprintln!(
+        "of {} items edited one word in eight: Phi-4's rule finds {phi4}, with the edit rule {both} ({edited} as edited)",
+        planted.len()
+    );
+    assert!(
+        both * 10 >= planted.len() * 6,
+        "{both} of {}",
+        planted.len()
+    );
+    assert!(both > phi4 && edited > 0);
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod decontaminate;
 mod flows;
 mod generate;
 mod mix;
+mod neardup;
 mod planted;
 mod slurm;
 mod tokenize;

@@ -10,7 +10,7 @@
 use crate::index::{BenchIndex, PART_NAMES};
 use crate::normalize::{normalize, NORMALIZATION_VERSION};
 use crate::report::{self, AuditReport, BenchmarkTotals, InputTotals, SkippedRecord, Totals};
-use crate::scan::{Finding, Scanner, Verdict};
+use crate::scan::{Finding, Match, Scanner, Verdict};
 use crate::{Error, Result};
 use corpus::{
     Batch, BatchReader, Column, ColumnKind, Compression, Format, FormatWriter, LineSink, StagedDir,
@@ -24,6 +24,8 @@ use std::time::Instant;
 
 /// Reports progress to whoever shows it (a progress bar in the CLI).
 pub trait Progress: Sync {
+    /// A pass over the inputs starts (runs of several passes: near-duplicates).
+    fn stage(&self, _stage: &str) {}
     /// A new input file starts.
     fn file(&self, _path: &Path) {}
     /// `docs` more documents and `bytes` more input bytes are done.
@@ -54,26 +56,46 @@ pub struct RunOptions {
     pub allow_list: Option<(PathBuf, String)>,
 }
 
-/// One flagged sample, as written to `samples.jsonl` and `hits.parquet`.
+/// One flagged sample, as written to `samples.jsonl`: its strongest item's match, and every item
+/// it touches.
 #[derive(Debug, Clone, Serialize)]
 pub struct FlaggedSample {
     pub id: String,
     pub source: String,
     pub line: u64,
     pub verdict: Verdict,
-    pub rule: &'static str,
+    #[serde(flatten)]
+    pub best: ItemHit,
+    /// The longest matched run of the strongest item, normalised.
+    pub ngram: String,
+    /// The sample's original text over that run (cut at 2,000 bytes).
+    pub text: String,
+    /// Every item the sample touches above the info threshold, the strongest first.
+    pub items: Vec<ItemHit>,
+}
+
+/// One item a flagged sample touches; a row of `hits.parquet`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemHit {
     pub benchmark: String,
     pub item_id: String,
+    /// This item's verdict: contaminated, edited or partial.
+    #[serde(rename = "item_verdict")]
+    pub verdict: Verdict,
+    pub rule: &'static str,
     pub ratio: f64,
-    /// The item part that gave the ratio: full, question or answer.
+    /// The edit rule's alignment similarity (0 where no alignment was made).
+    pub similarity: f64,
+    /// The item part that gave the ratio (or the alignment): full, question or answer.
     pub part: &'static str,
     /// Distinct 7-grams shared with the item.
     pub shared_ngrams: u32,
-    /// The longest matched run, normalised.
-    pub ngram: String,
-    /// That run's character span `[start, end)` in the sample's text.
+    /// The matched run's character span `[start, end)` in the sample's text.
     pub span: [u64; 2],
-    /// The sample's original text over the span (cut at 2,000 bytes).
+    /// The matched run (normalised) and the sample's text over it, for `hits.parquet`.
+    #[serde(skip)]
+    pub ngram: String,
+    #[serde(skip)]
     pub text: String,
 }
 
@@ -81,6 +103,31 @@ const TEXT_EXCERPT_BYTES: usize = 2000;
 const MAX_SKIPPED_LISTED: usize = 1000;
 const EXAMPLES_KEPT: usize = 10;
 const MOST_HIT_LISTED: usize = 20;
+
+fn hit(index: &BenchIndex, m: &Match, text: &str) -> ItemHit {
+    let item = &index.items[m.item as usize];
+    let (bs, be) = m.span;
+    let start = text[..bs].chars().count() as u64;
+    let len = text[bs..be].chars().count() as u64;
+    let mut cut = be.min(bs + TEXT_EXCERPT_BYTES);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let round = |x: f64| (x * 1e6).round() / 1e6;
+    ItemHit {
+        benchmark: index.benchmarks[item.benchmark as usize].clone(),
+        item_id: item.id.clone(),
+        verdict: m.verdict,
+        rule: m.rule.as_str(),
+        ratio: round(m.ratio),
+        similarity: round(m.similarity),
+        part: PART_NAMES[m.part],
+        shared_ngrams: m.shared,
+        span: [start, start + len],
+        ngram: normalize(&text[bs..be]),
+        text: text[bs..cut].to_string(),
+    }
+}
 
 fn flagged(
     index: &BenchIndex,
@@ -90,35 +137,25 @@ fn flagged(
     line: u64,
     text: &str,
 ) -> FlaggedSample {
-    let item = &index.items[f.item as usize];
-    let (bs, be) = f.span;
-    let start = text[..bs].chars().count() as u64;
-    let len = text[bs..be].chars().count() as u64;
-    let mut cut = be.min(bs + TEXT_EXCERPT_BYTES);
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
+    let items: Vec<ItemHit> = f.matches.iter().map(|m| hit(index, m, text)).collect();
+    let best = items[0].clone();
     FlaggedSample {
         id: id.to_string(),
         source: source.display().to_string(),
         line,
         verdict: f.verdict,
-        rule: f.rule.as_str(),
-        benchmark: index.benchmarks[item.benchmark as usize].clone(),
-        item_id: item.id.clone(),
-        ratio: (f.ratio * 1e6).round() / 1e6,
-        part: PART_NAMES[f.part],
-        shared_ngrams: f.shared,
-        ngram: normalize(&text[bs..be]),
-        span: [start, start + len],
-        text: text[bs..cut].to_string(),
+        ngram: best.ngram.clone(),
+        text: best.text.clone(),
+        best,
+        items,
     }
 }
 
 /// The result for one record of a batch.
 enum Outcome {
     Clean,
-    Flagged(Box<FlaggedSample>, u32),
+    /// With the items touched.
+    Flagged(Box<FlaggedSample>, Vec<u32>),
     Bad(corpus::Error),
 }
 
@@ -142,7 +179,7 @@ fn classify(index: &BenchIndex, batch: &Batch, spec: &TextSpec) -> Vec<(Outcome,
                                 doc.line,
                                 &doc.text,
                             )),
-                            f.item,
+                            f.matches.iter().map(|m| m.item).collect(),
                         ),
                     };
                     (outcome, doc.text.len())
@@ -157,10 +194,13 @@ const HIT_COLUMNS: &[(&str, ColumnKind)] = &[
     ("source", ColumnKind::Utf8),
     ("line", ColumnKind::U64),
     ("verdict", ColumnKind::Utf8),
+    ("rank", ColumnKind::U64),
+    ("item_verdict", ColumnKind::Utf8),
     ("rule", ColumnKind::Utf8),
     ("benchmark", ColumnKind::Utf8),
     ("item_id", ColumnKind::Utf8),
     ("ratio", ColumnKind::F64),
+    ("similarity", ColumnKind::F64),
     ("part", ColumnKind::Utf8),
     ("shared_ngrams", ColumnKind::U64),
     ("ngram", ColumnKind::Utf8),
@@ -169,22 +209,26 @@ const HIT_COLUMNS: &[(&str, ColumnKind)] = &[
     ("text", ColumnKind::Utf8),
 ];
 
-fn hit_row(s: &FlaggedSample) -> Vec<Column> {
+/// A row of `hits.parquet`: the sample, then the `rank`-th item it touches (0: the strongest).
+fn hit_row(s: &FlaggedSample, rank: usize, h: &ItemHit) -> Vec<Column> {
     vec![
         Column::Str(s.id.clone()),
         Column::Str(s.source.clone()),
         Column::U64(s.line),
         Column::Str(s.verdict.as_str().into()),
-        Column::Str(s.rule.into()),
-        Column::Str(s.benchmark.clone()),
-        Column::Str(s.item_id.clone()),
-        Column::F64(s.ratio),
-        Column::Str(s.part.into()),
-        Column::U64(s.shared_ngrams as u64),
-        Column::Str(s.ngram.clone()),
-        Column::U64(s.span[0]),
-        Column::U64(s.span[1]),
-        Column::Str(s.text.clone()),
+        Column::U64(rank as u64),
+        Column::Str(h.verdict.as_str().into()),
+        Column::Str(h.rule.into()),
+        Column::Str(h.benchmark.clone()),
+        Column::Str(h.item_id.clone()),
+        Column::F64(h.ratio),
+        Column::F64(h.similarity),
+        Column::Str(h.part.into()),
+        Column::U64(h.shared_ngrams as u64),
+        Column::Str(h.ngram.clone()),
+        Column::U64(h.span[0]),
+        Column::U64(h.span[1]),
+        Column::Str(h.text.clone()),
     ]
 }
 
@@ -195,8 +239,8 @@ fn to_json<T: Serialize>(what: &str, v: &T) -> Result<String> {
     })
 }
 
-/// Output names of decontaminated files: the input's file name, which must be unique.
-fn output_names(inputs: &[PathBuf]) -> Result<Vec<String>> {
+/// Output names of kept and removed files: the input's file name, which must be unique.
+pub(crate) fn output_names(inputs: &[PathBuf]) -> Result<Vec<String>> {
     let mut seen: HashMap<String, &PathBuf> = HashMap::new();
     let mut names = Vec::new();
     for p in inputs {
@@ -294,18 +338,20 @@ impl<'a> Tally<'a> {
                     self.totals.clean += 1;
                     routed.kept.push(i);
                 }
-                Outcome::Flagged(s, item) => {
-                    self.flagged(&s, item)?;
+                Outcome::Flagged(s, items) => {
+                    self.flagged(&s, &items)?;
                     let remove = match opts.mode {
                         Mode::Decontaminate { remove_partial } => {
-                            s.verdict == Verdict::Contaminated || remove_partial
+                            s.verdict != Verdict::Partial || remove_partial
                         }
                         Mode::Audit => false,
                     };
                     if remove {
+                        let b = &s.best;
                         let note = serde_json::json!({
-                            "verdict": s.verdict, "rule": s.rule, "benchmark": s.benchmark,
-                            "item_id": s.item_id, "ratio": s.ratio, "ngram": s.ngram,
+                            "verdict": s.verdict, "rule": b.rule, "benchmark": b.benchmark,
+                            "item_id": b.item_id, "ratio": b.ratio, "similarity": b.similarity,
+                            "ngram": s.ngram, "items": s.items.len(),
                         });
                         routed.notes.push(to_json("removed note", &note)?);
                         routed.removed.push(i);
@@ -322,21 +368,35 @@ impl<'a> Tally<'a> {
         Ok(routed)
     }
 
-    fn flagged(&mut self, s: &FlaggedSample, item: u32) -> Result<()> {
-        let b = &mut self.per_bench[self.index.items[item as usize].benchmark as usize];
-        b.samples_flagged += 1;
-        if s.verdict == Verdict::Contaminated {
-            self.totals.contaminated += 1;
-            b.samples_contaminated += 1;
-        } else {
-            self.totals.partial += 1;
-            b.samples_partial += 1;
+    /// Counts a flagged sample: in the totals by its verdict, in each benchmark it touches by its
+    /// strongest item there, and for each item; then writes it.
+    fn flagged(&mut self, s: &FlaggedSample, items: &[u32]) -> Result<()> {
+        match s.verdict {
+            Verdict::Contaminated => self.totals.contaminated += 1,
+            Verdict::Edited => self.totals.edited += 1,
+            _ => self.totals.partial += 1,
         }
-        self.item_hits.entry(item).or_insert((0, s.id.clone())).0 += 1;
+        let mut counted = Vec::new();
+        for (&item, h) in items.iter().zip(&s.items) {
+            let bench = self.index.items[item as usize].benchmark as usize;
+            if !counted.contains(&bench) {
+                counted.push(bench);
+                let b = &mut self.per_bench[bench];
+                b.samples_flagged += 1;
+                match h.verdict {
+                    Verdict::Contaminated => b.samples_contaminated += 1,
+                    Verdict::Edited => b.samples_edited += 1,
+                    _ => b.samples_partial += 1,
+                }
+            }
+            self.item_hits.entry(item).or_insert((0, s.id.clone())).0 += 1;
+        }
         self.samples
             .write_all(to_json("samples.jsonl", s)?.as_bytes())?;
         self.samples.write_all(b"\n")?;
-        self.hits.push(hit_row(s))?;
+        for (rank, h) in s.items.iter().enumerate() {
+            self.hits.push(hit_row(s, rank, h))?;
+        }
         Ok(())
     }
 

@@ -45,6 +45,13 @@ pub enum Error {
     },
     #[error("{what}: {message}")]
     Serialize { what: String, message: String },
+    /// An input changed between two passes over it.
+    #[error("{path}: held {before} records in the first pass and {now} in the last; the input changed during the run")]
+    InputChanged {
+        path: PathBuf,
+        before: u64,
+        now: u64,
+    },
 }
 
 impl Error {

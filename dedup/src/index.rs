@@ -17,6 +17,7 @@
 //! dropped, and such 7-grams count neither as shared nor in an item's size.
 
 use crate::benchmark::{BenchmarkSet, Item};
+use crate::edit::ItemTexts;
 use crate::normalize::{tokenize, TokenSink, Tokenizer, Tokens};
 use crate::table::{SortedTable, WordFilter};
 use crate::{Error, Result};
@@ -50,6 +51,15 @@ pub struct Settings {
     pub allow_min_items: usize,
     /// A question or answer on its own counts once it has this many 7-grams (default 4).
     pub min_part_ngrams: usize,
+    /// The edit rule ([`crate::edit`]): items copied with words changed, reported as `edited`
+    /// (default on).
+    pub edit_rule: bool,
+    /// An alignment at least this similar (1 - edits / words) is an edited copy (default 0.75).
+    pub edit_threshold: f64,
+    /// Items (or questions, or answers) of fewer words are not aligned (default 12).
+    pub edit_min_tokens: usize,
+    /// Shared 7-grams that make an item a candidate for alignment (default 2).
+    pub edit_min_shared: u32,
 }
 
 impl Default for Settings {
@@ -62,6 +72,10 @@ impl Default for Settings {
             short_item_min_words: 4,
             allow_min_items: 5,
             min_part_ngrams: 4,
+            edit_rule: true,
+            edit_threshold: 0.75,
+            edit_min_tokens: 12,
+            edit_min_shared: 2,
         }
     }
 }
@@ -88,6 +102,24 @@ impl Settings {
                 format!(
                     "need 0 <= info ({}) <= contamination ({}) <= 1",
                     self.info_threshold, self.contamination_threshold
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.edit_threshold) || self.edit_threshold <= 0.5 {
+            return bad(
+                "edit_threshold",
+                format!(
+                    "need 0.5 < edit_threshold <= 1, got {}",
+                    self.edit_threshold
+                ),
+            );
+        }
+        if self.edit_min_tokens < self.short_n || self.edit_min_shared < 1 {
+            return bad(
+                "edit_min_tokens/edit_min_shared",
+                format!(
+                    "need edit_min_tokens >= short_n ({}) and edit_min_shared >= 1, got {} and {}",
+                    self.short_n, self.edit_min_tokens, self.edit_min_shared
                 ),
             );
         }
@@ -166,9 +198,13 @@ pub struct BenchIndex {
     pub(crate) exact_lens: Vec<usize>,
     /// One bit per low 16 bits of a token hash that starts an exact run.
     pub(crate) exact_first: Vec<u64>,
+    /// Every item's words, for the edit rule's alignments (empty when the rule is off).
+    pub(crate) texts: ItemTexts,
 }
 
 struct ItemGrams {
+    /// The full item's token hashes, with its question's and answer's lengths (edit rule).
+    words: (Vec<u64>, usize, usize),
     short: Vec<(u64, u8)>,
     long: Vec<u64>,
     exact: Option<u64>,
@@ -234,6 +270,7 @@ fn grams(item: &Item, s: &Settings) -> ItemGrams {
     // [2, 3, 5, ...`) is no evidence: such runs are everywhere in code and documents.
     let mut words = Vec::new();
     let mut out = ItemGrams {
+        words: (Vec::new(), 0, 0),
         short: Vec::new(),
         long: Vec::new(),
         exact: None,
@@ -289,6 +326,13 @@ fn grams(item: &Item, s: &Settings) -> ItemGrams {
                     .map(|(w, _)| ngram_hash(w)),
             );
         }
+    }
+    if s.edit_rule {
+        out.words = (
+            full.hashes.clone(),
+            question.hashes.len(),
+            answer.hashes.len(),
+        );
     }
     // Merge parts per 7-gram.
     out.short.sort_unstable();
@@ -398,6 +442,7 @@ impl BenchIndex {
         let mut exact_pairs: Vec<(u64, u32)> = Vec::new();
         let mut exact_lens: Vec<usize> = Vec::new();
         let mut exact_first = vec![0u64; 1024];
+        let mut texts = ItemTexts::default();
         // Items already reported uncheckable or matched as an exact run.
         let mut covered = Vec::with_capacity(set.items.len());
         for (k, (item, g)) in set.items.iter().zip(&per_item).enumerate() {
@@ -415,6 +460,7 @@ impl BenchIndex {
                 part_ngrams: [0; 3],
             });
             covered.push(g.uncheckable.is_some() || g.exact.is_some());
+            texts.push(&g.words.0, g.words.1, g.words.2);
             if let Some(reason) = &g.uncheckable {
                 uncheckable.push(Uncheckable {
                     benchmark: item.benchmark.clone(),
@@ -527,6 +573,7 @@ impl BenchIndex {
             exact_postings,
             exact_lens,
             exact_first,
+            texts,
         })
     }
 

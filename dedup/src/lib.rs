@@ -8,9 +8,14 @@
 //! - [`benchmark`]: test sets, bundled (`standard`) or from files in any schema;
 //! - [`index`]: every item's 13-grams and 7-grams as seeded xxh3 hashes, with the items behind
 //!   each 7-gram, minus boilerplate n-grams;
-//! - [`scan`]: the verdict for one sample (clean, partial or contaminated, and why);
+//! - [`scan`]: the verdict for one sample (clean, partial, edited or contaminated, and why), with
+//!   every item it touches;
+//! - [`edit`]: the edit rule's word alignment, for copies with words changed;
 //! - [`minhash`]: near-duplicates by MinHash signatures and LSH buckets (generation's quality
 //!   gates);
+//! - [`neardup`]: near-duplicate removal over whole corpora of any size (MinHash, LSH buckets on
+//!   disk, candidates verified by exact Jaccard, union-find clusters), into kept and removed
+//!   documents;
 //! - [`audit`]: whole corpora, streamed on all cores, into `audit.json`, `samples.jsonl`,
 //!   `hits.parquet` and `report.md`, and, when decontaminating, kept and removed documents.
 //!
@@ -26,9 +31,11 @@
 
 pub mod audit;
 pub mod benchmark;
+pub mod edit;
 mod error;
 pub mod index;
 pub mod minhash;
+pub mod neardup;
 pub mod normalize;
 pub mod report;
 pub mod scan;

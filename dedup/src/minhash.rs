@@ -35,24 +35,26 @@ impl Default for MinHashSettings {
 /// Computes signatures.
 pub struct MinHasher {
     settings: MinHashSettings,
-    /// One (multiplier, addend) pair per hash function, applied to the shingle's hash.
-    perms: Vec<(u64, u64)>,
+    /// Per hash function, the multiplier and the addend applied to a shingle's hash (two
+    /// arrays, so the loop over hash functions vectorises).
+    mul: Vec<u64>,
+    add: Vec<u64>,
     tokens: Tokens,
 }
 
 impl MinHasher {
     pub fn new(settings: MinHashSettings) -> MinHasher {
-        let n = settings.bands * settings.rows;
-        let perms = (0..n as u64)
-            .map(|k| {
-                let a = xxh3_64_with_seed(&k.to_le_bytes(), settings.seed) | 1;
-                let b = xxh3_64_with_seed(&k.to_le_bytes(), settings.seed ^ 0xb);
-                (a, b)
-            })
+        let n = (settings.bands * settings.rows) as u64;
+        let mul = (0..n)
+            .map(|k| xxh3_64_with_seed(&k.to_le_bytes(), settings.seed) | 1)
+            .collect();
+        let add = (0..n)
+            .map(|k| xxh3_64_with_seed(&k.to_le_bytes(), settings.seed ^ 0xb))
             .collect();
         MinHasher {
             settings,
-            perms,
+            mul,
+            add,
             tokens: Tokens::default(),
         }
     }
@@ -64,25 +66,45 @@ impl MinHasher {
     /// The signature of `text`: per hash function, the least hash of its shingles (a text
     /// shorter than a shingle is one shingle). `None` for a text without words.
     pub fn signature(&mut self, text: &str) -> Option<Vec<u64>> {
+        let mut shingles = Vec::new();
+        self.shingles(text, &mut shingles);
+        self.signature_of(&shingles)
+    }
+
+    /// The hashes of `text`'s shingles (of its normalised tokens) into `out` (cleared first), in
+    /// text order, repeats included; a text shorter than a shingle is one shingle, a text without
+    /// words none. Two texts' shingle sets give their exact Jaccard similarity.
+    pub fn shingles(&mut self, text: &str, out: &mut Vec<u64>) {
+        out.clear();
         tokenize(text, &mut self.tokens);
         let h = &self.tokens.hashes;
         if h.is_empty() {
-            return None;
+            return;
         }
         let k = self.settings.shingle.clamp(1, h.len());
-        let mut sig = vec![u64::MAX; self.perms.len()];
-        for w in h.windows(k) {
+        out.extend(h.windows(k).map(|w| {
             let mut x = self.settings.seed;
             for t in w {
                 x = x.rotate_left(17) ^ t.wrapping_mul(0x9e37_79b9_7f4a_7c15);
             }
-            for (s, (a, b)) in sig.iter_mut().zip(&self.perms) {
-                let v = x.wrapping_mul(*a).wrapping_add(*b);
-                if v < *s {
-                    *s = v;
-                }
-            }
+            x
+        }));
+    }
+
+    /// The signature of shingle hashes from [`MinHasher::shingles`] (repeats change nothing);
+    /// `None` for no shingles.
+    pub fn signature_of(&self, shingles: &[u64]) -> Option<Vec<u64>> {
+        if shingles.is_empty() {
+            return None;
         }
+        let mut sig = vec![u64::MAX; self.mul.len()];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            unsafe { min_hashes_avx2(&mut sig, &self.mul, &self.add, shingles) };
+            return Some(sig);
+        }
+        min_hashes(&mut sig, &self.mul, &self.add, shingles);
         Some(sig)
     }
 
@@ -96,6 +118,25 @@ impl MinHasher {
             })
             .collect()
     }
+}
+
+/// Lowers each `sig[j]` to the least `x * mul[j] + add[j]` over the shingle hashes `x`: the
+/// hot loop of a signature (most of a near-duplicate run's time), written so it vectorises.
+#[inline(always)]
+fn min_hashes(sig: &mut [u64], mul: &[u64], add: &[u64], shingles: &[u64]) {
+    for &x in shingles {
+        for ((s, m), a) in sig.iter_mut().zip(mul).zip(add) {
+            *s = (*s).min(x.wrapping_mul(*m).wrapping_add(*a));
+        }
+    }
+}
+
+/// [`min_hashes`] compiled for AVX2 (four lanes instead of SSE2's two): the same results,
+/// about twice as fast.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn min_hashes_avx2(sig: &mut [u64], mul: &[u64], add: &[u64], shingles: &[u64]) {
+    min_hashes(sig, mul, add, shingles)
 }
 
 /// The share of hash functions on which two signatures agree: an estimate of the Jaccard

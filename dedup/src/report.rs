@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// Version of the `audit.json` layout.
-pub const REPORT_FORMAT: u32 = 1;
+/// 2: the edit rule's `edited` counts, every item a sample touches.
+pub const REPORT_FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {
@@ -22,6 +23,8 @@ pub struct Totals {
     pub mb_per_s: f64,
     pub clean: u64,
     pub partial: u64,
+    /// Edited copies of items that Phi-4's rule does not call contaminated (the edit rule).
+    pub edited: u64,
     pub contaminated: u64,
     /// Malformed records skipped under `--skip-bad-lines`.
     pub skipped_records: u64,
@@ -40,10 +43,12 @@ pub struct InputTotals {
 pub struct BenchmarkTotals {
     pub items: usize,
     pub uncheckable: usize,
-    /// Distinct items that were the best match of at least one flagged sample.
+    /// Distinct items touched by at least one flagged sample.
     pub items_hit: usize,
+    /// Samples touching this benchmark's items, each counted once, by its strongest item here.
     pub samples_flagged: u64,
     pub samples_contaminated: u64,
+    pub samples_edited: u64,
     pub samples_partial: u64,
 }
 
@@ -180,13 +185,15 @@ pub fn markdown(r: &AuditReport) -> String {
     );
     let _ = writeln!(
         m,
-        "{} documents ({:.1} MB) in {:.1} s ({:.1} MB/s): **{} contaminated** ({}), **{} partial** ({}), {} clean.",
+        "{} documents ({:.1} MB) in {:.1} s ({:.1} MB/s): **{} contaminated** ({}), **{} edited** ({}), **{} partial** ({}), {} clean.",
         t.documents,
         t.bytes as f64 / 1e6,
         t.seconds,
         t.mb_per_s,
         t.contaminated,
         pct(t.contaminated, t.documents),
+        t.edited,
+        pct(t.edited, t.documents),
         t.partial,
         pct(t.partial, t.documents),
         t.clean
@@ -200,21 +207,30 @@ pub fn markdown(r: &AuditReport) -> String {
     }
     let _ = writeln!(
         m,
-        "\nRule: any shared {}-gram → contaminated; else best {}-gram overlap ratio ≥ {} → contaminated, > {} → partial. Normalisation `{}`; n-grams in ≥ {} items are boilerplate.\n",
+        "\nRule: any shared {}-gram → contaminated; else best {}-gram overlap ratio ≥ {} → contaminated, > {} → partial. Normalisation `{}`; n-grams in ≥ {} items are boilerplate.",
         s.rule.long_n, s.rule.short_n, s.rule.contamination_threshold, s.rule.info_threshold, s.normalization, s.rule.allow_min_items
     );
+    if s.rule.edit_rule {
+        let _ = writeln!(
+            m,
+            "Edit rule: an item sharing ≥ {} {}-grams, not contaminated, whose words align with the sample at similarity ≥ {} (items of ≥ {} words) → edited.",
+            s.rule.edit_min_shared, s.rule.short_n, s.rule.edit_threshold, s.rule.edit_min_tokens
+        );
+    }
+    let _ = writeln!(m);
     let _ = writeln!(m, "## Per benchmark\n");
-    let _ = writeln!(m, "| benchmark | items | uncheckable | items hit | samples contaminated | samples partial | flagged rate |");
-    let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(m, "| benchmark | items | uncheckable | items hit | samples contaminated | samples edited | samples partial | flagged rate |");
+    let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, b) in &r.benchmarks {
         let _ = writeln!(
             m,
-            "| {name} | {} | {} | {} ({}) | {} | {} | {} |",
+            "| {name} | {} | {} | {} ({}) | {} | {} | {} | {} |",
             b.items,
             b.uncheckable,
             b.items_hit,
             pct(b.items_hit as u64, b.items as u64),
             b.samples_contaminated,
+            b.samples_edited,
             b.samples_partial,
             pct(b.samples_flagged, t.documents)
         );
@@ -238,18 +254,20 @@ pub fn markdown(r: &AuditReport) -> String {
         let _ = writeln!(m, "\n## Examples\n");
         let _ = writeln!(
             m,
-            "| sample | verdict | rule | item | ratio | matched text |"
+            "| sample | verdict | rule | item | ratio | similarity | items | matched text |"
         );
-        let _ = writeln!(m, "|---|---|---|---|---:|---|");
+        let _ = writeln!(m, "|---|---|---|---|---:|---:|---:|---|");
         for e in &r.examples {
             let _ = writeln!(
                 m,
-                "| {} | {} | {} | {} | {:.3} | {} |",
+                "| {} | {} | {} | {} | {:.3} | {:.3} | {} | {} |",
                 cell(&e.id, 50),
                 e.verdict.as_str(),
-                e.rule,
-                e.item_id,
-                e.ratio,
+                e.best.rule,
+                e.best.item_id,
+                e.best.ratio,
+                e.best.similarity,
+                e.items.len(),
                 cell(&e.text, 160)
             );
         }

@@ -59,7 +59,14 @@ pub struct DecontaminateConfig {
     pub contamination_threshold: Option<f64>,
     #[serde(default)]
     pub allow_min_items: Option<usize>,
-    /// Remove partial matches too (default: only contaminated samples are dropped).
+    /// The edit rule: items copied with words changed, found by word alignment, are dropped as
+    /// `edited` (default on).
+    #[serde(default)]
+    pub edit_rule: Option<bool>,
+    /// Alignment similarity (1 - edits / words) at or above which a copy is edited (default 0.75).
+    #[serde(default)]
+    pub edit_threshold: Option<f64>,
+    /// Remove partial matches too (default: only contaminated and edited samples are dropped).
     #[serde(default)]
     pub remove_partial: bool,
 }
@@ -75,6 +82,8 @@ impl Default for DecontaminateConfig {
             info_threshold: None,
             contamination_threshold: None,
             allow_min_items: None,
+            edit_rule: None,
+            edit_threshold: None,
             remove_partial: false,
         }
     }
@@ -90,6 +99,8 @@ impl DecontaminateConfig {
                 .contamination_threshold
                 .unwrap_or(d.contamination_threshold),
             allow_min_items: self.allow_min_items.unwrap_or(d.allow_min_items),
+            edit_rule: self.edit_rule.unwrap_or(d.edit_rule),
+            edit_threshold: self.edit_threshold.unwrap_or(d.edit_threshold),
             ..d
         }
     }

@@ -1,5 +1,5 @@
-//! `decontaminate`: drops samples that overlap benchmark items (Phi-4's 13/7-gram rule, from the
-//! `dedup` crate). A filter: its units write decisions, each drop with verdict, rule and benchmark.
+//! `decontaminate`: drops samples that overlap benchmark items (Phi-4's 13/7-gram rule and the
+//! edit rule, from the `dedup` crate). A filter: its units write decisions, each drop with verdict, rule and benchmark.
 
 use super::{Kind, Outcome, Stage};
 use crate::recipe::{DecontaminateConfig, DecontaminateStage, Recipe};
@@ -12,7 +12,8 @@ use serde_json::json;
 use std::sync::OnceLock;
 use xxhash_rust::xxh3::xxh3_64;
 
-const VERSION: u32 = 1;
+/// 2: the edit rule.
+const VERSION: u32 = 2;
 
 /// The stage's settings: its own, else the recipe's `decontaminate` section.
 fn effective(recipe: &Recipe, stage: &DecontaminateStage) -> DecontaminateConfig {
@@ -114,12 +115,13 @@ impl Stage for Decontaminate {
         Ok(inputs
             .iter()
             .map(|s| match scanner.scan(&s.content.text()) {
-                Some(f) if f.verdict == Verdict::Contaminated || self.config.remove_partial => {
-                    let item = &index.items[f.item as usize];
+                Some(f) if f.verdict != Verdict::Partial || self.config.remove_partial => {
+                    let best = f.best();
+                    let item = &index.items[best.item as usize];
                     Outcome::Drop(format!(
                         "{} ({}, {})",
                         f.verdict.as_str(),
-                        f.rule.as_str(),
+                        best.rule.as_str(),
                         index.benchmarks[item.benchmark as usize]
                     ))
                 }
