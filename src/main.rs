@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+mod curate_cmd;
 mod engine;
 mod neardup;
 mod tokenize;
@@ -52,6 +53,11 @@ enum Command {
     /// Removes near-duplicate documents (MinHash, LSH, exact Jaccard): one kept per cluster, the
     /// rest written to removed/ naming the kept one; bounded memory at any corpus size.
     Neardup(neardup::NeardupArgs),
+    /// Keeps the documents that pass quality rules (presets gopher, c4, fineweb; a SQL --where
+    /// over per-document signals): kept/, removed/ with reasons, decisions.jsonl, signals.parquet.
+    Filter(curate_cmd::FilterArgs),
+    /// SQL over a build's output shards (table `samples`), printed or written as Parquet/CSV.
+    Query(curate_cmd::QueryArgs),
     /// Checks a recipe without running anything; reports every problem with file, line and field.
     Validate { recipe: PathBuf },
     /// Shows, per stage, how many inputs are cached and how many will run, and why.
@@ -209,6 +215,8 @@ fn run(cli: Cli) -> Result<()> {
             remove_partial,
         } => decont(args, Mode::Decontaminate { remove_partial }),
         Command::Neardup(a) => neardup::neardup(a),
+        Command::Filter(a) => curate_cmd::filter(a),
+        Command::Query(a) => curate_cmd::query(a),
         Command::Validate { recipe } => {
             let r = Recipe::load(&recipe)?;
             println!(

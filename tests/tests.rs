@@ -6,6 +6,7 @@ mod audit;
 mod bad_input;
 mod build;
 mod build_units;
+mod curate;
 mod decontaminate;
 mod flows;
 mod generate;

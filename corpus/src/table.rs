@@ -2,7 +2,9 @@
 //! know Arrow.
 
 use crate::{Error, Result};
-use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
+use arrow_array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array,
+};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use std::fs::File;
@@ -18,6 +20,10 @@ pub enum ColumnKind {
     F64,
     /// An unsigned integer, possibly null.
     U64,
+    /// A signed integer, possibly null.
+    I64,
+    /// True or false, possibly null.
+    Bool,
 }
 
 /// One cell of a row, matching its column's [`ColumnKind`].
@@ -26,6 +32,8 @@ pub enum Column {
     Str(String),
     F64(f64),
     U64(u64),
+    I64(i64),
+    Bool(bool),
     Null,
 }
 
@@ -50,6 +58,8 @@ impl TableWriter {
                     ColumnKind::Utf8 => DataType::Utf8,
                     ColumnKind::F64 => DataType::Float64,
                     ColumnKind::U64 => DataType::UInt64,
+                    ColumnKind::I64 => DataType::Int64,
+                    ColumnKind::Bool => DataType::Boolean,
                 };
                 Field::new(*n, t, true)
             })
@@ -112,6 +122,18 @@ impl TableWriter {
                     ColumnKind::U64 => {
                         Arc::new(UInt64Array::from_iter(rows.iter().map(|r| match r[c] {
                             Column::U64(v) => Some(v),
+                            _ => None,
+                        })))
+                    }
+                    ColumnKind::I64 => {
+                        Arc::new(Int64Array::from_iter(rows.iter().map(|r| match r[c] {
+                            Column::I64(v) => Some(v),
+                            _ => None,
+                        })))
+                    }
+                    ColumnKind::Bool => {
+                        Arc::new(BooleanArray::from_iter(rows.iter().map(|r| match r[c] {
+                            Column::Bool(v) => Some(v),
                             _ => None,
                         })))
                     }

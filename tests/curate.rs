@@ -1,0 +1,259 @@
+//! `phiforge filter` (quality presets and SQL conditions over a real corpus) and `phiforge query`
+//! (SQL over filter outputs and a build's mix).
+
+use crate::util::*;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+/// Python's documentation, one document per section, copied into `dir`.
+fn docs(dir: &Dir) -> usize {
+    let bytes = std::fs::read(root().join("examples/corpus/python-docs.jsonl.gz")).unwrap();
+    dir.write("docs.jsonl.gz", bytes);
+    python_docs().len()
+}
+
+fn report(dir: &Dir, out: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.path(&format!("{out}/report.json"))).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn gopher_keeps_pythons_documentation_and_says_why_it_drops() {
+    let dir = Dir::new();
+    let n = docs(&dir);
+    let stdout = dir.ok(&[
+        "filter",
+        "-i",
+        "docs.jsonl.gz",
+        "-o",
+        "out",
+        "--preset",
+        "gopher",
+    ]);
+    assert!(stdout.contains(&format!("{n} documents")), "{stdout}");
+    let r = report(&dir, "out");
+    assert_eq!(r["documents"], json!(n));
+    let kept = r["kept"].as_u64().unwrap() as usize;
+    let removed = r["removed"].as_u64().unwrap() as usize;
+    assert_eq!(kept + removed, n);
+    // Prose with rST markup and code samples: phiforge's words leave punctuation out, so the
+    // alphabetic-words rule drops few sections (datatrove's drops most; docs/curation.md).
+    let alpha = r["reasons"]["gopher_below_alpha_threshold"]
+        .as_u64()
+        .unwrap_or(0) as usize;
+    assert!(alpha * 10 < n, "{alpha} of {n}: {r}");
+    assert!(kept * 2 > n, "{kept} of {n} kept: {r}");
+    let counted: u64 = r["reasons"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(counted as usize, removed);
+
+    // One decision per document, in input order, in the peer's shape.
+    let decisions = read_jsonl(&dir.path("out/decisions.jsonl"));
+    assert_eq!(decisions.len(), n);
+    let input = python_docs();
+    let mut reason_of = HashMap::new();
+    for (d, doc) in decisions.iter().zip(&input) {
+        assert_eq!(d["id"], doc["id"]);
+        assert_eq!(d["keep"].as_bool().unwrap(), d["reason"].is_null(), "{d}");
+        reason_of.insert(d["id"].as_str().unwrap().to_string(), d["reason"].clone());
+    }
+    // Kept and removed documents, unchanged but for the reason the removed carry.
+    let kept_docs = read_jsonl(&dir.path("out/kept/docs.jsonl.gz"));
+    let removed_docs = read_jsonl(&dir.path("out/removed/docs.jsonl.gz"));
+    assert_eq!((kept_docs.len(), removed_docs.len()), (kept, removed));
+    for d in &kept_docs {
+        assert!(reason_of[d["id"].as_str().unwrap()].is_null());
+    }
+    for d in &removed_docs {
+        let want = &reason_of[d["id"].as_str().unwrap()];
+        assert_eq!(&d["_phiforge"]["reason"], want, "{}", d["id"]);
+    }
+
+    // signals.parquet holds every signal, and query reads it: the decisions' reasons again.
+    let csv = dir.path("reasons.csv");
+    dir.ok(&[
+        "query",
+        "out/signals.parquet",
+        "SELECT reason, count(*) AS n FROM samples WHERE NOT keep GROUP BY reason ORDER BY n DESC, reason",
+        "--output",
+        csv.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("reason,n"));
+    let from_query: HashMap<String, u64> = lines
+        .map(|l| {
+            let (r, n) = l.split_once(',').unwrap();
+            (r.to_string(), n.parse().unwrap())
+        })
+        .collect();
+    let from_report: HashMap<String, u64> = r["reasons"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect();
+    assert_eq!(from_query, from_report);
+}
+
+#[test]
+fn a_where_clause_keeps_what_it_says_and_query_counts_the_same() {
+    let dir = Dir::new();
+    docs(&dir);
+    let cond = "words >= 200 AND language = 'eng' AND symbol_to_word_ratio < 0.1";
+    dir.ok(&[
+        "filter",
+        "-i",
+        "docs.jsonl.gz",
+        "-o",
+        "out",
+        "--where",
+        cond,
+    ]);
+    let r = report(&dir, "out");
+    let kept = r["kept"].as_u64().unwrap();
+    assert!(kept > 0 && r["removed"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(
+        r["reasons"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["where"]
+    );
+    // The same condition as a query over the signals.
+    let csv = dir.path("n.csv");
+    let sql = format!("SELECT count(*) AS n FROM samples WHERE {cond}");
+    dir.ok(&[
+        "query",
+        "out/signals.parquet",
+        &sql,
+        "-o",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&csv).unwrap(),
+        format!("n\n{kept}\n")
+    );
+    // A preset and a where clause: the preset's rules first.
+    dir.ok(&[
+        "filter",
+        "-i",
+        "docs.jsonl.gz",
+        "-o",
+        "both",
+        "--preset",
+        "fineweb",
+        "--where",
+        "id <> ''",
+    ]);
+    let rules = report(&dir, "both")["rules"].clone();
+    assert_eq!(rules[0]["reason"], "empty");
+    assert_eq!(
+        rules[5],
+        json!({"reason": "where", "condition": "id <> ''"})
+    );
+}
+
+#[test]
+fn bad_conditions_fail_before_reading_anything() {
+    let dir = Dir::new();
+    docs(&dir);
+    let err = dir.fails(&[
+        "filter",
+        "-i",
+        "docs.jsonl.gz",
+        "-o",
+        "out",
+        "--where",
+        "words >= 50 AND symbol_ratio < 0.1",
+    ]);
+    assert!(err.contains("unknown column `symbol_ratio`"), "{err}");
+    let err = dir.fails(&[
+        "filter",
+        "-i",
+        "docs.jsonl.gz",
+        "-o",
+        "out",
+        "--preset",
+        "dolma",
+    ]);
+    assert!(err.contains("unknown preset `dolma`"), "{err}");
+    let err = dir.fails(&["filter", "-i", "docs.jsonl.gz", "-o", "out"]);
+    assert!(err.contains("--preset, --where"), "{err}");
+    let err = dir.fails(&[
+        "filter",
+        "-i",
+        "docs.jsonl.gz",
+        "-o",
+        "out",
+        "--where",
+        "words",
+    ]);
+    assert!(err.contains("not a boolean condition"), "{err}");
+    assert!(!dir.path("out").exists());
+    let err = dir.fails(&["query", "docs.jsonl.gz", "SELECT nope FROM samples"]);
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
+fn query_reads_a_builds_mix() {
+    let dir = Dir::new();
+    let docs: Vec<Value> = python_docs()
+        .into_iter()
+        .take(300)
+        .map(|d| json!({"id": d["id"], "text": d["text"]}))
+        .collect();
+    let code: Vec<Value> = python_code()
+        .into_iter()
+        .take(60)
+        .map(|d| json!({"id": d["id"], "text": d["text"]}))
+        .collect();
+    dir.write_jsonl("docs.jsonl", &docs);
+    dir.write_jsonl("code.jsonl", &code);
+    dir.write(
+        "recipe.yaml",
+        r#"
+name: q
+seed: 1
+sources:
+  docs: {path: docs.jsonl, class: web}
+  code: {path: code.jsonl, class: code}
+stages:
+  - name: unique
+    type: dedup_exact
+    inputs: [docs, code]
+output:
+  path: out
+mix:
+  weights: {web: 0.7, code: 0.3}
+  target_tokens: 100000
+  shard_tokens: 40000
+  policies: {web: {repeat: {max_epochs: 4}}, code: {repeat: {max_epochs: 4}}}
+"#,
+    );
+    dir.ok(&["build", "recipe.yaml"]);
+    let sql = "SELECT class, count(*) AS docs, sum(tokens) AS tokens FROM samples GROUP BY class ORDER BY class";
+    let shown = dir.ok(&["query", "out", sql]);
+    assert!(
+        shown.contains("class") && shown.contains("web") && shown.contains("code"),
+        "{shown}"
+    );
+    let out = dir.path("classes.parquet");
+    dir.ok(&["query", "out", sql, "--output", out.to_str().unwrap()]);
+    let rows = read_jsonl_or_parquet(&out);
+    assert_eq!(rows.len(), 2);
+    let tokens: u64 = rows.iter().map(|r| r["tokens"].as_u64().unwrap()).sum();
+    let m = mixes::manifest::Manifest::read(&dir.path("out/mix")).unwrap();
+    assert_eq!(tokens, m.report.achieved_tokens);
+}
+
+/// The records of a Parquet file, through `phiforge query` itself as CSV would lose types: read
+/// with the corpus crate.
+fn read_jsonl_or_parquet(path: &std::path::Path) -> Vec<Value> {
+    corpus::read_records(path)
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| Value::Object(r))
+        .collect()
+}
