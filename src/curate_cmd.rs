@@ -1,6 +1,7 @@
 //! `phiforge filter` (quality signals and SQL rules over a corpus, kept and removed documents in
 //! the input's own format) and `phiforge query` (SQL over a build's output shards).
 
+use crate::corpus_args::CorpusArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use corpus::{
@@ -17,9 +18,8 @@ use std::time::Instant;
 
 #[derive(Args)]
 pub struct FilterArgs {
-    /// Documents: files, folders of text files or globs (JSON lines, .gz, .zst, Parquet, .txt).
-    #[arg(long, short = 'i', num_args = 1.., required = true)]
-    input: Vec<String>,
+    #[command(flatten)]
+    corpus: CorpusArgs,
     /// Output folder (written completely or not at all): kept/, removed/, decisions.jsonl,
     /// signals.parquet, report.json.
     #[arg(long, short = 'o')]
@@ -32,15 +32,6 @@ pub struct FilterArgs {
     /// "words >= 50 AND symbol_to_word_ratio < 0.1 AND language = 'eng'"); runs after presets.
     #[arg(long = "where")]
     where_sql: Option<String>,
-    /// Field with the document text (a chat `messages` array is joined).
-    #[arg(long, default_value = "text")]
-    text_field: String,
-    /// Field with the document id (else FILE:LINE).
-    #[arg(long, default_value = "id")]
-    id_field: String,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -91,27 +82,6 @@ fn signal_row(id: &str, reason: Option<&str>, bytes: usize, s: &Signals) -> Vec<
     row
 }
 
-/// Output names of the kept and removed files: the input's file name, which must be unique.
-fn output_names(inputs: &[PathBuf]) -> Result<Vec<String>> {
-    let mut seen: HashMap<String, &PathBuf> = HashMap::new();
-    let mut names = Vec::new();
-    for p in inputs {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "input".into());
-        if let Some(first) = seen.insert(name.clone(), p) {
-            bail!(
-                "{} and {} would both be written as {name}",
-                first.display(),
-                p.display()
-            );
-        }
-        names.push(name);
-    }
-    Ok(names)
-}
-
 /// Counts of a run, for report.json.
 #[derive(Default)]
 struct Counts {
@@ -157,30 +127,13 @@ fn signals_of(
 }
 
 pub fn filter(a: FilterArgs) -> Result<()> {
-    if let Some(n) = a.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("setting up worker threads")?;
-    }
     if a.preset.is_empty() && a.where_sql.is_none() {
         bail!("give --preset, --where or both");
     }
-    let mut filter = Filter::with_fields(&[])?;
-    for p in &a.preset {
-        let rules = curate::presets::preset(p)
-            .ok_or_else(|| curate::Error::UnknownPreset { name: p.clone() })?;
-        filter = filter.and_rules(rules)?;
-    }
-    if let Some(w) = &a.where_sql {
-        filter = filter.and_where(w)?;
-    }
-    let inputs = corpus::expand_inputs(&a.input)?;
-    let names = output_names(&inputs)?;
-    let spec = corpus::TextSpec {
-        text_field: a.text_field.clone(),
-        id_field: a.id_field.clone(),
-    };
+    let filter = Filter::of(&[], &a.preset, a.where_sql.as_deref())?;
+    let inputs = a.corpus.start()?;
+    let names = dedup::audit::output_names(&inputs)?;
+    let spec = a.corpus.spec();
     let started = Instant::now();
     let bar = ProgressBar::new_spinner().with_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {prefix}: {msg}")
@@ -200,51 +153,39 @@ pub fn filter(a: FilterArgs) -> Result<()> {
         let mut removed =
             FormatWriter::create(&staged.path(Path::new("removed").join(name))?, format)?;
         let (mut docs, mut kept_here) = (0u64, 0u64);
-        // A reader thread decompresses and splits ahead while the pool computes signals.
-        std::thread::scope(|scope| -> Result<()> {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<corpus::Result<Batch>>(2);
-            scope.spawn(move || {
-                for b in reader {
-                    if tx.send(b).is_err() {
-                        break;
+        // The reader decompresses and splits ahead while the pool computes signals.
+        reader.read_ahead(|batch| -> Result<()> {
+            let (rows, ids, lens) = signals_of(&batch, &spec)?;
+            let decided = filter.decide(&rows)?;
+            let (mut keep_rows, mut drop_rows, mut notes) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, reason) in decided.iter().enumerate() {
+                let line = json!({"id": ids[i], "keep": reason.is_none(), "reason": reason});
+                decisions.write_all(format!("{line}\n").as_bytes())?;
+                table.push(signal_row(&ids[i], *reason, lens[i], &rows.signals()[i]))?;
+                match reason {
+                    None => keep_rows.push(i),
+                    Some(r) => {
+                        drop_rows.push(i);
+                        notes.push(json!({"filter": "quality", "reason": r}).to_string());
+                        *counts.reasons.entry(r.to_string()).or_default() += 1;
                     }
                 }
-            });
-            for batch in rx {
-                let batch = batch?;
-                let (rows, ids, lens) = signals_of(&batch, &spec)?;
-                let decided = filter.decide(&rows)?;
-                let (mut keep_rows, mut drop_rows, mut notes) =
-                    (Vec::new(), Vec::new(), Vec::new());
-                for (i, reason) in decided.iter().enumerate() {
-                    let line = json!({"id": ids[i], "keep": reason.is_none(), "reason": reason});
-                    decisions.write_all(format!("{line}\n").as_bytes())?;
-                    table.push(signal_row(&ids[i], *reason, lens[i], &rows.signals()[i]))?;
-                    match reason {
-                        None => keep_rows.push(i),
-                        Some(r) => {
-                            drop_rows.push(i);
-                            notes.push(json!({"filter": "quality", "reason": r}).to_string());
-                            *counts.reasons.entry(r.to_string()).or_default() += 1;
-                        }
-                    }
-                }
-                kept.write(&batch, &keep_rows, None)?;
-                removed.write(&batch, &drop_rows, Some(&notes))?;
-                docs += batch.len() as u64;
-                kept_here += keep_rows.len() as u64;
-                counts.bytes += batch.bytes();
-                counts.text_bytes += lens.iter().map(|&n| n as u64).sum::<u64>();
-                counts.documents += batch.len() as u64;
-                let secs = started.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!(
-                    "{} docs, {:.1} MB, {:.1} MB/s",
-                    counts.documents,
-                    counts.bytes as f64 / 1e6,
-                    counts.bytes as f64 / 1e6 / secs
-                ));
-                bar.tick();
             }
+            kept.write(&batch, &keep_rows, None)?;
+            removed.write(&batch, &drop_rows, Some(&notes))?;
+            docs += batch.len() as u64;
+            kept_here += keep_rows.len() as u64;
+            counts.bytes += batch.bytes();
+            counts.text_bytes += lens.iter().map(|&n| n as u64).sum::<u64>();
+            counts.documents += batch.len() as u64;
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "{} docs, {:.1} MB, {:.1} MB/s",
+                counts.documents,
+                counts.bytes as f64 / 1e6,
+                counts.bytes as f64 / 1e6 / secs
+            ));
+            bar.tick();
             Ok(())
         })?;
         kept.finish()?;
@@ -356,6 +297,7 @@ pub fn query(a: QueryArgs) -> Result<()> {
             if let Some(s) = &stage {
                 r.insert("stage".into(), json!(s));
             }
+            spread_signals(&mut r);
             records.push(r);
         }
     }
@@ -395,6 +337,22 @@ pub fn query(a: QueryArgs) -> Result<()> {
     }
     println!("{} rows written to {}", result.height(), path.display());
     Ok(())
+}
+
+/// A `signals` stage's stored signals (a JSON object, as text in shards) as columns of their
+/// own, so a query reads `words` or `language` as it reads `class`.
+fn spread_signals(r: &mut serde_json::Map<String, serde_json::Value>) {
+    let stored = match r.get("signals") {
+        Some(serde_json::Value::String(s)) => serde_json::from_str(s).ok(),
+        Some(serde_json::Value::Object(o)) => Some(serde_json::Value::Object(o.clone())),
+        _ => None,
+    };
+    if let Some(serde_json::Value::Object(signals)) = stored {
+        r.remove("signals");
+        for (k, v) in signals {
+            r.entry(k).or_insert(v);
+        }
+    }
 }
 
 fn cell(v: &Values, row: usize) -> Column {

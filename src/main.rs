@@ -18,12 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+mod corpus_args;
 mod curate_cmd;
 mod engine;
 mod neardup;
 mod tokenize;
 mod train;
 mod vocab;
+use corpus_args::CorpusArgs;
 use engine::{bench_engine, generate, BenchArgs, GenerateArgs};
 
 #[derive(Parser)]
@@ -152,18 +154,11 @@ struct DecontArgs {
     /// mbpp, arc_challenge, arc_easy), or JSON-lines/Parquet files or folders of them.
     #[arg(long, short = 'b', num_args = 1.., required = true)]
     benchmarks: Vec<String>,
-    /// Documents: files, folders of text files or globs (JSON lines, .gz, .zst, Parquet, .txt).
-    #[arg(long, short = 'i', num_args = 1.., required = true)]
-    input: Vec<String>,
+    #[command(flatten)]
+    corpus: CorpusArgs,
     /// Output folder (written completely or not at all).
     #[arg(long, short = 'o')]
     out: PathBuf,
-    /// Field with the document text (a chat `messages` array is joined).
-    #[arg(long, default_value = "text")]
-    text_field: String,
-    /// Field with the document id (else FILE:LINE).
-    #[arg(long, default_value = "id")]
-    id_field: String,
     /// Benchmark fields for other schemas, e.g. `question=problem,answer=solution,id=task_id`.
     #[arg(long)]
     field_map: Option<String>,
@@ -188,9 +183,6 @@ struct DecontArgs {
     /// Alignment similarity (1 - edits / words) at or above which an item's copy is edited.
     #[arg(long, default_value_t = Settings::default().edit_threshold)]
     edit_threshold: f64,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
 }
 
 fn main() {
@@ -428,17 +420,11 @@ impl Progress for Bar {
 }
 
 fn decont(a: DecontArgs, mode: Mode) -> Result<()> {
-    if let Some(n) = a.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("setting up worker threads")?;
-    }
+    let inputs = a.corpus.start()?;
     let fields = match &a.field_map {
         Some(spec) => FieldMap::parse(spec)?,
         None => FieldMap::default(),
     };
-    let inputs = corpus::expand_inputs(&a.input)?;
     let set = BenchmarkSet::load(&a.benchmarks, &fields)?;
     let allow = match &a.allow_list {
         Some(p) => dedup::index::AllowList::read(p)?,
@@ -469,10 +455,7 @@ fn decont(a: DecontArgs, mode: Mode) -> Result<()> {
         start: Instant::now(),
     };
     let opts = RunOptions {
-        text: corpus::TextSpec {
-            text_field: a.text_field,
-            id_field: a.id_field,
-        },
+        text: a.corpus.spec(),
         skip_bad_lines: a.skip_bad_lines,
         mode,
         allow_list: allow.file,

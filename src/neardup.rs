@@ -1,7 +1,8 @@
 //! `phiforge neardup`: near-duplicate removal (MinHash, LSH, exact Jaccard), kept and removed
 //! documents in the input's own format.
 
-use anyhow::{Context, Result};
+use crate::corpus_args::CorpusArgs;
+use anyhow::Result;
 use clap::Args;
 use dedup::neardup::{self, Progress, RunOptions, Settings};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -12,9 +13,8 @@ use std::time::Instant;
 
 #[derive(Args)]
 pub struct NeardupArgs {
-    /// Documents: files, folders of text files or globs (JSON lines, .gz, .zst, Parquet, .txt).
-    #[arg(long, short = 'i', num_args = 1.., required = true)]
-    input: Vec<String>,
+    #[command(flatten)]
+    corpus: CorpusArgs,
     /// Output folder (written completely or not at all): kept/, removed/, clusters.jsonl,
     /// report.json.
     #[arg(long, short = 'o')]
@@ -40,15 +40,6 @@ pub struct NeardupArgs {
     /// Megabytes of records sorted in memory at once (more are sorted in runs on disk).
     #[arg(long, default_value_t = Settings::default().memory_mb)]
     memory_mb: usize,
-    /// Field with the document text (a chat `messages` array is joined).
-    #[arg(long, default_value = "text")]
-    text_field: String,
-    /// Field with the document id (else FILE:LINE).
-    #[arg(long, default_value = "id")]
-    id_field: String,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
 }
 
 /// A progress line: the pass, then documents, MB and MB/s of the reading and writing passes.
@@ -91,18 +82,9 @@ impl Progress for PassBar {
 }
 
 pub fn neardup(a: NeardupArgs) -> Result<()> {
-    if let Some(n) = a.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("setting up worker threads")?;
-    }
-    let inputs = corpus::expand_inputs(&a.input)?;
+    let inputs = a.corpus.start()?;
     let opts = RunOptions {
-        text: corpus::TextSpec {
-            text_field: a.text_field,
-            id_field: a.id_field,
-        },
+        text: a.corpus.spec(),
         settings: Settings {
             shingle: a.shingle,
             bands: a.bands,

@@ -366,6 +366,32 @@ impl BatchReader {
     }
 }
 
+impl BatchReader {
+    /// Hands every batch to `each`, in order, while a thread of its own reads (decompresses,
+    /// parses, splits) up to two batches ahead. The first error, the reader's or `each`'s, ends
+    /// the reading and is returned.
+    pub fn read_ahead<E: From<Error>>(
+        self,
+        mut each: impl FnMut(Batch) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
+            scope.spawn(move || {
+                for b in self {
+                    if tx.send(b).is_err() {
+                        break;
+                    }
+                }
+            });
+            // Leaving early drops `rx`, which ends the reader's thread at its next send.
+            for batch in rx {
+                each(batch?)?;
+            }
+            Ok(())
+        })
+    }
+}
+
 impl Iterator for BatchReader {
     type Item = Result<Batch>;
     fn next(&mut self) -> Option<Self::Item> {

@@ -237,6 +237,26 @@ impl Filter {
         Filter::with_fields(&[])?.and_where(where_sql)
     }
 
+    /// The rules of `presets`, in order, then the `where` condition (reason [`WHERE_REASON`]),
+    /// as a recipe's `filter` stage and `phiforge filter` declare them; conditions may also read
+    /// `fields`.
+    pub fn of(
+        fields: &[(&str, ColumnType)],
+        presets: &[String],
+        where_sql: Option<&str>,
+    ) -> Result<Filter, Error> {
+        let mut filter = Filter::with_fields(fields)?;
+        for p in presets {
+            let rules =
+                presets::preset(p).ok_or_else(|| Error::UnknownPreset { name: p.clone() })?;
+            filter = filter.and_rules(rules)?;
+        }
+        match where_sql {
+            Some(w) => filter.and_where(w),
+            None => Ok(filter),
+        }
+    }
+
     /// A filter with no rule yet (it keeps everything) whose conditions may also read `fields`.
     pub fn with_fields(fields: &[(&str, ColumnType)]) -> Result<Filter, Error> {
         let mut schema: Vec<(String, ColumnType)> = Signals::columns()

@@ -240,7 +240,7 @@ fn to_json<T: Serialize>(what: &str, v: &T) -> Result<String> {
 }
 
 /// Output names of kept and removed files: the input's file name, which must be unique.
-pub(crate) fn output_names(inputs: &[PathBuf]) -> Result<Vec<String>> {
+pub fn output_names(inputs: &[PathBuf]) -> Result<Vec<String>> {
     let mut seen: HashMap<String, &PathBuf> = HashMap::new();
     let mut names = Vec::new();
     for p in inputs {
@@ -532,27 +532,16 @@ pub fn run(
             path: path.display().to_string(),
             ..Default::default()
         };
-        // A reader thread decompresses and splits ahead while the pool classifies.
-        std::thread::scope(|scope| -> Result<()> {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<corpus::Result<Batch>>(2);
-            scope.spawn(move || {
-                for b in reader {
-                    if tx.send(b).is_err() {
-                        break;
-                    }
-                }
-            });
-            for batch in rx {
-                let batch = batch?;
-                let outcomes = classify(index, &batch, &opts.text);
-                let routed = tally.batch(&batch, outcomes, opts)?;
-                if let Some(f) = &mut filtered {
-                    f.write(&batch, &routed)?;
-                }
-                file.documents += (batch.len() - routed.rejected.len()) as u64;
-                file.bytes += batch.bytes();
-                progress.advance(batch.len() as u64, batch.bytes());
+        // The reader decompresses and splits ahead while the pool classifies.
+        reader.read_ahead(|batch| -> Result<()> {
+            let outcomes = classify(index, &batch, &opts.text);
+            let routed = tally.batch(&batch, outcomes, opts)?;
+            if let Some(f) = &mut filtered {
+                f.write(&batch, &routed)?;
             }
+            file.documents += (batch.len() - routed.rejected.len()) as u64;
+            file.bytes += batch.bytes();
+            progress.advance(batch.len() as u64, batch.bytes());
             Ok(())
         })?;
         if let Some(f) = filtered {
