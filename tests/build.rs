@@ -403,7 +403,7 @@ fn the_example_recipe_validates() {
     let dir = Dir::new();
     let recipe = root().join("examples/recipe.yaml");
     let out = dir.ok(&["validate", recipe.to_str().unwrap()]);
-    assert!(out.contains("ok (2 sources, 3 stages)"), "{out}");
+    assert!(out.contains("ok (2 sources, 7 stages)"), "{out}");
 }
 
 /// A full disk stops the build with a clear error; once there is room again, the same store

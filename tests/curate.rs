@@ -257,3 +257,195 @@ fn read_jsonl_or_parquet(path: &std::path::Path) -> Vec<Value> {
         .map(|(_, r)| Value::Object(r))
         .collect()
 }
+
+/// The curation stages in a build: `pii`, `signals`, `filter` and `near_dup`, each counted in the
+/// report, the signals stored with the samples, and a second build doing nothing.
+#[test]
+fn curation_stages_run_in_a_recipe() {
+    let dir = Dir::new();
+    let recipe = r#"
+name: curation
+seed: 1
+sources:
+  docs:
+    path: docs.jsonl
+    class: web
+stages:
+  - name: scrub
+    type: pii
+    inputs: [docs]
+    ip: false
+  - name: measured
+    type: signals
+    inputs: [scrub]
+  - name: quality
+    type: filter
+    inputs: [measured]
+    where: "words >= 20 AND class = 'web' AND language = 'eng'"
+  - name: unique
+    type: near_dup
+    inputs: [quality]
+    minhash: {bands: 25, rows: 2, threshold: 0.3}
+output:
+  path: out
+  shards: 1
+  format: jsonl
+"#;
+    dir.write("recipe.yaml", recipe);
+    // Sections of Python's documentation with 40 words or more, a few altered.
+    let long: Vec<Value> = python_docs()
+        .into_iter()
+        .filter(|d| d["text"].as_str().unwrap().split_whitespace().count() >= 40)
+        .take(61)
+        .map(|d| json!({"id": d["id"], "text": d["text"]}))
+        .collect();
+    let mut docs = long[..60].to_vec();
+    let original = docs[7]["text"].as_str().unwrap().to_string();
+    let words: Vec<&str> = original.split(' ').collect();
+    for k in 0..3 {
+        // One word in twenty changed, a different one in each copy.
+        let copy: Vec<String> = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                if i % 20 == k {
+                    format!("changed{i}")
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
+        docs.push(json!({"id": format!("copy{k}"), "text": copy.join(" ")}));
+    }
+    docs.push(json!({"id": "short", "text": "Too short to keep."}));
+    docs.push(json!({"id": "contact", "text": format!("Write to bob@mail.example.com or call 212-555-0134 from 8.8.8.8. {}", long[60]["text"].as_str().unwrap())}));
+    dir.write_jsonl("docs.jsonl", &docs);
+
+    dir.ok(&["build", "recipe.yaml"]);
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(dir.path("out/report.json")).unwrap()).unwrap();
+    let stage = |name: &str| {
+        r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let scrub = stage("scrub");
+    assert!(scrub["changed"]["pii_email"].as_u64() >= Some(1), "{scrub}");
+    assert!(scrub["changed"]["pii_phone"].as_u64() >= Some(1), "{scrub}");
+    assert!(
+        scrub["changed"].get("pii_ip").is_none(),
+        "ip is off: {scrub}"
+    );
+    assert_eq!(scrub["samples_out"], json!(docs.len()));
+    let quality = stage("quality");
+    assert!(quality["dropped"]["where"].as_u64() >= Some(1), "{quality}");
+    let unique = stage("unique");
+    assert!(
+        unique["dropped"]["near_duplicate"].as_u64().unwrap() >= 3,
+        "{unique}"
+    );
+    let summary = std::fs::read_to_string(dir.path("out/report.txt")).unwrap();
+    assert!(
+        summary.contains(" pii_email, ") && summary.contains(" pii_phone"),
+        "{summary}"
+    );
+
+    // The kept samples carry their signals; the copies went, their original stayed.
+    let out: Vec<Value> = r["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| read_jsonl(&dir.path(&format!("out/{}", p.as_str().unwrap()))))
+        .collect();
+    assert_eq!(
+        out.len() as u64,
+        stage("unique")["samples_out"].as_u64().unwrap()
+    );
+    let source_id = |s: &Value| s["lineage"]["source"]["id"].as_str().map(str::to_string);
+    let ids: Vec<Option<String>> = out.iter().map(source_id).collect();
+    assert!(ids.contains(&docs[7]["id"].as_str().map(str::to_string)));
+    for k in 0..3 {
+        assert!(!ids.contains(&Some(format!("copy{k}"))), "copy{k} kept");
+    }
+    assert!(!ids.contains(&Some("short".into())));
+    for s in &out {
+        assert!(s["signals"]["words"].as_u64().unwrap() >= 20, "{s}");
+    }
+    let scrubbed = out
+        .iter()
+        .find(|s| s["text"].as_str().unwrap().starts_with("Write to"))
+        .unwrap();
+    assert!(scrubbed["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("Write to |||EMAIL_ADDRESS||| or call |||PHONE_NUMBER||| from 8.8.8.8."));
+    // The clusters name the kept sample.
+    let clusters: Vec<Value> = walk(&dir.path("out"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".clusters.jsonl"))
+        .flat_map(|p| read_jsonl(&p))
+        .collect();
+    assert!(
+        clusters.iter().any(|c| c["size"].as_u64() >= Some(4)),
+        "{clusters:?}"
+    );
+
+    // Nothing changed: nothing runs.
+    let again = dir.ok(&["build", "recipe.yaml"]);
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(dir.path("out/report.json")).unwrap()).unwrap();
+    assert_eq!(r["did_work"], json!(false), "{again}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_bad_curation_stage_is_refused_naming_its_field() {
+    let dir = Dir::new();
+    dir.write_jsonl("docs.jsonl", &[json!({"id": "a", "text": "some text"})]);
+    let recipe = |stage: &str| {
+        format!(
+            "name: bad\nseed: 1\nsources:\n  docs:\n    path: docs.jsonl\n    class: web\nstages:\n{stage}\noutput:\n  path: out\n"
+        )
+    };
+    for (stage, want) in [
+        (
+            "  - {name: q, type: filter, inputs: [docs], where: \"wordz > 3\"}",
+            "stages[0].where",
+        ),
+        (
+            "  - {name: q, type: filter, inputs: [docs], presets: [gofer]}",
+            "stages[0].presets[0]",
+        ),
+        ("  - {name: q, type: filter, inputs: [docs]}", "stages[0]"),
+        (
+            "  - {name: p, type: pii, inputs: [docs], email: false, ip: false, phone: false}",
+            "stages[0]",
+        ),
+        (
+            "  - {name: n, type: near_dup, inputs: [docs], minhash: {bands: 0}}",
+            "stages[0].minhash",
+        ),
+    ] {
+        dir.write("recipe.yaml", recipe(stage));
+        let err = dir.fails(&["validate", "recipe.yaml"]);
+        assert!(err.contains(want), "{stage}: {err}");
+        assert!(!dir.path("out").exists());
+    }
+}

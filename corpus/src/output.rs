@@ -10,7 +10,7 @@
 
 use crate::atomic::{AtomicFile, Written};
 use crate::sample::Sample;
-use crate::shard::{properties, schema, FileInfo, Pending, ShardKind};
+use crate::shard::{properties, schema, FileInfo, Pending, Projection, ShardKind, ShardReader};
 use crate::{Error, Result};
 use arrow_schema::Schema;
 use parquet::arrow::arrow_to_parquet_schema;
@@ -147,6 +147,10 @@ impl OutputWriter {
         let meta = file.try_clone().map_err(|e| Error::io(src, e))?;
         let reader = SerializedFileReader::new(meta).map_err(|e| Error::parquet(src, e))?;
         let leaves = self.parquet.num_columns();
+        if !self.same_leading_columns(reader.metadata().file_metadata().schema_descr()) {
+            // A shard of an older layout (no `signals` column): decode and encode its rows.
+            return self.encode_shard(src);
+        }
         let mut rows = 0u64;
         for rg in reader.metadata().row_groups() {
             let path = &self.path;
@@ -173,6 +177,29 @@ impl OutputWriter {
         Ok(rows)
     }
 
+    /// Whether `src`'s first columns are this output's columns, leaf by leaf.
+    fn same_leading_columns(&self, src: &SchemaDescriptor) -> bool {
+        let ours = self.parquet.columns();
+        src.num_columns() >= ours.len()
+            && ours
+                .iter()
+                .zip(src.columns())
+                .all(|(a, b)| a.path() == b.path() && a.physical_type() == b.physical_type())
+    }
+
+    /// Appends every sample row of `src` by reading and encoding it.
+    fn encode_shard(&mut self, src: &Path) -> Result<u64> {
+        let mut reader = ShardReader::open(src, Projection::Full)?;
+        let mut rows = 0u64;
+        while let Some(entries) = reader.next_entries()? {
+            for sample in entries.into_iter().filter_map(|e| e.sample) {
+                self.push_sample(&sample)?;
+                rows += 1;
+            }
+        }
+        Ok(rows)
+    }
+
     /// Completes the shard and moves it into place.
     pub fn finish(mut self) -> Result<FileInfo> {
         self.encode_pending()?;
@@ -196,7 +223,7 @@ impl OutputWriter {
 mod tests {
     use super::*;
     use crate::sample::{Content, Lineage, Message, MixClass};
-    use crate::shard::{Projection, ShardReader, ShardWriter};
+    use crate::shard::ShardWriter;
 
     fn sample(k: usize) -> Sample {
         let content = if k.is_multiple_of(3) {
@@ -221,6 +248,38 @@ mod tests {
             out.extend(e.into_iter().map(|e| e.sample.unwrap()));
         }
         out
+    }
+
+    /// A work shard of text samples with no `messages` and no `signals` column.
+    fn write_old_layout(path: &Path, texts: &[&str]) {
+        use arrow_array::{ArrayRef, RecordBatch, StringArray};
+        use arrow_schema::{DataType, Field};
+        let column = |v: Vec<Option<&str>>| Arc::new(StringArray::from(v)) as ArrayRef;
+        let n = texts.len();
+        let names = ["id", "class", "text", "lineage", "input", "dropped"];
+        let fields: Vec<Field> = names
+            .iter()
+            .map(|c| Field::new(*c, DataType::Utf8, true))
+            .collect();
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            vec![
+                column(texts.iter().map(|_| Some("x")).collect()),
+                column(vec![Some("web"); n]),
+                column(texts.iter().map(|t| Some(*t)).collect()),
+                column(vec![
+                    Some("{\"stage\":\"s\",\"stage_fingerprint\":\"f\"}");
+                    n
+                ]),
+                column(vec![None; n]),
+                column(vec![None; n]),
+            ],
+        )
+        .unwrap();
+        let f = std::fs::File::create(path).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
     }
 
     #[test]
@@ -259,6 +318,14 @@ mod tests {
         assert!(!names
             .iter()
             .any(|n| n.starts_with("input") || n.starts_with("dropped")));
+        // A work shard of the layout before the `signals` column is decoded, not copied.
+        let old = dir.path().join("old.parquet");
+        write_old_layout(&old, &["first", "second"]);
+        let mut o = OutputWriter::create(&out).unwrap();
+        assert_eq!(o.copy_shard(&old).unwrap(), 2);
+        o.finish().unwrap();
+        let texts: Vec<String> = read(&out).iter().map(|s| s.content.text().into()).collect();
+        assert_eq!(texts, ["first", "second"]);
         // An empty output is a valid, empty file.
         let empty = dir.path().join("e.parquet");
         OutputWriter::create(&empty).unwrap().finish().unwrap();

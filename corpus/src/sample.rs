@@ -180,6 +180,11 @@ pub struct Sample {
     #[serde(flatten)]
     pub content: Content,
     pub lineage: Lineage,
+    /// Quality signals of this content, as a JSON object of named columns, once a `signals`
+    /// stage has computed them (`curate::signals::Signals`); `None` before. Not part of the id,
+    /// and not carried into new content: a sample made from this one starts without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<serde_json::Value>,
 }
 
 impl Sample {
@@ -190,6 +195,7 @@ impl Sample {
             class,
             content,
             lineage,
+            signals: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | `text` | string | the text (null for chats) |
 //! | `messages` | list of {`role`, `content`} | the chat (null for texts) |
 //! | `lineage` | string | the lineage, as JSON |
+//! | `signals` | string | the quality signals, as a JSON object (null until a `signals` stage) |
 //! | `input` | string | work shards: the input sample a row was made from |
 //! | `dropped` | string | work shards: why the input was dropped |
 //!
@@ -81,6 +82,7 @@ pub fn schema(kind: ShardKind) -> Schema {
         Field::new("text", DataType::Utf8, true),
         Field::new("messages", messages_type(), true),
         Field::new("lineage", DataType::Utf8, true),
+        Field::new("signals", DataType::Utf8, true),
     ];
     if kind == ShardKind::Work {
         fields.push(Field::new("input", DataType::Utf8, true));
@@ -109,6 +111,7 @@ pub(crate) struct Pending {
     roles: StringBuilder,
     contents: StringBuilder,
     lineage: StringBuilder,
+    signals: StringBuilder,
     input: StringBuilder,
     dropped: StringBuilder,
     pub(crate) rows: usize,
@@ -126,6 +129,7 @@ impl Pending {
             roles: StringBuilder::new(),
             contents: StringBuilder::new(),
             lineage: StringBuilder::new(),
+            signals: StringBuilder::new(),
             input: StringBuilder::new(),
             dropped: StringBuilder::new(),
             rows: 0,
@@ -157,6 +161,8 @@ impl Pending {
             }
         }
         self.lineage.append_value(&lineage);
+        self.signals
+            .append_option(s.signals.as_ref().map(|v| v.to_string()));
         self.input.append_option(input);
         self.dropped.append_null();
         self.rows += 1;
@@ -196,6 +202,7 @@ impl Pending {
             Arc::new(self.text.finish()),
             Arc::new(messages),
             Arc::new(self.lineage.finish()),
+            Arc::new(self.signals.finish()),
         ];
         let input = self.input.finish();
         let dropped = self.dropped.finish();
@@ -290,6 +297,7 @@ impl ShardWriter {
         p.text.append_null();
         p.no_messages();
         p.lineage.append_null();
+        p.signals.append_null();
         p.input.append_option(input);
         p.dropped.append_option(dropped);
         p.bytes += 64;
@@ -360,9 +368,11 @@ impl Projection {
         match self {
             Projection::Ids => &["id"],
             Projection::Decisions => &["id", "dropped"],
-            Projection::Content => &["id", "class", "text", "messages", "input", "dropped"],
+            Projection::Content => &[
+                "id", "class", "text", "messages", "signals", "input", "dropped",
+            ],
             Projection::Full => &[
-                "id", "class", "text", "messages", "lineage", "input", "dropped",
+                "id", "class", "text", "messages", "lineage", "signals", "input", "dropped",
             ],
         }
     }
@@ -484,6 +494,7 @@ impl ShardReader {
         let class = strings("class")?;
         let text = strings("text")?;
         let lineage = strings("lineage")?;
+        let signals = strings("signals")?;
         let input = strings("input")?;
         let dropped = strings("dropped")?;
         let messages = batch.column_by_name("messages").map(|c| c.as_list::<i32>());
@@ -529,11 +540,20 @@ impl ShardReader {
                             .map_err(|e| bad(format!("lineage: {e}")))?,
                         None => Lineage::default(),
                     };
+                    let signals = match get(signals, i) {
+                        Some(s) => match serde_json::from_str(&s) {
+                            Ok(v @ serde_json::Value::Object(_)) => Some(v),
+                            Ok(_) => return Err(bad("signals: not a JSON object".into())),
+                            Err(e) => return Err(bad(format!("signals: {e}"))),
+                        },
+                        None => None,
+                    };
                     Some(Sample {
                         id: id.clone().unwrap_or_default(),
                         class,
                         content,
                         lineage,
+                        signals,
                     })
                 }
                 _ => None,
@@ -571,7 +591,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("u/a.parquet");
         let mut w = ShardWriter::create(&p).unwrap();
-        let a = sample("alpha");
+        let mut a = sample("alpha");
+        a.signals = Some(serde_json::json!({"words": 1, "lang": "eng"}));
         let chat = Sample::new(
             MixClass::Synthetic,
             Content::Messages {
@@ -617,6 +638,9 @@ mod tests {
         let e = r.next_entries().unwrap().unwrap();
         assert_eq!(e.iter().map(|e| e.row).collect::<Vec<_>>(), [2, 3]);
         assert!(e[0].sample.as_ref().unwrap().lineage.stage.is_empty());
+        let mut r = ShardReader::open(&p, Projection::Content).unwrap();
+        let e = r.next_entries().unwrap().unwrap();
+        assert_eq!(e[0].sample.as_ref().unwrap().signals, a.signals);
         assert!(ShardReader::open(&p, Projection::Ids)
             .unwrap()
             .with_mask(vec![true])

@@ -248,6 +248,36 @@ signals! {
     generated_marker: Int,
 }
 
+/// Version of what [`SignalComputer::compute`] gives: bump when a signal's definition changes, so
+/// that signals stored by an earlier version are computed again.
+pub const VERSION: u32 = 1;
+
+impl Signals {
+    /// Signals stored as a JSON object of these columns ([`Signals::to_json`]), or `None` when
+    /// `value` is not that (another layout, from another version): compute them again then.
+    pub fn from_json(value: &serde_json::Value) -> Option<Signals> {
+        Signals::deserialize(value).ok()
+    }
+
+    /// The signals as a JSON object, one member per column.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            Signals::columns()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (name, _))| {
+                    let v = match self.value_at(i)? {
+                        Value::Int(x) => serde_json::Value::from(x),
+                        Value::Float(x) => serde_json::Value::from(x),
+                        Value::Str(x) => serde_json::Value::from(x),
+                    };
+                    Some((name.to_string(), v))
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Gopher's stop words.
 const STOP_WORDS: [&str; 8] = ["the", "be", "to", "of", "and", "that", "have", "with"];
 

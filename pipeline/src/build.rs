@@ -17,7 +17,7 @@ use crate::recipe::{Recipe, StageConfig};
 use crate::report::{Progress, Reason, RunReport, StageReport};
 use crate::stages::{dedup_exact, source, Runner};
 use crate::store::Store;
-use crate::unit::{Done, UnitSpec, Work, WORK_DIR};
+use crate::unit::{Done, Produced, UnitSpec, Work, WORK_DIR};
 use crate::view::View;
 use crate::{output, Error, Result};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -167,9 +167,10 @@ impl Builder<'_> {
                     rep.run = None;
                     None
                 }
-                (NodeKind::Stage(StageConfig::DedupExact(_)), Some(inputs)) => {
-                    self.dedup(i, inputs, &mut rep)?
-                }
+                (
+                    NodeKind::Stage(StageConfig::DedupExact(_) | StageConfig::NearDup(_)),
+                    Some(inputs),
+                ) => self.dedup(i, inputs, &mut rep)?,
                 (NodeKind::Stage(_), Some(inputs)) => self.per_sample(i, inputs, &mut rep)?,
             };
             if let Some(v) = &out {
@@ -336,25 +337,36 @@ impl Builder<'_> {
         let node = &self.graph.nodes[i];
         let rows: u64 = inputs.iter().map(|v| v.rows).sum();
         rep.samples_in = rows;
-        let parts = dedup_exact::partitions(rows, self.recipe.execution.dedup_partition_rows);
-        let scans: Vec<UnitSpec> = (0..parts)
-            .map(|part| {
-                UnitSpec::new(
-                    &node.name,
-                    &node.fingerprint,
-                    format!("scan {part} of {parts}"),
-                    Work::DedupScan {
+        let scans: Vec<UnitSpec> = if let NodeKind::Stage(StageConfig::NearDup(_)) = node.kind {
+            // Clusters span every input: one scan (its memory is bounded by its disk passes).
+            let work = Work::NearDupScan {
+                views: inputs.clone(),
+            };
+            vec![UnitSpec::new(
+                &node.name,
+                &node.fingerprint,
+                "scan".into(),
+                work,
+            )]
+        } else {
+            let parts = dedup_exact::partitions(rows, self.recipe.execution.dedup_partition_rows);
+            (0..parts)
+                .map(|part| {
+                    let work = Work::DedupScan {
                         views: inputs.clone(),
                         part,
                         parts,
-                    },
-                )
-            })
-            .collect();
+                    };
+                    let slot = format!("scan {part} of {parts}");
+                    UnitSpec::new(&node.name, &node.fingerprint, slot, work)
+                })
+                .collect()
+        };
         let scanned = self.run_units(i, scans, "scan")?;
         let Some(scan_files) = scanned.complete().map(|d| {
             d.iter()
                 .flat_map(|d| d.out.files.iter().cloned())
+                .filter(|f| f.path.extension().is_some_and(|x| x == "dups"))
                 .collect::<Vec<_>>()
         }) else {
             rep.run = Some(rows);
@@ -384,7 +396,7 @@ impl Builder<'_> {
         rep.run = Some(if ran { rows } else { 0 });
         rep.units_cached = scanned.cached + applied.cached;
         rep.units_run = scanned.run + applied.run;
-        rep.dropped = dropped(&applied);
+        rep.dropped = counts(&applied, |p| &p.dropped);
         Ok(applied.views())
     }
 
@@ -406,7 +418,8 @@ impl Builder<'_> {
         rep.run = Some(run);
         rep.units_cached = phase.cached;
         rep.units_run = phase.run;
-        rep.dropped = dropped(phase);
+        rep.dropped = counts(phase, |p| &p.dropped);
+        rep.changed = counts(phase, |p| &p.changed);
     }
 
     /// Runs what is not done of `units` (all of node `i`, one kind): records in the store whose
@@ -637,10 +650,14 @@ impl Builder<'_> {
 }
 
 /// Drops by reason over a phase's units.
-fn dropped(phase: &Phase) -> BTreeMap<String, u64> {
+/// The units' counts of one kind (drops by reason, changes by kind), added up.
+fn counts(
+    phase: &Phase,
+    of: impl Fn(&Produced) -> &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for d in phase.done.iter().flatten() {
-        for (reason, n) in &d.out.dropped {
+        for (reason, n) in of(&d.out) {
             *out.entry(reason.clone()).or_insert(0) += n;
         }
     }

@@ -63,6 +63,9 @@ pub struct StageReport {
     pub samples_out: u64,
     /// Dropped inputs by reason.
     pub dropped: BTreeMap<String, u64>,
+    /// What a transform changed, by kind (PII replaced, ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub changed: BTreeMap<String, u64>,
     pub seconds: f64,
 }
 
@@ -81,6 +84,7 @@ impl StageReport {
             samples_in: 0,
             samples_out: 0,
             dropped: BTreeMap::new(),
+            changed: BTreeMap::new(),
             seconds: 0.0,
         }
     }
@@ -110,8 +114,9 @@ impl RunReport {
         let mut out = String::new();
         for s in &self.stages {
             let dropped: Vec<String> = s.dropped.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            let changed: Vec<String> = s.changed.iter().map(|(k, v)| format!("{v} {k}")).collect();
             out.push_str(&format!(
-                "{:<16} {:<14} {:>7} cached {:>7} run {:>4} units {:>8} in {:>8} out  {:.1}s{}\n",
+                "{:<16} {:<14} {:>7} cached {:>7} run {:>4} units {:>8} in {:>8} out  {:.1}s{}{}\n",
                 s.name,
                 s.kind,
                 s.cached,
@@ -124,6 +129,11 @@ impl RunReport {
                     String::new()
                 } else {
                     format!("  dropped: {}", dropped.join(", "))
+                },
+                if changed.is_empty() {
+                    String::new()
+                } else {
+                    format!("  changed: {}", changed.join(", "))
                 },
             ));
         }

@@ -52,7 +52,10 @@ pub enum Work {
         part: u32,
         parts: u32,
     },
-    /// Exact dedup: the decisions for view number `index`, from every partition's scan.
+    /// Near-duplicate removal: the clusters of all the views' samples, and the rows to drop.
+    NearDupScan { views: Vec<View> },
+    /// Exact dedup or near-duplicate removal: the decisions for view number `index`, from every
+    /// scan.
     DedupApply {
         view: View,
         index: u32,
@@ -75,6 +78,10 @@ impl Work {
             Work::DedupScan { views, part, parts } => {
                 let keys: Vec<String> = views.iter().map(View::key).collect();
                 format!("dedup_scan\n{part}/{parts}\n{}", keys.join("\n"))
+            }
+            Work::NearDupScan { views } => {
+                let keys: Vec<String> = views.iter().map(View::key).collect();
+                format!("near_dup_scan\n{}", keys.join("\n"))
             }
             Work::DedupApply { view, index, scans } => {
                 let sums: Vec<&str> = scans.iter().map(|s| s.checksum.as_str()).collect();
@@ -147,6 +154,9 @@ pub struct Produced {
     pub run: u64,
     /// Inputs dropped, by reason.
     pub dropped: BTreeMap<String, u64>,
+    /// What a transform changed in the samples it made, by kind (PII replaced, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub changed: BTreeMap<String, u64>,
 }
 
 /// A finished unit's completion record: the unit, and what it produced.

@@ -251,7 +251,8 @@ pub fn run(
 
     progress.stage("clusters");
     let t = Instant::now();
-    let clusters = passes::clusters(&signed, &found.roots, &staged, &work, &s)?;
+    let clusters_path = staged.path("clusters.jsonl")?;
+    let clusters = passes::clusters(&signed, &found.roots, &clusters_path, &work, &s)?;
     secs.clusters = t.elapsed().as_secs_f64();
 
     progress.stage("writing");
@@ -310,6 +311,93 @@ pub fn run(
     .map_err(|e| Error::io(out.join("report.json"), e))?;
     staged.commit(Some("report.json"))?;
     Ok(report)
+}
+
+/// Near-duplicates among documents a caller reads itself (a build's `near_dup` stage): hand
+/// them over in order with [`Clusterer::add`], then [`Clusterer::finish`] names the kept
+/// document of every removed one. The passes are [`run`]'s; work files go to a folder the
+/// caller gives, and memory holds what [`run`]'s does.
+pub struct Clusterer {
+    work: PathBuf,
+    settings: Settings,
+    signer: passes::Signer,
+}
+
+/// A document [`Clusterer::finish`] found to be a near-duplicate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Removal {
+    /// Its place among the documents added (0-based).
+    pub doc: u64,
+    /// The place of the document kept in its stead (its cluster's first).
+    pub kept: u64,
+    /// The exact Jaccard similarity of the two documents' shingle sets.
+    pub jaccard: f32,
+}
+
+/// What [`Clusterer::finish`] found.
+#[derive(Debug, Clone)]
+pub struct Clustered {
+    pub documents: u64,
+    pub clusters: u64,
+    pub candidates: u64,
+    pub similar_pairs: u64,
+    /// Removed documents, in order.
+    pub removed: Vec<Removal>,
+}
+
+impl Clusterer {
+    /// Starts with no documents; `work` (created if absent) holds the passes' files.
+    pub fn new(work: &Path, settings: Settings) -> Result<Clusterer> {
+        settings.check()?;
+        std::fs::create_dir_all(work).map_err(|e| Error::io(work, e))?;
+        Ok(Clusterer {
+            work: work.to_path_buf(),
+            settings,
+            signer: passes::Signer::create(work, &settings)?,
+        })
+    }
+
+    /// Adds `items` as the next documents, signed on all cores; `doc` gives an item's id and
+    /// text.
+    pub fn add<T: Sync, I: AsRef<str>, X: AsRef<str>>(
+        &mut self,
+        items: &[T],
+        doc: impl Fn(&T) -> (I, X) + Sync,
+    ) -> Result<()> {
+        self.signer.add(items, |t| Ok(doc(t)))
+    }
+
+    /// Finds the clusters, writes them to `clusters_jsonl` (one line per cluster: `kept`,
+    /// `size`, `dropped`, `jaccard`) and gives every removed document.
+    pub fn finish(self, clusters_jsonl: &Path) -> Result<Clustered> {
+        let signed = self.signer.finish(Vec::new())?;
+        let found = passes::candidates(&signed, &self.work, &self.settings)?;
+        let clusters = passes::clusters(
+            &signed,
+            &found.roots,
+            clusters_jsonl,
+            &self.work,
+            &self.settings,
+        )?;
+        let removed = found
+            .roots
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| **r != *i as u64)
+            .map(|(i, &kept)| Removal {
+                doc: i as u64,
+                kept,
+                jaccard: clusters.sims.get(i).copied().unwrap_or(f32::NAN),
+            })
+            .collect();
+        Ok(Clustered {
+            documents: signed.documents,
+            clusters: clusters.clusters,
+            candidates: found.candidates,
+            similar_pairs: found.similar,
+            removed,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -21,23 +21,9 @@ fn stream(
     path: &Path,
     spec: &TextSpec,
     all_columns: bool,
-    mut each: impl FnMut(Batch) -> Result<()>,
+    each: impl FnMut(Batch) -> Result<()>,
 ) -> Result<()> {
-    let reader = BatchReader::open(path, spec, all_columns)?;
-    std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<corpus::Result<Batch>>(2);
-        scope.spawn(move || {
-            for b in reader {
-                if tx.send(b).is_err() {
-                    break;
-                }
-            }
-        });
-        for batch in rx {
-            each(batch?)?;
-        }
-        Ok(())
-    })
+    BatchReader::open(path, spec, all_columns)?.read_ahead(each)
 }
 
 /// What the signature pass leaves on disk and counted.
@@ -62,44 +48,131 @@ struct Sig {
     text_len: usize,
 }
 
-fn sign(
-    hasher: &mut MinHasher,
-    shingles: &mut Vec<u64>,
-    batch: &Batch,
-    i: usize,
-    spec: &TextSpec,
-) -> corpus::Result<Sig> {
-    let doc = batch.doc(i, spec)?;
-    hasher.shingles(&doc.text, shingles);
+fn sign(hasher: &mut MinHasher, shingles: &mut Vec<u64>, id: &str, text: &str) -> Sig {
+    hasher.shingles(text, shingles);
     shingles.sort_unstable();
     shingles.dedup();
     let keys = match hasher.signature_of(shingles) {
         Some(sig) => hasher.band_keys(&sig),
         None => Vec::new(),
     };
-    Ok(Sig {
-        id: doc.id.into_owned(),
+    Sig {
+        id: id.to_string(),
         keys,
         set: shingles.iter().flat_map(|h| h.to_le_bytes()).collect(),
-        text_len: doc.text.len(),
-    })
+        text_len: text.len(),
+    }
 }
 
-/// Pass 1: signatures into band files, ids and shingle sets into tables.
+/// Pass 1 as documents come: signatures into band files, ids and shingle sets into tables.
+pub(super) struct Signer {
+    mh: crate::minhash::MinHashSettings,
+    bands: Vec<RecWriter>,
+    ids: BlobWriter,
+    sets: BlobWriter,
+    n: u64,
+    text_bytes: u64,
+    empty: u64,
+}
+
+impl Signer {
+    pub(super) fn create(work: &Path, s: &Settings) -> Result<Signer> {
+        Ok(Signer {
+            mh: s.minhash(),
+            bands: (0..s.bands)
+                .map(|b| RecWriter::create(&work.join(format!("band-{b:04}"))))
+                .collect::<Result<Vec<_>>>()?,
+            ids: BlobWriter::create(&work.join("ids"))?,
+            sets: BlobWriter::create(&work.join("shingles"))?,
+            n: 0,
+            text_bytes: 0,
+            empty: 0,
+        })
+    }
+
+    /// Signs `items` on all cores (`doc` gives each one's id and text) and appends them, in
+    /// order, as the next documents.
+    pub(super) fn add<T: Sync, D>(
+        &mut self,
+        items: &[T],
+        doc: impl Fn(&T) -> corpus::Result<D> + Sync,
+    ) -> Result<()>
+    where
+        D: Doc,
+    {
+        let mh = self.mh;
+        let signed: Vec<corpus::Result<Sig>> = items
+            .par_iter()
+            .map_init(
+                || (MinHasher::new(mh), Vec::new()),
+                |(h, buf), item| doc(item).map(|d| sign(h, buf, d.id(), d.text())),
+            )
+            .collect();
+        for sig in signed {
+            let sig = sig?;
+            self.ids.push(sig.id.as_bytes())?;
+            self.sets.push(&sig.set)?;
+            if sig.keys.is_empty() {
+                self.empty += 1;
+            }
+            for (band, key) in self.bands.iter_mut().zip(&sig.keys) {
+                band.push([*key, self.n])?;
+            }
+            self.text_bytes += sig.text_len as u64;
+            self.n += 1;
+        }
+        Ok(())
+    }
+
+    pub(super) fn finish(self, inputs: Vec<InputTotals>) -> Result<Signed> {
+        Ok(Signed {
+            documents: self.n,
+            text_bytes: self.text_bytes,
+            empty: self.empty,
+            inputs,
+            bands: self
+                .bands
+                .into_iter()
+                .map(|b| b.finish().map(|(p, _)| p))
+                .collect::<Result<_>>()?,
+            ids: self.ids.finish()?,
+            sets: self.sets.finish()?,
+        })
+    }
+}
+
+/// A document as [`Signer::add`] reads it.
+pub(super) trait Doc {
+    fn id(&self) -> &str;
+    fn text(&self) -> &str;
+}
+
+impl Doc for corpus::Doc<'_> {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl<A: AsRef<str>, B: AsRef<str>> Doc for (A, B) {
+    fn id(&self) -> &str {
+        self.0.as_ref()
+    }
+    fn text(&self) -> &str {
+        self.1.as_ref()
+    }
+}
+
+/// Pass 1 over files.
 pub(super) fn signatures(
     inputs: &[PathBuf],
     work: &Path,
     opts: &RunOptions,
     progress: &dyn Progress,
 ) -> Result<Signed> {
-    let s = &opts.settings;
-    let mh = s.minhash();
-    let mut bands = (0..s.bands)
-        .map(|b| RecWriter::create(&work.join(format!("band-{b:04}"))))
-        .collect::<Result<Vec<_>>>()?;
-    let mut ids = BlobWriter::create(&work.join("ids"))?;
-    let mut sets = BlobWriter::create(&work.join("shingles"))?;
-    let (mut n, mut text_bytes, mut empty) = (0u64, 0u64, 0u64);
+    let mut signer = Signer::create(work, &opts.settings)?;
     let mut totals = Vec::new();
     for path in inputs {
         progress.file(path);
@@ -108,26 +181,8 @@ pub(super) fn signatures(
             ..Default::default()
         };
         stream(path, &opts.text, false, |batch| {
-            let signed: Vec<corpus::Result<Sig>> = (0..batch.len())
-                .into_par_iter()
-                .map_init(
-                    || (MinHasher::new(mh), Vec::new()),
-                    |(h, buf), i| sign(h, buf, &batch, i, &opts.text),
-                )
-                .collect();
-            for sig in signed {
-                let sig = sig?;
-                ids.push(sig.id.as_bytes())?;
-                sets.push(&sig.set)?;
-                if sig.keys.is_empty() {
-                    empty += 1;
-                }
-                for (band, key) in bands.iter_mut().zip(&sig.keys) {
-                    band.push([*key, n])?;
-                }
-                text_bytes += sig.text_len as u64;
-                n += 1;
-            }
+            let rows: Vec<usize> = (0..batch.len()).collect();
+            signer.add(&rows, |&i| batch.doc(i, &opts.text))?;
             file.documents += batch.len() as u64;
             file.bytes += batch.bytes();
             progress.advance(batch.len() as u64, batch.bytes());
@@ -135,18 +190,7 @@ pub(super) fn signatures(
         })?;
         totals.push(file);
     }
-    Ok(Signed {
-        documents: n,
-        text_bytes,
-        empty,
-        inputs: totals,
-        bands: bands
-            .into_iter()
-            .map(|b| b.finish().map(|(p, _)| p))
-            .collect::<Result<_>>()?,
-        ids: ids.finish()?,
-        sets: sets.finish()?,
-    })
+    signer.finish(totals)
 }
 
 /// Union-find over document indices; a root is always its cluster's first document.
@@ -264,7 +308,7 @@ pub(super) struct Clusters {
     pub(super) removed: u64,
     /// Per document, the exact Jaccard similarity to its cluster's kept document (NaN for
     /// kept documents).
-    sims: Vec<f32>,
+    pub(super) sims: Vec<f32>,
 }
 
 /// Writes `clusters.jsonl`, one line per cluster, and measures each removed document's
@@ -272,7 +316,7 @@ pub(super) struct Clusters {
 pub(super) fn clusters(
     signed: &Signed,
     roots: &[u64],
-    staged: &StagedDir,
+    out_path: &Path,
     work: &Path,
     s: &Settings,
 ) -> Result<Clusters> {
@@ -285,8 +329,7 @@ pub(super) fn clusters(
     let (path, removed) = members.finish()?;
     let mut sorted = spill::sorted(&path, s.memory_mb.saturating_mul(1 << 20), false)?;
     let mut sims = vec![f32::NAN; roots.len()];
-    let out_path = staged.path("clusters.jsonl")?;
-    let mut out = corpus::open_writer(&out_path, Compression::None)?;
+    let mut out = corpus::open_writer(out_path, Compression::None)?;
     let mut clusters = 0u64;
     // The cluster being assembled: its kept document, and its removed ones with similarities.
     let mut open: Option<(u64, Vec<u64>, Vec<f64>)> = None;

@@ -16,7 +16,7 @@ pub mod slurm;
 use crate::output;
 use crate::recipe::{Recipe, SlurmConfig};
 use crate::report::Progress;
-use crate::stages::{dedup_exact, per_sample, source, Runner};
+use crate::stages::{dedup_exact, near_dup, per_sample, source, Runner};
 use crate::unit::{Done, UnitSpec, Work};
 use crate::{Error, Result};
 use std::path::Path;
@@ -60,8 +60,19 @@ pub fn run_unit(spec: &UnitSpec, ctx: &UnitCtx) -> Result<Done> {
             dedup_exact::scan(spec, ctx.root, views, *part, *parts)?
         }
         (Work::DedupApply { view, index, scans }, Runner::DedupExact) => {
-            dedup_exact::apply(spec, ctx.root, view, *index, scans)?
+            dedup_exact::apply(spec, ctx.root, view, *index, scans, dedup_exact::DUPLICATE)?
         }
+        (Work::NearDupScan { views }, Runner::NearDup(settings)) => {
+            near_dup::scan(spec, ctx.root, views, settings)?
+        }
+        (Work::DedupApply { view, index, scans }, Runner::NearDup(_)) => dedup_exact::apply(
+            spec,
+            ctx.root,
+            view,
+            *index,
+            scans,
+            near_dup::NEAR_DUPLICATE,
+        )?,
         (
             Work::Output {
                 slices,

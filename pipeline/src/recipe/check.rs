@@ -357,7 +357,43 @@ pub(super) fn check_values(
                     &r.gates,
                 );
             }
-            StageConfig::DedupExact(_) => {}
+            StageConfig::Filter(f) => {
+                if f.presets.is_empty() && f.condition.is_none() {
+                    c.error(
+                        &format!("stages[{i}]"),
+                        "a filter needs `presets`, `where` or both",
+                    );
+                }
+                for (j, p) in f.presets.iter().enumerate() {
+                    if curate::presets::preset(p).is_none() {
+                        let known = curate::presets::PRESETS.join(", ");
+                        c.error(
+                            &format!("stages[{i}].presets[{j}]"),
+                            format!("unknown preset `{p}` (known: {known})"),
+                        );
+                    }
+                }
+                if let Some(w) = &f.condition {
+                    let fields = crate::stages::curation::FIELDS;
+                    if let Err(e) = curate::Filter::of(&fields, &[], Some(w)) {
+                        c.error(&format!("stages[{i}].where"), e.to_string());
+                    }
+                }
+            }
+            StageConfig::Pii(p) => {
+                if !(p.email || p.ip || p.phone) {
+                    c.error(
+                        &format!("stages[{i}]"),
+                        "email, ip and phone are all off: the stage would change nothing",
+                    );
+                }
+            }
+            StageConfig::NearDup(n) => {
+                if let Err(e) = n.minhash.check() {
+                    c.error(&format!("stages[{i}].minhash"), e.to_string());
+                }
+            }
+            StageConfig::DedupExact(_) | StageConfig::Signals(_) => {}
         }
     }
     for (path, list) in benchmark_lists {

@@ -279,6 +279,57 @@ pub struct DecontaminateStage {
     pub remove_partial: Option<bool>,
 }
 
+/// Computes each sample's quality signals and stores them with it (docs/curation.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalsStage {
+    pub name: String,
+    pub inputs: Vec<String>,
+}
+
+/// Keeps the samples for which every rule holds: the rules of `presets` in order, then the SQL
+/// condition `where` over the signal columns and the sample's fields (docs/curation.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterStage {
+    pub name: String,
+    pub inputs: Vec<String>,
+    /// Published rule sets: `gopher`, `gopher_quality`, `gopher_repetition`, `c4`, `fineweb`.
+    #[serde(default)]
+    pub presets: Vec<String>,
+    /// A SQL condition the kept samples meet.
+    #[serde(default, rename = "where")]
+    pub condition: Option<String>,
+}
+
+/// Replaces e-mail addresses, IP addresses and phone numbers with placeholders; each kind can
+/// be turned off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PiiStage {
+    pub name: String,
+    pub inputs: Vec<String>,
+    #[serde(default = "yes")]
+    pub email: bool,
+    #[serde(default = "yes")]
+    pub ip: bool,
+    #[serde(default = "yes")]
+    pub phone: bool,
+}
+
+/// Near-duplicate removal across all its inputs (MinHash, LSH, exact Jaccard, clusters): the
+/// first sample of each cluster is kept (docs/curation.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NearDupStage {
+    pub name: String,
+    pub inputs: Vec<String>,
+    /// `shingle`, `bands`, `rows`, `threshold`, `verify`, `seed`, `memory_mb`: FineWeb's
+    /// setting (5-word shingles, 14 bands of 8) verified at Jaccard 0.5 by default.
+    #[serde(default)]
+    pub minhash: dedup::neardup::Settings,
+}
+
 /// Rewrites each sample's text with a MiniJinja template (`{{ text }}`, `{{ id }}`, `{{ class }}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -377,7 +428,12 @@ fn synthetic_class() -> MixClass {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StageConfig {
     DedupExact(DedupExactStage),
+    #[serde(rename = "near_dup")]
+    NearDup(NearDupStage),
     Decontaminate(DecontaminateStage),
+    Signals(SignalsStage),
+    Filter(FilterStage),
+    Pii(PiiStage),
     Template(TemplateStage),
     WebRewrite(WebRewriteStage),
     SelfRevise(SelfReviseStage),
@@ -389,7 +445,11 @@ impl StageConfig {
     pub fn name(&self) -> &str {
         match self {
             StageConfig::DedupExact(s) => &s.name,
+            StageConfig::NearDup(s) => &s.name,
             StageConfig::Decontaminate(s) => &s.name,
+            StageConfig::Signals(s) => &s.name,
+            StageConfig::Filter(s) => &s.name,
+            StageConfig::Pii(s) => &s.name,
             StageConfig::Template(s) => &s.name,
             StageConfig::WebRewrite(s) => &s.name,
             StageConfig::SelfRevise(s) => &s.name,
@@ -401,7 +461,11 @@ impl StageConfig {
     pub fn inputs(&self) -> &[String] {
         match self {
             StageConfig::DedupExact(s) => &s.inputs,
+            StageConfig::NearDup(s) => &s.inputs,
             StageConfig::Decontaminate(s) => &s.inputs,
+            StageConfig::Signals(s) => &s.inputs,
+            StageConfig::Filter(s) => &s.inputs,
+            StageConfig::Pii(s) => &s.inputs,
             StageConfig::Template(s) => &s.inputs,
             StageConfig::WebRewrite(s) => &s.inputs,
             StageConfig::SelfRevise(s) => &s.inputs,
@@ -413,7 +477,11 @@ impl StageConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             StageConfig::DedupExact(_) => "dedup_exact",
+            StageConfig::NearDup(_) => "near_dup",
             StageConfig::Decontaminate(_) => "decontaminate",
+            StageConfig::Signals(_) => "signals",
+            StageConfig::Filter(_) => "filter",
+            StageConfig::Pii(_) => "pii",
             StageConfig::Template(_) => "template",
             StageConfig::WebRewrite(_) => "web_rewrite",
             StageConfig::SelfRevise(_) => "self_revise",

@@ -23,7 +23,8 @@ use std::path::Path;
 use xxhash_rust::xxh3::xxh3_128;
 
 const MAGIC: &[u8; 8] = b"PFDUPS1\0";
-const DUPLICATE: &str = "duplicate";
+/// The reason exact dedup drops a sample for.
+pub const DUPLICATE: &str = "duplicate";
 
 /// The id as a number: content ids are 32 hex digits; anything else is hashed.
 fn id_hash(id: &str) -> u128 {
@@ -61,34 +62,43 @@ pub fn scan(
         }
         rows += k as u64;
     }
-    let rel = spec.file(".dups");
+    let info = write_dups(root, spec.file(".dups"), &dups)?;
+    Ok(Produced {
+        files: vec![info],
+        rows_in: rows,
+        run: rows,
+        ..Default::default()
+    })
+}
+
+/// Writes a `.dups` file at `rel` noting, per view, the rows to drop (ascending).
+pub(super) fn write_dups(
+    root: &Path,
+    rel: std::path::PathBuf,
+    dups: &[Vec<u32>],
+) -> Result<FileInfo> {
     let mut f = corpus::atomic::AtomicFile::create(&root.join(&rel))?;
     let io = |e| Error::io(root.join(&rel), e);
     f.write_all(MAGIC).map_err(io)?;
-    f.write_all(&(views.len() as u64).to_le_bytes())
+    f.write_all(&(dups.len() as u64).to_le_bytes())
         .map_err(io)?;
     let mut offset = 0u64;
     f.write_all(&offset.to_le_bytes()).map_err(io)?;
-    for d in &dups {
+    for d in dups {
         offset += d.len() as u64;
         f.write_all(&offset.to_le_bytes()).map_err(io)?;
     }
-    for d in &dups {
+    for d in dups {
         for r in d {
             f.write_all(&r.to_le_bytes()).map_err(io)?;
         }
     }
     let written = f.commit()?;
-    Ok(Produced {
-        files: vec![FileInfo {
-            path: rel,
-            rows: offset,
-            bytes: written.bytes,
-            checksum: written.checksum(),
-        }],
-        rows_in: rows,
-        run: rows,
-        ..Default::default()
+    Ok(FileInfo {
+        path: rel,
+        rows: offset,
+        bytes: written.bytes,
+        checksum: written.checksum(),
     })
 }
 
@@ -128,13 +138,15 @@ fn read_dups(root: &Path, scan: &FileInfo, index: u32) -> Result<Vec<u32>> {
         .collect())
 }
 
-/// Apply unit: the decisions for view `index` of the stage, from every partition's scan.
+/// Apply unit: the decisions for view `index` of the stage, from every partition's scan; the
+/// rows the scans note are dropped for `reason`.
 pub fn apply(
     spec: &UnitSpec,
     root: &Path,
     view: &View,
     index: u32,
     scans: &[FileInfo],
+    reason: &str,
 ) -> Result<Produced> {
     let mut dups = Vec::new();
     for s in scans {
@@ -151,7 +163,7 @@ pub fn apply(
             let id = e.id.as_deref().unwrap_or_default();
             if next.peek() == Some(&&k) {
                 next.next();
-                w.push_decision(id, Some(DUPLICATE))?;
+                w.push_decision(id, Some(reason))?;
                 dropped += 1;
             } else {
                 w.push_decision(id, None)?;
@@ -169,7 +181,7 @@ pub fn apply(
     let info = finish_shard(w, &rel)?;
     let mut counts = std::collections::BTreeMap::new();
     if dropped > 0 {
-        counts.insert(DUPLICATE.to_string(), dropped);
+        counts.insert(reason.to_string(), dropped);
     }
     Ok(Produced {
         views: vec![view.filtered(info.clone(), kept)],

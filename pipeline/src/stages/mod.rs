@@ -12,9 +12,11 @@
 //! runtime knobs. New stage types (generation, curation) implement [`Stage`] and add a variant to
 //! [`crate::recipe::StageConfig`].
 
+pub mod curation;
 pub mod decontaminate;
 pub mod dedup_exact;
 pub mod generate;
+pub mod near_dup;
 pub mod per_sample;
 pub mod source;
 pub mod template;
@@ -54,9 +56,17 @@ pub trait Stage: Send + Sync {
     fn process_batch(&self, inputs: &[&Sample]) -> Result<Vec<Outcome>> {
         inputs.iter().map(|s| self.process(s)).collect()
     }
-    /// Whether [`Stage::process`] reads its inputs' lineage (else it arrives empty).
+    /// Whether [`Stage::process`] reads its inputs' lineage (else it arrives empty). A transform
+    /// that passes inputs on (kept, or with fields added) reads it, so that it is not lost.
     fn reads_lineage(&self) -> bool {
         false
+    }
+    /// What a transform changed in `input` to make `output`, counted by kind for the report
+    /// (`pii_email`: 2). Worked out from the two samples, so results reused from an earlier unit
+    /// count as computed ones do.
+    fn changes(&self, input: &Sample, output: &Sample) -> Vec<(&'static str, u64)> {
+        let _ = (input, output);
+        Vec::new()
     }
     /// Inputs handed to [`Stage::process_unit`] at once, at least: the runner gathers the view's
     /// batches up to this many (default: one batch). A stage that keeps many inputs in flight
@@ -103,6 +113,8 @@ pub enum Runner {
     PerSample(Box<dyn Stage>),
     /// Exact deduplication (whole-set).
     DedupExact,
+    /// Near-duplicate removal (whole-set), with these settings.
+    NearDup(dedup::neardup::Settings),
     /// Writes final output files.
     Output,
 }
@@ -121,6 +133,10 @@ impl Runner {
 pub fn build(recipe: &Recipe, config: &StageConfig, fp: &str) -> Result<Runner> {
     Ok(match config {
         StageConfig::DedupExact(_) => Runner::DedupExact,
+        StageConfig::NearDup(n) => Runner::NearDup(n.minhash),
+        StageConfig::Signals(_) => Runner::PerSample(Box::new(curation::ComputeSignals)),
+        StageConfig::Filter(f) => Runner::PerSample(Box::new(curation::SqlFilter::new(f)?)),
+        StageConfig::Pii(p) => Runner::PerSample(Box::new(curation::Pii::new(p, fp)?)),
         StageConfig::Decontaminate(d) => {
             Runner::PerSample(Box::new(decontaminate::Decontaminate::new(recipe, d)?))
         }
@@ -141,6 +157,7 @@ pub fn fingerprint(value: &serde_json::Value) -> String {
 
 /// Version of each stage's implementation: bump when a stage's output for the same input changes.
 const DEDUP_EXACT_VERSION: u32 = 1;
+const NEAR_DUP_VERSION: u32 = 1;
 
 /// The fingerprint of a stage, given its inputs' fingerprints (in declared order).
 pub fn stage_fingerprint(
@@ -150,6 +167,13 @@ pub fn stage_fingerprint(
 ) -> Result<String> {
     let implementation = match config {
         StageConfig::DedupExact(_) => json!({"version": DEDUP_EXACT_VERSION}),
+        StageConfig::NearDup(_) => json!({
+            "version": NEAR_DUP_VERSION,
+            "normalization": dedup::normalize::NORMALIZATION_VERSION,
+        }),
+        StageConfig::Signals(_) => curation::signals_implementation(),
+        StageConfig::Filter(_) => curation::filter_implementation(),
+        StageConfig::Pii(_) => curation::pii_implementation(),
         StageConfig::Decontaminate(d) => decontaminate::implementation(recipe, d)?,
         StageConfig::Template(t) => template::implementation(t),
         StageConfig::WebRewrite(_)
@@ -157,6 +181,11 @@ pub fn stage_fingerprint(
         | StageConfig::MultiAgent(_)
         | StageConfig::InstructionReversal(_) => generate::implementation(recipe, config),
     };
+    let mut config = serde_json::to_value(config).unwrap_or_default();
+    // The sort budget is a runtime knob: it changes no decision.
+    if let Some(m) = config.get_mut("minhash").and_then(|m| m.as_object_mut()) {
+        m.remove("memory_mb");
+    }
     Ok(fingerprint(&json!({
         "config": config,
         "implementation": implementation,

@@ -79,11 +79,20 @@ struct Tally {
     run: u64,
     out: u64,
     dropped: std::collections::BTreeMap<String, u64>,
+    changed: std::collections::BTreeMap<String, u64>,
 }
 
 impl Tally {
     fn drop(&mut self, reason: &str) {
         *self.dropped.entry(reason.to_string()).or_insert(0) += 1;
+    }
+
+    fn changed(&mut self, stage: &dyn Stage, input: &Sample, output: &Sample) {
+        for (kind, n) in stage.changes(input, output) {
+            if n > 0 {
+                *self.changed.entry(kind.to_string()).or_insert(0) += n;
+            }
+        }
     }
 }
 
@@ -152,13 +161,13 @@ pub fn run(
             let outcome = match &memo {
                 Some(m) if m.has(&s.id) => {
                     t.cached += 1;
-                    write_memo(&mut w, &mut t, m, s)?;
+                    write_memo(&mut w, &mut t, stage, m, s)?;
                     continue;
                 }
                 _ => computed.next().unwrap_or(Outcome::Keep),
             };
             t.run += 1;
-            write_outcome(&mut w, &mut t, kind, s, outcome, &spec.stage)?;
+            write_outcome(&mut w, &mut t, stage, s, outcome, &spec.stage)?;
         }
     }
     let info = finish_shard(w, &rel)?;
@@ -179,18 +188,19 @@ pub fn run(
         cached: t.cached,
         run: t.run,
         dropped: t.dropped,
+        changed: t.changed,
     })
 }
 
 fn write_outcome(
     w: &mut ShardWriter,
     t: &mut Tally,
-    kind: Kind,
+    stage: &dyn Stage,
     s: &Sample,
     outcome: Outcome,
-    stage: &str,
+    name: &str,
 ) -> Result<()> {
-    match (kind, outcome) {
+    match (stage.kind(), outcome) {
         (Kind::Filter, Outcome::Keep) => {
             w.push_decision(&s.id, None)?;
             t.out += 1;
@@ -201,7 +211,7 @@ fn write_outcome(
         }
         (Kind::Filter, Outcome::Emit(_)) => {
             return Err(Error::stage(
-                stage,
+                name,
                 "a filter stage made new samples; it may only keep or drop",
             ))
         }
@@ -212,6 +222,7 @@ fn write_outcome(
         (Kind::Transform, Outcome::Emit(samples)) => {
             for out in &samples {
                 w.push_sample(out, Some(&s.id))?;
+                t.changed(stage, s, out);
             }
             t.out += samples.len() as u64;
         }
@@ -223,7 +234,13 @@ fn write_outcome(
     Ok(())
 }
 
-fn write_memo(w: &mut ShardWriter, t: &mut Tally, memo: &Memo, s: &Sample) -> Result<()> {
+fn write_memo(
+    w: &mut ShardWriter,
+    t: &mut Tally,
+    stage: &dyn Stage,
+    memo: &Memo,
+    s: &Sample,
+) -> Result<()> {
     match memo {
         Memo::Decisions(m) => {
             let d = m.get(&s.id).and_then(|d| d.as_deref());
@@ -238,6 +255,7 @@ fn write_memo(w: &mut ShardWriter, t: &mut Tally, memo: &Memo, s: &Sample) -> Re
                 match row {
                     Row::Sample(out) => {
                         w.push_sample(out, Some(&s.id))?;
+                        t.changed(stage, s, out);
                         t.out += 1;
                     }
                     Row::Dropped(reason) => {
