@@ -44,6 +44,8 @@ impl ItemTexts {
 pub(crate) struct Aligner {
     row: Vec<u32>,
     window: Vec<u32>,
+    /// The window's words, sorted and deduplicated.
+    words: Vec<u32>,
 }
 
 /// The best alignment of an item part with a run of the sample's words.
@@ -59,21 +61,29 @@ pub(crate) struct Alignment {
 
 impl Aligner {
     /// Aligns each part of at least `min_tokens` words with `sample[window]`, and returns the most
-    /// similar part.
+    /// similar part; a part that cannot reach `floor` similarity is not aligned.
     pub(crate) fn best_alignment(
         &mut self,
         parts: [&[u32]; 3],
         sample: &[u64],
         window: (usize, usize),
         min_tokens: usize,
+        floor: f64,
     ) -> Option<Alignment> {
         self.window.clear();
         self.window
             .extend(sample[window.0..window.1].iter().map(|&h| h as u32));
+        self.words.clear();
+        self.words.extend_from_slice(&self.window);
+        self.words.sort_unstable();
+        self.words.dedup();
         let mut best: Option<Alignment> = None;
         for (part, p) in parts.iter().enumerate() {
             // The question or answer alone only when it is not the whole item.
             if p.len() < min_tokens || (part > 0 && p.len() == parts[0].len()) {
+                continue;
+            }
+            if self.bound(p) < floor {
                 continue;
             }
             let (edits, end) = self.search(p);
@@ -88,6 +98,17 @@ impl Aligner {
             }
         }
         best
+    }
+
+    /// An upper bound of the similarity `1 - edits / m` of `pattern` (`m` words) to any run of the
+    /// window, in linear time: each of the pattern's words is matched, replaced or deleted, so
+    /// `edits >= m - matched`, and a matched word occurs in the window.
+    fn bound(&self, pattern: &[u32]) -> f64 {
+        let present = pattern
+            .iter()
+            .filter(|w| self.words.binary_search(w).is_ok())
+            .count();
+        present as f64 / pattern.len().max(1) as f64
     }
 
     /// Sellers' algorithm: the fewest edits that turn `pattern` into some run of the window, and
@@ -158,7 +179,7 @@ mod tests {
         texts.push(&item, 16, 0);
         let mut a = Aligner::default();
         let got = a
-            .best_alignment(texts.parts(0), &sample, (0, sample.len()), 8)
+            .best_alignment(texts.parts(0), &sample, (0, sample.len()), 8, 0.0)
             .unwrap();
         assert_eq!(got.part, 0);
         assert_eq!(got.similarity, 1.0 - 2.0 / 16.0);
@@ -167,7 +188,7 @@ mod tests {
         // A dropped and an inserted word are one edit each.
         let sample = words("a b c d e f h i j k l NEW m n o p");
         let got = a
-            .best_alignment(texts.parts(0), &sample, (0, sample.len()), 8)
+            .best_alignment(texts.parts(0), &sample, (0, sample.len()), 8, 0.0)
             .unwrap();
         assert_eq!(got.similarity, 1.0 - 2.0 / 16.0);
         assert_eq!(got.run, (0, sample.len()));
@@ -184,16 +205,38 @@ mod tests {
         ));
         let mut a = Aligner::default();
         let got = a
-            .best_alignment(texts.parts(0), &sample, (0, sample.len()), 8)
+            .best_alignment(texts.parts(0), &sample, (0, sample.len()), 8, 0.0)
             .unwrap();
         assert_eq!((got.part, got.similarity), (1, 1.0));
         assert_eq!(got.run, (3, 15));
         // The answer (5 words) is below the minimum, the full item aligns less well.
         assert!(
-            a.best_alignment(texts.parts(0), &sample, (0, sample.len()), 13)
+            a.best_alignment(texts.parts(0), &sample, (0, sample.len()), 13, 0.0)
                 .unwrap()
                 .similarity
                 < 0.71
         );
+    }
+
+    #[test]
+    fn a_part_that_cannot_reach_the_floor_is_not_aligned() {
+        let item = words("a b c d e f g h i j k l m n o p");
+        let mut texts = ItemTexts::default();
+        texts.push(&item, 16, 0);
+        let mut a = Aligner::default();
+        // Half the item's words occur in the window: at most 0.5 similar, below a 0.75 floor.
+        let sample = words("a b c d e f g h x y z x y z x y z x y z");
+        let full = a.best_alignment(texts.parts(0), &sample, (0, sample.len()), 8, 0.0);
+        assert!(full.unwrap().similarity <= 0.5);
+        assert_eq!(
+            a.best_alignment(texts.parts(0), &sample, (0, sample.len()), 8, 0.75),
+            None
+        );
+        // A copy with one word in eight changed is above it, and found the same with the floor.
+        let sample = words("x y z a b c d e f g Q i j k l m n o X z z");
+        let with = a.best_alignment(texts.parts(0), &sample, (0, sample.len()), 8, 0.75);
+        let without = a.best_alignment(texts.parts(0), &sample, (0, sample.len()), 8, 0.0);
+        assert_eq!(with, without);
+        assert!(with.is_some());
     }
 }

@@ -462,8 +462,13 @@ impl<'a> Scanner<'a> {
         let start = r.first.saturating_sub(m);
         // Shared 7-grams spread far apart are not one copy: the window is at most 8 items long.
         let end = (r.last + s.short_n + m).min(n).min(start + 8 * m.max(1));
-        self.aligner
-            .best_alignment(parts, &self.tokens.hashes, (start, end), s.edit_min_tokens)
+        self.aligner.best_alignment(
+            parts,
+            &self.tokens.hashes,
+            (start, end),
+            s.edit_min_tokens,
+            s.edit_threshold,
+        )
     }
 }
 
