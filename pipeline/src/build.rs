@@ -337,31 +337,9 @@ impl Builder<'_> {
         let node = &self.graph.nodes[i];
         let rows: u64 = inputs.iter().map(|v| v.rows).sum();
         rep.samples_in = rows;
-        let scans: Vec<UnitSpec> = if let NodeKind::Stage(StageConfig::NearDup(_)) = node.kind {
-            // Clusters span every input: one scan (its memory is bounded by its disk passes).
-            let work = Work::NearDupScan {
-                views: inputs.clone(),
-            };
-            vec![UnitSpec::new(
-                &node.name,
-                &node.fingerprint,
-                "scan".into(),
-                work,
-            )]
-        } else {
-            let parts = dedup_exact::partitions(rows, self.recipe.execution.dedup_partition_rows);
-            (0..parts)
-                .map(|part| {
-                    let work = Work::DedupScan {
-                        views: inputs.clone(),
-                        part,
-                        parts,
-                    };
-                    let slot = format!("scan {part} of {parts}");
-                    UnitSpec::new(&node.name, &node.fingerprint, slot, work)
-                })
-                .collect()
-        };
+        let near = matches!(node.kind, NodeKind::Stage(StageConfig::NearDup(_)));
+        let per_part = self.recipe.execution.dedup_partition_rows;
+        let scans = dedup_exact::scan_units(&node.name, &node.fingerprint, &inputs, near, per_part);
         let scanned = self.run_units(i, scans, "scan")?;
         let Some(scan_files) = scanned.complete().map(|d| {
             d.iter()

@@ -349,7 +349,7 @@ mod tests {
             out[0].content.text(),
             "mail |||EMAIL_ADDRESS||| or |||EMAIL_ADDRESS||| from 8.8.8.8"
         );
-        assert_eq!(out[0].lineage.parents, [dirty.id.clone()]);
+        assert_eq!(out[0].lineage.parents, [dirty.id.as_str()]);
         assert_ne!(out[0].id, dirty.id);
         let changes = p.changes(&dirty, &out[0]);
         assert!(changes.contains(&("pii_email", 2)), "{changes:?}");

@@ -13,7 +13,7 @@
 //! The `.dups` format: `PFDUPS1\0`, the view count `V` (u64), `V + 1` offsets (u64, counted in
 //! rows), then the rows (u32, ascending per view), all little-endian.
 
-use crate::unit::{create_shard, finish_shard, Produced, UnitSpec};
+use crate::unit::{create_shard, finish_shard, Produced, UnitSpec, Work};
 use crate::view::View;
 use crate::{Error, Result};
 use corpus::shard::{FileInfo, Projection};
@@ -35,6 +35,35 @@ fn id_hash(id: &str) -> u128 {
 pub fn partitions(rows: u64, per_partition: u64) -> u32 {
     rows.div_ceil(per_partition.max(1))
         .clamp(1, u32::MAX as u64) as u32
+}
+
+/// The scan units of a whole-set stage over `views`: exact dedup's one per partition of
+/// `per_partition` ids; near-duplicate removal's one, since clusters span every input (its memory
+/// is bounded by its disk passes).
+pub fn scan_units(
+    stage: &str,
+    fp: &str,
+    views: &[View],
+    near_dup: bool,
+    per_partition: u64,
+) -> Vec<UnitSpec> {
+    if near_dup {
+        let work = Work::NearDupScan {
+            views: views.to_vec(),
+        };
+        return vec![UnitSpec::new(stage, fp, "scan".into(), work)];
+    }
+    let parts = partitions(views.iter().map(|v| v.rows).sum(), per_partition);
+    (0..parts)
+        .map(|part| {
+            let work = Work::DedupScan {
+                views: views.to_vec(),
+                part,
+                parts,
+            };
+            UnitSpec::new(stage, fp, format!("scan {part} of {parts}"), work)
+        })
+        .collect()
 }
 
 /// Scan unit: which rows of `views` repeat an id of partition `part` of `parts` seen earlier.

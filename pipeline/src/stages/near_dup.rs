@@ -67,7 +67,7 @@ fn cluster(
                 .collect::<Result<_>>()?;
             clusterer
                 .add(&samples, |s: &&Sample| {
-                    let s: &Sample = *s;
+                    let s: &Sample = s;
                     (s.id.as_str(), s.content.text())
                 })
                 .map_err(stage)?;
