@@ -5,6 +5,11 @@
 //!   with `stream: true` as server-sent events (`data: {chunk}` ... `data: [DONE]`);
 //! - `GET /v1/models`.
 //!
+//! A parameter the server cannot honour is refused with a 400 naming it, never accepted and
+//! ignored: `n` above 1, `best_of` above 1, non-zero `presence_penalty` or `frequency_penalty`,
+//! a `logit_bias`, `tools`, a `response_format` other than text. `stream_options.include_usage`
+//! is honoured: a last chunk with no choices and the usage, before `[DONE]`.
+//!
 //! Requests from all clients share the engine's continuous batching. At most `max_pending` are
 //! taken at once (being generated or waiting for a slot); past that the server answers 429 with
 //! `Retry-After: 1` at once, so a flood of clients queues on their side, with back-off, instead of
@@ -32,9 +37,26 @@ struct App {
     max_pending: usize,
 }
 
-/// An OpenAI request body (the fields this server reads; others are ignored).
+/// An OpenAI request body: the fields this server reads or refuses (see the module docs); others
+/// (`user`, `model`, ...) change nothing and are ignored.
 #[derive(Deserialize)]
 struct Body {
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    best_of: Option<u32>,
+    #[serde(default)]
+    presence_penalty: Option<f32>,
+    #[serde(default)]
+    frequency_penalty: Option<f32>,
+    #[serde(default)]
+    logit_bias: Option<Value>,
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
     #[serde(default)]
     messages: Option<Vec<Message>>,
     #[serde(default)]
@@ -59,7 +81,49 @@ struct Body {
     stream: bool,
 }
 
+#[derive(Deserialize, Default)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
 impl Body {
+    /// The first parameter set to something this server does not do, with why.
+    fn unsupported(&self) -> Option<String> {
+        let empty = |v: &Option<Value>| match v {
+            None | Some(Value::Null) => true,
+            Some(Value::Object(o)) => o.is_empty(),
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(_) => false,
+        };
+        if self.n.is_some_and(|n| n != 1) {
+            return Some("`n`: one completion per request is supported (n = 1)".into());
+        }
+        if self.best_of.is_some_and(|n| n != 1) {
+            return Some("`best_of`: only 1 is supported".into());
+        }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if v.is_some_and(|v| v != 0.0) {
+                return Some(format!("`{name}`: penalties are not supported (only 0)"));
+            }
+        }
+        if !empty(&self.logit_bias) {
+            return Some("`logit_bias` is not supported".into());
+        }
+        if !empty(&self.tools) {
+            return Some("`tools`: tool calls are not supported".into());
+        }
+        match &self.response_format {
+            None | Some(Value::Null) => {}
+            Some(f) if f.get("type").and_then(Value::as_str) == Some("text") => {}
+            Some(_) => return Some("`response_format`: only {\"type\": \"text\"}".into()),
+        }
+        None
+    }
+
     fn sampling(&self) -> Sampling {
         let d = Sampling::default();
         let stop = match &self.stop {
@@ -146,19 +210,38 @@ async fn answer(app: Arc<App>, body: BodyResult, chat: bool) -> Response {
             format!("the body is not a valid {kind} request"),
         );
     };
+    if let Some(why) = body.unsupported() {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    let usage = body
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
     let prompt = match (chat, &body.messages, &body.prompt) {
         (true, Some(messages), _) => phi4_prompt(messages),
         (false, _, Some(prompt)) => prompt.clone(),
         (true, None, _) => return error(StatusCode::BAD_REQUEST, "`messages` is required".into()),
         (false, _, None) => return error(StatusCode::BAD_REQUEST, "`prompt` is required".into()),
     };
-    respond(app, body.stream, chat, prompt, body.sampling()).await
+    let stream = body.stream.then_some(Streaming { usage });
+    respond(app, stream, chat, prompt, body.sampling()).await
+}
+
+/// How to stream a reply.
+struct Streaming {
+    /// A last chunk with the usage (`stream_options.include_usage`).
+    usage: bool,
+}
+
+fn usage(c: &Completion) -> Value {
+    json!({"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+           "total_tokens": c.prompt_tokens + c.completion_tokens})
 }
 
 /// Completes `prompt` and answers with one JSON reply, or with a stream of chunks.
 async fn respond(
     app: Arc<App>,
-    stream: bool,
+    stream: Option<Streaming>,
     chat: bool,
     prompt: String,
     sampling: Sampling,
@@ -185,7 +268,7 @@ async fn respond(
     } else {
         "text_completion"
     };
-    if !stream {
+    let Some(streaming) = stream else {
         let completed = app.engine.complete_text(&prompt, &sampling, None).await;
         drop(permit);
         return match completed {
@@ -201,14 +284,13 @@ async fn respond(
                 };
                 Json(json!({
                     "id": id, "object": object, "model": model, "choices": [choice],
-                    "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                              "total_tokens": c.prompt_tokens + c.completion_tokens},
+                    "usage": usage(&c),
                 }))
                 .into_response()
             }
             Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
         };
-    }
+    };
     // Streaming: deltas as they come, then the finish reason, then [DONE].
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let done = tokio::spawn(async move {
@@ -220,6 +302,15 @@ async fn respond(
         "chat.completion.chunk"
     } else {
         "text_completion"
+    };
+    let usage_chunk = {
+        let (id, model) = (id.clone(), model.clone());
+        move |c: &Completion| -> Event {
+            Event::default().data(
+                json!({"id": id, "object": chunk_object, "model": model, "choices": [], "usage": usage(c)})
+                    .to_string(),
+            )
+        }
     };
     let chunk = move |delta: Option<&str>, reason: Option<&str>| -> Event {
         let choice = if chat {
@@ -237,11 +328,15 @@ async fn respond(
             tokio::sync::mpsc::UnboundedReceiver<String>,
             tokio::task::JoinHandle<Result<Completion, EngineError>>,
         ),
+        /// The usage chunk still to send.
+        Usage(Event),
         Done,
         Over,
     }
+    let include_usage = streaming.usage;
     let events = futures::stream::unfold(Phase::Deltas(rx, done), move |phase| {
         let chunk = chunk.clone();
+        let usage_chunk = usage_chunk.clone();
         async move {
             match phase {
                 Phase::Deltas(mut rx, done) => match rx.recv().await {
@@ -250,16 +345,29 @@ async fn respond(
                         Phase::Deltas(rx, done),
                     )),
                     None => {
-                        let event = match done.await {
-                            Ok(Ok(c)) => chunk(None, Some(finish(&c.finish_reason))),
-                            Ok(Err(e)) => Event::default()
-                                .data(json!({"error": {"message": e.to_string()}}).to_string()),
-                            Err(e) => Event::default()
-                                .data(json!({"error": {"message": e.to_string()}}).to_string()),
+                        let (event, next) = match done.await {
+                            Ok(Ok(c)) => (
+                                chunk(None, Some(finish(&c.finish_reason))),
+                                match include_usage {
+                                    true => Phase::Usage(usage_chunk(&c)),
+                                    false => Phase::Done,
+                                },
+                            ),
+                            Ok(Err(e)) => (
+                                Event::default()
+                                    .data(json!({"error": {"message": e.to_string()}}).to_string()),
+                                Phase::Done,
+                            ),
+                            Err(e) => (
+                                Event::default()
+                                    .data(json!({"error": {"message": e.to_string()}}).to_string()),
+                                Phase::Done,
+                            ),
                         };
-                        Some((Ok(event), Phase::Done))
+                        Some((Ok(event), next))
                     }
                 },
+                Phase::Usage(event) => Some((Ok(event), Phase::Done)),
                 Phase::Done => Some((Ok(Event::default().data("[DONE]")), Phase::Over)),
                 Phase::Over => None,
             }

@@ -107,3 +107,57 @@ fn past_its_bound_the_server_answers_429_at_once_and_clients_retry() {
         }
     });
 }
+
+/// What the server cannot honour it refuses with a 400 naming the parameter, instead of
+/// answering as if it had; `stream_options.include_usage` gets a usage chunk before `[DONE]`.
+#[test]
+fn unsupported_parameters_are_refused_by_name_and_usage_is_streamed_on_request() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, engines::serve::router(local(2), "phi3-tiny", 8)).await });
+        let client = reqwest::Client::new();
+        let base = serde_json::json!({"model": "phi3-tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0.0});
+        let with = |k: &str, v: serde_json::Value| {
+            let mut b = base.clone();
+            b[k] = v;
+            b
+        };
+        for (name, value) in [
+            ("n", serde_json::json!(2)),
+            ("presence_penalty", serde_json::json!(0.5)),
+            ("frequency_penalty", serde_json::json!(-1.0)),
+            ("logit_bias", serde_json::json!({"50256": -100})),
+            ("tools", serde_json::json!([{"type": "function", "function": {"name": "f"}}])),
+            ("response_format", serde_json::json!({"type": "json_object"})),
+        ] {
+            let r = client.post(format!("{url}/chat/completions")).json(&with(name, value)).send().await.unwrap();
+            assert_eq!(r.status(), 400, "{name}");
+            let e: serde_json::Value = r.json().await.unwrap();
+            assert!(e["error"]["message"].as_str().unwrap().contains(&format!("`{name}`")), "{name}: {e}");
+        }
+        // The values that change nothing are accepted.
+        for (name, value) in [("n", serde_json::json!(1)), ("presence_penalty", serde_json::json!(0.0)), ("response_format", serde_json::json!({"type": "text"}))] {
+            let r = client.post(format!("{url}/chat/completions")).json(&with(name, value)).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{name}");
+        }
+        // Streaming with the usage: a last chunk without choices, with the usage, before [DONE].
+        let mut body = with("stream", serde_json::json!(true));
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+        let text = client.post(format!("{url}/chat/completions")).json(&body).send().await.unwrap().text().await.unwrap();
+        let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+        let last: serde_json::Value = serde_json::from_str(data[data.len() - 2]).unwrap();
+        assert_eq!(last["choices"], serde_json::json!([]), "{text}");
+        let u = &last["usage"];
+        assert!(u["prompt_tokens"].as_u64().unwrap() > 0, "{text}");
+        assert_eq!(u["total_tokens"].as_u64().unwrap(), u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap());
+        // Without it, no usage chunk.
+        let text = client.post(format!("{url}/chat/completions")).json(&with("stream", serde_json::json!(true))).send().await.unwrap().text().await.unwrap();
+        assert!(!text.contains("\"usage\""), "{text}");
+    });
+}
