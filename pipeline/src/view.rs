@@ -64,6 +64,23 @@ impl View {
         v
     }
 
+    /// The samples of `entries` read from this view; a row that is not a sample is corrupt.
+    pub fn samples<'a>(
+        &self,
+        root: &Path,
+        entries: &'a [corpus::shard::Entry],
+    ) -> Result<Vec<&'a crate::sample::Sample>> {
+        entries
+            .iter()
+            .map(|e| {
+                e.sample.as_ref().ok_or_else(|| Error::Corrupt {
+                    path: root.join(&self.base.path),
+                    message: format!("row {} of the view is not a sample", e.row + 1),
+                })
+            })
+            .collect()
+    }
+
     /// A reader of the view's samples (`root`: the output folder the files' paths start from).
     pub fn open(&self, root: &Path, projection: Projection) -> Result<ShardReader> {
         let base = root.join(&self.base.path);

@@ -56,15 +56,7 @@ fn cluster(
         starts.push(rows);
         let mut reader = view.open(root, Projection::Content)?;
         while let Some(entries) = reader.next_entries()? {
-            let samples: Vec<&Sample> = entries
-                .iter()
-                .map(|e| {
-                    e.sample.as_ref().ok_or_else(|| Error::Corrupt {
-                        path: root.join(&view.base.path),
-                        message: format!("row {} of the view is not a sample", e.row + 1),
-                    })
-                })
-                .collect::<Result<_>>()?;
+            let samples = view.samples(root, &entries)?;
             clusterer
                 .add(&samples, |s: &&Sample| {
                     let s: &Sample = s;

@@ -130,15 +130,7 @@ pub fn run(
         if entries.is_empty() {
             break;
         }
-        let inputs: Vec<&Sample> = entries
-            .iter()
-            .map(|e| {
-                e.sample.as_ref().ok_or_else(|| Error::Corrupt {
-                    path: root.join(&view.base.path),
-                    message: format!("row {} of the view is not a sample", e.row + 1),
-                })
-            })
-            .collect::<Result<_>>()?;
+        let inputs = view.samples(root, &entries)?;
         let todo: Vec<&Sample> = inputs
             .iter()
             .copied()
