@@ -45,6 +45,9 @@ pub mod kernels;
 pub mod local;
 pub mod openai;
 pub mod phi3;
+pub mod prefix;
+pub mod sample;
+pub mod scheduler;
 pub mod serve;
 #[cfg(feature = "test-server")]
 pub mod testing;

@@ -313,34 +313,37 @@ impl Attention {
         })
     }
 
-    /// `x` (b, l, hidden) for cache slots `batch.first..batch.first + b`.
+    /// `x` (1, T, hidden): the new tokens of every group of the pass, packed (each group's rows
+    /// padded to its longest); RoPE's `cos` and `sin` (1, T, head size / 2) at their positions.
+    /// The projections run on all T rows at once, attention group by group.
     fn forward(
         &self,
         x: &Tensor,
-        batch: &Batch,
+        rope: (&Tensor, &Tensor),
+        groups: &[Batch],
         cache: &KvCache,
         clock: &mut Clock,
     ) -> Result<Tensor> {
-        let (b, l, _) = x.dims3()?;
+        let (_, t, _) = x.dims3()?;
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let rep = h / kvh;
-        let (q, k, v) = match (&self.split, b * l > 1) {
+        let (cos, sin) = rope;
+        let (q, k, v) = match (&self.split, t > 1) {
             (Some(split), true) => {
-                let q = split[0].forward(x)?.reshape((b, l, h, hd))?;
-                let k = split[1].forward(x)?.reshape((b, l, kvh, hd))?;
-                let v = split[2].forward(x)?.reshape((b, l, kvh, hd))?;
+                let q = split[0].forward(x)?.reshape((1, t, h, hd))?;
+                let k = split[1].forward(x)?.reshape((1, t, kvh, hd))?;
+                let v = split[2].forward(x)?.reshape((1, t, kvh, hd))?;
                 clock.mark("qkv_proj")?;
-                let q = candle_nn::rotary_emb::rope_thd(&q, &batch.cos, &batch.sin)?;
-                let k = candle_nn::rotary_emb::rope_thd(&k, &batch.cos, &batch.sin)?;
+                let q = candle_nn::rotary_emb::rope_thd(&q, cos, sin)?;
+                let k = candle_nn::rotary_emb::rope_thd(&k, cos, sin)?;
                 (q, k, v)
             }
             _ => {
                 // One row (its slices are contiguous), or quantized weights.
-                let qkv = self.qkv_proj.forward(x)?.reshape((b, l, h + 2 * kvh, hd))?;
+                let qkv = self.qkv_proj.forward(x)?.reshape((1, t, h + 2 * kvh, hd))?;
                 clock.mark("qkv_proj")?;
                 // Queries and keys are rotated together, in one kernel.
                 let qk = qkv.narrow(2, 0, h + kvh)?.contiguous()?;
-                let qk = candle_nn::rotary_emb::rope_thd(&qk, &batch.cos, &batch.sin)?;
+                let qk = candle_nn::rotary_emb::rope_thd(&qk, cos, sin)?;
                 (
                     qk.narrow(2, 0, h)?,
                     qk.narrow(2, h, kvh)?,
@@ -349,16 +352,59 @@ impl Attention {
             }
         };
         clock.mark("rope")?;
+        let mut outs = Vec::with_capacity(groups.len());
+        for g in groups {
+            let rows = |x: &Tensor, heads: usize| -> Result<Tensor> {
+                if groups.len() == 1 {
+                    x.reshape((g.b, g.l, heads, hd))
+                } else {
+                    x.narrow(1, g.row, g.b * g.l)?
+                        .reshape((g.b, g.l, heads, hd))
+                }
+            };
+            let out = self.attend(
+                &rows(&q, h)?,
+                &rows(&k, kvh)?,
+                &rows(&v, kvh)?,
+                g,
+                cache,
+                clock,
+            )?;
+            outs.push(out.reshape((1, g.b * g.l, h * hd))?);
+        }
+        let out = match outs.len() {
+            1 => outs.remove(0),
+            _ => Tensor::cat(&outs, 1)?,
+        };
+        let out = self.o_proj.forward(&out)?;
+        clock.mark("o_proj")?;
+        Ok(out)
+    }
+
+    /// Attention of one group: queries, keys and values (b, l, heads, head size) of the sequences
+    /// in cache slots `g.first..g.first + b`; returns (b, l, heads × head size).
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        g: &Batch,
+        cache: &KvCache,
+        clock: &mut Clock,
+    ) -> Result<Tensor> {
+        let (b, l) = (g.b, g.l);
+        let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let rep = h / kvh;
         // (b, kvh, l, hd): no copy when l is 1 and the slices are contiguous.
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
         // Every slot's new keys and values go to its own positions in one scatter each, in place.
-        let keys = cache.k.narrow(0, batch.first, b)?;
-        let values = cache.v.narrow(0, batch.first, b)?;
-        keys.scatter_set(&batch.write_at, &k, 2)?;
-        values.scatter_set(&batch.write_at, &v, 2)?;
+        let keys = cache.k.narrow(0, g.first, b)?;
+        let values = cache.v.narrow(0, g.first, b)?;
+        keys.scatter_set(&g.write_at, &k, 2)?;
+        values.scatter_set(&g.write_at, &v, 2)?;
         clock.mark("kv_write")?;
-        let t = batch.span;
+        let t = g.span;
         // Views of the cache, not copies: the products read it with its strides.
         let keys = keys.narrow(2, 0, t)?;
         let values = values.narrow(2, 0, t)?;
@@ -376,7 +422,7 @@ impl Attention {
         };
         let scores = q.matmul(&keys.transpose(2, 3)?)?;
         clock.mark("attn_qk")?;
-        let scores = match &batch.mask {
+        let scores = match &g.mask {
             Some(mask) => scores.reshape((b, kvh, rep, l, t))?.broadcast_add(mask)?,
             None => scores,
         };
@@ -385,13 +431,9 @@ impl Attention {
         clock.mark("attn_softmax")?;
         let out = probs.matmul(&values)?; // (b, kvh, rep*l, hd)
         clock.mark("attn_pv")?;
-        let out = out
-            .reshape((b, h, l, hd))?
+        out.reshape((b, h, l, hd))?
             .transpose(1, 2)?
-            .reshape((b, l, h * hd))?;
-        let out = self.o_proj.forward(&out)?;
-        clock.mark("o_proj")?;
-        Ok(out)
+            .reshape((b, l, h * hd))
     }
 }
 
@@ -525,12 +567,14 @@ impl Clock<'_> {
     }
 }
 
-/// One forward step's bookkeeping, shared by every layer.
-pub struct Batch {
-    /// RoPE at each new token's position: (b, l, head size / 2), in the model's dtype.
-    cos: Tensor,
-    sin: Tensor,
-    /// The first cache slot of the batch (its sequences are in slots `first..first + b`).
+/// One group of a forward pass: `b` sequences in consecutive cache slots, `l` new tokens each
+/// (shorter ones padded), shared by every layer.
+pub(crate) struct Batch {
+    /// The group's first row in the pass's packed tokens.
+    row: usize,
+    b: usize,
+    l: usize,
+    /// The first cache slot of the group (its sequences are in slots `first..first + b`).
     first: usize,
     /// Cache position of every new key and value: (b, KV heads, l, head size) u32, for a scatter.
     write_at: Tensor,
@@ -539,6 +583,15 @@ pub struct Batch {
     /// (b, 1, 1, l, span) in the model's dtype: 0 where attended, -inf elsewhere; none when every
     /// query attends to every position (one new token each, all sequences equally long).
     mask: Option<Tensor>,
+}
+
+/// Sequences fed together in one forward pass: slots `first..first + tokens.len()`, where
+/// `tokens[s]` (at least one) continue a sequence that already holds `starts[s]` positions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub first: usize,
+    pub tokens: Vec<Vec<u32>>,
+    pub starts: Vec<usize>,
 }
 
 /// A Phi-3-architecture model with a KV cache of `slots` sequences.
@@ -905,15 +958,38 @@ impl Model {
         if len == 0 || from == to {
             return Ok(());
         }
+        let kv = self.read_kv(from, 0, len)?;
+        self.write_kv(to, 0, &kv)
+    }
+
+    /// A copy of the keys and values of slot `slot`'s positions `start..start + len`: two
+    /// tensors (1, KV heads, len, head size) per layer, keys first.
+    pub fn read_kv(&self, slot: usize, start: usize, len: usize) -> Result<Vec<Tensor>> {
+        let mut out = Vec::with_capacity(2 * self.caches.len());
         for c in &self.caches {
             for t in [&c.k, &c.v] {
-                let src = t
-                    .narrow(0, from, 1)?
-                    .narrow(2, 0, len)?
-                    .contiguous()?
-                    .copy()?;
-                write_at(t, &src, to, 0)?;
+                out.push(
+                    t.narrow(0, slot, 1)?
+                        .narrow(2, start, len)?
+                        .force_contiguous()?,
+                );
             }
+        }
+        Ok(out)
+    }
+
+    /// Writes what [`Model::read_kv`] read into slot `slot` from position `start` on.
+    pub fn write_kv(&self, slot: usize, start: usize, kv: &[Tensor]) -> Result<()> {
+        if kv.len() != 2 * self.caches.len() {
+            candle_core::bail!(
+                "keys and values of {} layers for {}",
+                kv.len() / 2,
+                self.caches.len()
+            )
+        }
+        for (c, kv) in self.caches.iter().zip(kv.chunks(2)) {
+            write_at(&c.k, &kv[0], slot, start)?;
+            write_at(&c.v, &kv[1], slot, start)?;
         }
         Ok(())
     }
@@ -953,23 +1029,50 @@ impl Model {
         tokens: &[Vec<u32>],
         starts: &[usize],
     ) -> Result<Tensor> {
-        let b = tokens.len();
-        if b == 0 || b != starts.len() || first + b > self.slots() {
-            candle_core::bail!("forward needs 1..=slots sequences, each with a start")
+        self.forward_groups(&[Group {
+            first,
+            tokens: tokens.to_vec(),
+            starts: starts.to_vec(),
+        }])
+    }
+
+    /// Feeds several groups of sequences in one pass (say the sequences decoding, one token
+    /// each, and a chunk of a new prompt): their tokens share the projections, each group is
+    /// padded only to its own longest. Returns the logits (sequences, vocab) after each
+    /// sequence's last new token, group after group. Groups must not share slots.
+    pub fn forward_groups(&self, groups: &[Group]) -> Result<Tensor> {
+        let mut used = vec![false; self.slots()];
+        for g in groups {
+            let b = g.tokens.len();
+            if b == 0 || b != g.starts.len() || g.first + b > self.slots() {
+                candle_core::bail!("forward needs 1..=slots sequences, each with a start")
+            }
+            if g.tokens.iter().any(Vec::is_empty) {
+                candle_core::bail!("every sequence needs at least one new token")
+            }
+            let l = g.tokens.iter().map(Vec::len).max().unwrap_or(0);
+            let span = g.starts.iter().max().copied().unwrap_or(0) + l;
+            if span > self.context() {
+                candle_core::bail!(
+                    "sequence longer than the cache ({span} > {})",
+                    self.context()
+                )
+            }
+            for u in &mut used[g.first..g.first + b] {
+                if std::mem::replace(u, true) {
+                    candle_core::bail!("two groups of one pass share a cache slot")
+                }
+            }
         }
-        let l = tokens.iter().map(Vec::len).max().unwrap_or(0);
-        if l == 0 || tokens.iter().any(Vec::is_empty) {
-            candle_core::bail!("every sequence needs at least one new token")
-        }
-        let span = starts.iter().max().copied().unwrap_or(0) + l;
-        if span > self.context() {
-            candle_core::bail!(
-                "sequence longer than the cache ({span} > {})",
-                self.context()
-            )
+        let decode = match groups {
+            [g] if g.tokens.iter().all(|t| t.len() == 1) => Some(g),
+            _ => None,
+        };
+        if groups.is_empty() {
+            candle_core::bail!("forward needs at least one group")
         }
         // Decode passes only (one new token each): a prefill pass would swamp the averages.
-        let profile = self.profile.as_deref().filter(|_| l == 1);
+        let profile = self.profile.as_deref().filter(|_| decode.is_some());
         let mut clock = Clock {
             profile: profile.map(|p| (p, &self.device)),
             last: std::time::Instant::now(),
@@ -979,9 +1082,11 @@ impl Model {
             clock.last = std::time::Instant::now();
             p.pass_starts(clock.last);
         }
-        let logits = match self.fused {
-            Some(k) if l == 1 => self.decode_fused(k, first, tokens, starts, &mut clock)?,
-            _ => self.forward_general(first, tokens, starts, l, span, &mut clock)?,
+        let logits = match (self.fused, decode) {
+            (Some(k), Some(g)) => {
+                self.decode_fused(k, g.first, &g.tokens, &g.starts, &mut clock)?
+            }
+            _ => self.forward_general(groups, &mut clock)?,
         };
         if let Some(p) = &self.profile {
             p.pass_ends(profile.is_some().then_some(clock.last));
@@ -1087,65 +1192,72 @@ impl Model {
     }
 
     /// The forward pass for any number of new tokens per sequence (prompts, and decode steps
-    /// off the fused path), with candle's operations.
-    fn forward_general(
-        &self,
-        first: usize,
-        tokens: &[Vec<u32>],
-        starts: &[usize],
-        l: usize,
-        span: usize,
-        clock: &mut Clock,
-    ) -> Result<Tensor> {
-        let b = tokens.len();
-        // No mask when every query attends to every position (one new token each, all
-        // sequences equally long): the usual decode step.
-        let masked = !(l == 1 && starts.iter().all(|&s| s + 1 == span));
-        let mut ids = Vec::with_capacity(b * l);
-        let mut pos = Vec::with_capacity(b * l);
-        let mut mask = vec![f32::NEG_INFINITY; if masked { b * l * span } else { 0 }];
-        for (s, seq) in tokens.iter().enumerate() {
-            for j in 0..l {
-                // Padding repeats the last token at the next positions: its keys land in cache
-                // positions no query attends to before the sequence's own tokens overwrite them.
-                ids.push(seq[j.min(seq.len() - 1)]);
-                pos.push((starts[s] + j) as u32);
-                if masked {
-                    let row = &mut mask[(s * l + j) * span..(s * l + j + 1) * span];
-                    for m in row.iter_mut().take(starts[s] + j + 1) {
-                        *m = 0.0;
-                    }
-                }
-            }
-        }
+    /// off the fused path), with candle's operations: every group's tokens go through the
+    /// projections together, attention runs group by group. Returns the logits after each
+    /// sequence's last new token, group after group.
+    fn forward_general(&self, groups: &[Group], clock: &mut Clock) -> Result<Tensor> {
         let dtype = self.embed_tokens.embeddings().dtype();
         let dev = &self.device;
-        let positions = Tensor::from_vec(pos, b * l, dev)?;
-        let (cos, sin) = self.rope.at(&positions, b, l, dtype)?;
         let (kvh, hd) = (self.cfg.num_key_value_heads, self.cfg.head_dim());
-        let batch = Batch {
-            cos,
-            sin,
-            first,
-            write_at: positions
-                .reshape((b, 1, l, 1))?
-                .broadcast_as((b, kvh, l, hd))?
-                .contiguous()?,
-            span,
-            mask: if masked {
-                Some(Tensor::from_vec(mask, (b, 1, 1, l, span), dev)?.to_dtype(dtype)?)
-            } else {
-                None
-            },
-        };
-        let input = Tensor::from_vec(ids, (b, l), dev)?;
+        let mut ids = Vec::new();
+        let mut pos = Vec::new();
+        let mut last = Vec::new();
+        let mut batches = Vec::with_capacity(groups.len());
+        for g in groups {
+            let (b, row) = (g.tokens.len(), ids.len());
+            let l = g.tokens.iter().map(Vec::len).max().unwrap_or(1);
+            let span = g.starts.iter().max().copied().unwrap_or(0) + l;
+            // No mask when every query attends to every position (one new token each, all
+            // sequences equally long): the usual decode step.
+            let masked = !(l == 1 && g.starts.iter().all(|&s| s + 1 == span));
+            let mut mask = vec![f32::NEG_INFINITY; if masked { b * l * span } else { 0 }];
+            let mut at = Vec::with_capacity(b * l);
+            for (s, seq) in g.tokens.iter().enumerate() {
+                for j in 0..l {
+                    // Padding repeats the last token at the next positions: its keys land in
+                    // cache positions no query attends to before the sequence's own tokens
+                    // overwrite them.
+                    ids.push(seq[j.min(seq.len() - 1)]);
+                    pos.push((g.starts[s] + j) as u32);
+                    at.push((g.starts[s] + j) as u32);
+                    if masked {
+                        let r = &mut mask[(s * l + j) * span..(s * l + j + 1) * span];
+                        for m in r.iter_mut().take(g.starts[s] + j + 1) {
+                            *m = 0.0;
+                        }
+                    }
+                }
+                last.push((row + s * l + seq.len() - 1) as u32);
+            }
+            batches.push(Batch {
+                row,
+                b,
+                l,
+                first: g.first,
+                write_at: Tensor::from_vec(at, (b, 1, l, 1), dev)?
+                    .broadcast_as((b, kvh, l, hd))?
+                    .contiguous()?,
+                span,
+                mask: if masked {
+                    Some(Tensor::from_vec(mask, (b, 1, 1, l, span), dev)?.to_dtype(dtype)?)
+                } else {
+                    None
+                },
+            });
+        }
+        let t = ids.len();
+        let positions = Tensor::from_vec(pos, t, dev)?;
+        let (cos, sin) = self.rope.at(&positions, 1, t, dtype)?;
+        let input = Tensor::from_vec(ids, (1, t), dev)?;
         let mut x = self.embed_tokens.forward(&input)?;
         clock.mark("inputs_embed")?;
         for (layer, cache) in self.layers.iter().zip(&self.caches) {
             let r = x.clone();
             let h = layer.input_layernorm.forward(&x)?;
             clock.mark("norms_residuals")?;
-            let h = layer.attn.forward(&h, &batch, cache, clock)?;
+            let h = layer
+                .attn
+                .forward(&h, (&cos, &sin), &batches, cache, clock)?;
             let x1 = (h + r)?;
             let h = layer.post_attention_layernorm.forward(&x1)?;
             clock.mark("norms_residuals")?;
@@ -1154,16 +1266,12 @@ impl Model {
             clock.mark("norms_residuals")?;
         }
         // The last real token of each sequence.
-        let h = if l == 1 {
-            x.reshape((b, ()))?
+        let h = if last.len() == t {
+            x.reshape((t, ()))?
         } else {
-            let last: Vec<u32> = tokens
-                .iter()
-                .enumerate()
-                .map(|(s, t)| (s * l + t.len() - 1) as u32)
-                .collect();
-            let last = Tensor::from_vec(last, b, dev)?;
-            x.reshape((b * l, ()))?.index_select(&last, 0)?
+            let n = last.len();
+            x.reshape((t, ()))?
+                .index_select(&Tensor::from_vec(last, n, dev)?, 0)?
         };
         let logits = self
             .norm

@@ -156,7 +156,7 @@ fn seeded_sampling_is_reproducible_and_limits_hold() {
 
 #[test]
 fn prompts_fed_in_chunks_and_small_prefill_passes_change_nothing() {
-    // Prompts of 20-60 tokens fed 7 at a time, at most 16 padded tokens per prefill pass, with
+    // Prompts of 20-60 tokens fed 7 at a time, at most 16 tokens per pass, with
     // greedy and seeded sampling: the same completions as one pass per batch.
     let requests: Vec<ChatRequest> = (0..6)
         .map(|k| request(k * 3, if k % 2 == 0 { 0.0 } else { 0.8 }, 12, k as u64))
@@ -164,8 +164,9 @@ fn prompts_fed_in_chunks_and_small_prefill_passes_change_nothing() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/phi3-tiny");
     let model = Model::load(&dir, DType::F32, &Device::Cpu, 4, 512).unwrap();
     let limits = engines::local::Limits {
-        prefill_tokens: 16,
+        step_tokens: 16,
         prefill_chunk: 7,
+        ..Default::default()
     };
     let chunked = LocalEngine::with_limits(model, Arc::new(Bytes), "phi3-tiny", limits);
     let runtime = rt();
@@ -252,5 +253,130 @@ fn min_tokens_hold_off_stops_and_token_prompts_batch() {
                 c.text
             );
         }
+    }
+}
+
+fn tiny(slots: usize, limits: engines::local::Limits) -> LocalEngine {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/phi3-tiny");
+    let model = Model::load(&dir, DType::F32, &Device::Cpu, slots, 512).unwrap();
+    LocalEngine::with_limits(model, Arc::new(Bytes), "phi3-tiny", limits)
+}
+
+#[test]
+fn the_prefix_cache_reuses_shared_prompts_and_changes_no_greedy_output() {
+    // One document under several questions, asked twice; and three samples of one prompt sent
+    // together (as `n: 3` does).
+    let doc = "The shared document, long enough to fill several blocks of the cache. ".repeat(4);
+    let ask = |q: &str, temperature: f32, seed: u64| ChatRequest {
+        messages: vec![
+            Message::new("system", doc.clone()),
+            Message::new("user", q.to_string()),
+        ],
+        sampling: Sampling {
+            temperature,
+            max_tokens: 16,
+            seed: Some(seed),
+            ..Default::default()
+        },
+    };
+    let mut requests: Vec<ChatRequest> = ["why?", "how so?", "what then?", "who?"]
+        .iter()
+        .map(|q| ask(q, 0.0, 1))
+        .collect();
+    requests.extend((0..3).map(|seed| ask("three samples", 0.9, seed)));
+    let cached = tiny(
+        4,
+        engines::local::Limits {
+            prefix_block: 16,
+            ..Default::default()
+        },
+    );
+    let plain = tiny(
+        4,
+        engines::local::Limits {
+            prefix_cache_tokens: 0,
+            ..Default::default()
+        },
+    );
+    let runtime = rt();
+    let want = runtime.block_on(plain.complete_batch(&requests));
+    for round in 0..2 {
+        let got = runtime.block_on(cached.complete_batch(&requests));
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g.as_ref().unwrap(),
+                w.as_ref().unwrap(),
+                "round {round}, request {k}"
+            );
+        }
+    }
+    let m = cached.metrics();
+    let prompt = m.prompt_tokens.get();
+    let hit = m.prefix_cache_hit_tokens.get();
+    // The document is computed once: in the first round every request but the first finds it
+    // (the others wait for its prefill), in the second all of them find all of their prompts'
+    // whole blocks but the last token's.
+    let doc_tokens = Bytes
+        .encode(&engines::engine::phi4_prompt(&requests[0].messages))
+        .unwrap()
+        .len() as u64;
+    assert!(
+        hit >= 6 * (doc_tokens - 40),
+        "{hit} of {prompt} prompt tokens from the cache"
+    );
+    assert!(hit > prompt / 2, "{hit} of {prompt}");
+    assert!(m.prefix_cache_blocks.get() > 0);
+    assert_eq!(plain.metrics().prefix_cache_hit_tokens.get(), 0);
+    // Three samples of one prompt at temperature 0.9 with different seeds: not all the same.
+    let got = runtime.block_on(cached.complete_batch(&requests[4..]));
+    let texts: Vec<&str> = got
+        .iter()
+        .map(|c| c.as_ref().unwrap().text.as_str())
+        .collect();
+    assert!(texts.iter().any(|t| *t != texts[0]), "{texts:?}");
+}
+
+#[test]
+fn a_long_prompt_is_prefilled_beside_sequences_already_decoding() {
+    // A short request and a long one arrive together; at most 16 tokens go through per pass.
+    // The short one decodes one token per pass while the long one's prompt goes in chunks, so it
+    // is done before the long one has its first token (prefilling both first would stall it).
+    let e = tiny(
+        2,
+        engines::local::Limits {
+            step_tokens: 16,
+            prefill_chunk: 16,
+            prefix_cache_tokens: 0,
+            ..Default::default()
+        },
+    );
+    let short: Vec<u32> = vec![93, 10, 11, 12, 94];
+    let long: Vec<u32> = (0..400).map(|i| 3 + (i * 7 % 90) as u32).collect();
+    let s = Sampling {
+        temperature: 0.0,
+        max_tokens: 12,
+        min_tokens: 12,
+        ..Default::default()
+    };
+    let done = rt().block_on(e.complete_tokens_timed(vec![short.clone(), long.clone()], &s));
+    let (a, a_ticks) = done[0].as_ref().unwrap();
+    let (b, b_ticks) = done[1].as_ref().unwrap();
+    assert_eq!((a.completion_tokens, b.completion_tokens), (12, 12));
+    assert!(
+        a_ticks.last().unwrap() < b_ticks.first().unwrap(),
+        "the short request waited for the long prompt"
+    );
+    // Forward passes: the long prompt's 400 tokens at 16 per pass (15 while the short one
+    // decodes) with its 12 tokens after.
+    assert!(e.metrics().forward_passes.get() >= 400 / 16);
+    // The same completions as each alone, with no limit to speak of.
+    let alone = tiny(1, engines::local::Limits::default());
+    let runtime = rt();
+    for (p, c) in [(short, a), (long, b)] {
+        let want = runtime
+            .block_on(alone.complete_tokens(vec![p], &s))
+            .remove(0)
+            .unwrap();
+        assert_eq!(&want, c);
     }
 }
