@@ -53,6 +53,59 @@ pub(crate) struct BenchArgs {
     check: bool,
 }
 
+#[derive(Args)]
+pub(crate) struct LoadArgs {
+    /// A Hugging Face model folder of the Phi-3/Phi-4 architecture, a repository id in the local
+    /// Hugging Face cache, or a `phi3` .gguf file (default: random weights).
+    #[arg(long, conflicts_with_all = ["shape", "layers"])]
+    model_dir: Option<PathBuf>,
+    /// The shape of the random weights.
+    #[arg(long, value_enum, default_value = "tiny")]
+    shape: ShapeArg,
+    /// Random weights: this many layers instead of the shape's.
+    #[arg(long)]
+    layers: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    requests: usize,
+    /// Requests per second (Poisson arrivals); 0 sends them all at once.
+    #[arg(long, default_value_t = 4.0)]
+    rate: f64,
+    /// Prompt tokens: MIN,MAX (uniform).
+    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [100, 2000])]
+    prompt_len: Vec<usize>,
+    /// Output tokens: MIN,MAX (uniform; exact, stop tokens held off).
+    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [50, 1000])]
+    output_len: Vec<usize>,
+    /// The share of requests opening with one of the common prefixes.
+    #[arg(long, default_value_t = 0.75)]
+    shared: f64,
+    /// How many common prefixes.
+    #[arg(long, default_value_t = 4)]
+    prefixes: usize,
+    /// A shared prompt's common prefix is this share of its length.
+    #[arg(long, default_value_t = 0.8)]
+    prefix_share: f64,
+    /// Sequences generated at once.
+    #[arg(long, default_value_t = 16)]
+    slots: usize,
+    /// The prefix cache settings to replay the load under, in this order, each on a fresh engine
+    /// with the same weights: `on`, `off`.
+    #[arg(long, value_delimiter = ',', default_value = "on,off")]
+    prefix_cache: Vec<String>,
+    /// Positions the prefix cache holds when on.
+    #[arg(long, default_value_t = engines::local::Limits::default().prefix_cache_tokens)]
+    prefix_cache_tokens: usize,
+    /// Tokens per forward pass.
+    #[arg(long, default_value_t = engines::local::Limits::default().step_tokens)]
+    step_tokens: usize,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    #[arg(long, value_enum, default_value = "auto")]
+    dtype: DTypeArg,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 pub(crate) enum DeviceArg {
     Auto,
@@ -268,6 +321,7 @@ pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
         graphs: !a.no_graphs,
         check: a.check,
         profile: a.profile,
+        limits: engines::local::Limits::default(),
     };
     let ready = engines::bench_setup::prepare(&setup)?;
     for r in &ready.checks {
@@ -318,6 +372,107 @@ pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
     #[cfg(feature = "cuda")]
     for line in engines::graph::summary() {
         println!("{}", serde_json::json!({ "cuda_graphs": line }));
+    }
+    Ok(())
+}
+
+fn device_spec(d: DeviceArg) -> engines::config::DeviceSpec {
+    match d {
+        DeviceArg::Auto => engines::config::DeviceSpec::Auto,
+        DeviceArg::Cpu => engines::config::DeviceSpec::Cpu,
+        DeviceArg::Cuda => engines::config::DeviceSpec::Cuda(0),
+    }
+}
+
+fn precision(d: DTypeArg) -> engines::bench_setup::Precision {
+    use engines::bench_setup::Precision;
+    match d {
+        DTypeArg::Auto => Precision::Auto,
+        DTypeArg::F32 => Precision::F32,
+        DTypeArg::Bf16 => Precision::Bf16,
+        DTypeArg::F16 => Precision::F16,
+    }
+}
+
+/// `phiforge bench-load`: replays one load of mixed requests under each prefix cache setting
+/// and prints a JSON line for each.
+pub(crate) fn bench_load(a: LoadArgs) -> Result<()> {
+    use engines::bench_setup::{Setup, Shape, Weights};
+    use engines::load::{requests, run, LoadPlan};
+    let (p, o) = (
+        (a.prompt_len[0], a.prompt_len[1]),
+        (a.output_len[0], a.output_len[1]),
+    );
+    if a.requests == 0 || p.0 == 0 || p.0 > p.1 || o.0 == 0 || o.0 > o.1 {
+        anyhow::bail!("--requests must be at least 1, --prompt-len and --output-len MIN,MAX with 1 <= MIN <= MAX");
+    }
+    if !(0.0..=1.0).contains(&a.shared) || !(0.0..=1.0).contains(&a.prefix_share) || a.rate < 0.0 {
+        anyhow::bail!("--shared and --prefix-share are shares (0 to 1), --rate is at least 0");
+    }
+    let plan = LoadPlan {
+        requests: a.requests,
+        rate: a.rate,
+        prompt: p,
+        output: o,
+        shared: a.shared,
+        prefixes: a.prefixes,
+        prefix_share: a.prefix_share,
+        seed: a.seed,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    for setting in &a.prefix_cache {
+        let on = match setting.as_str() {
+            "on" => true,
+            "off" => false,
+            other => anyhow::bail!("--prefix-cache: `{other}` is neither on nor off"),
+        };
+        let setup = Setup {
+            weights: match &a.model_dir {
+                Some(spec) => Weights::Model(spec.clone()),
+                None => Weights::Random {
+                    shape: match a.shape {
+                        ShapeArg::Phi4 => Shape::Phi4,
+                        ShapeArg::Tiny => Shape::Tiny,
+                    },
+                    layers: a.layers,
+                },
+            },
+            device: device_spec(a.device),
+            precision: precision(a.dtype),
+            slots: a.slots,
+            context: p.1 + o.1 + 1,
+            seed: a.seed,
+            kernels: None,
+            graphs: true,
+            check: false,
+            profile: false,
+            limits: engines::local::Limits {
+                prefix_cache_tokens: if on { a.prefix_cache_tokens } else { 0 },
+                step_tokens: a.step_tokens.max(a.slots + 1),
+                ..Default::default()
+            },
+        };
+        let ready = engines::bench_setup::prepare(&setup)?;
+        let load = requests(&plan, ready.config.vocab_size as u32);
+        let bar = ProgressBar::new_spinner().with_message(format!(
+            "replaying {} requests, prefix cache {setting}",
+            load.len()
+        ));
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        let record = runtime.block_on(run(&ready.engine, &load))?;
+        bar.finish_and_clear();
+        println!(
+            "{}",
+            serde_json::json!({
+                "engine": "phiforge", "prefix_cache": on, "plan": plan, "device": ready.device,
+                "dtype": format!("{:?}", ready.dtype).to_lowercase(),
+                "layers": ready.config.num_hidden_layers, "hidden": ready.config.hidden_size,
+                "slots": a.slots, "step_tokens": setup.limits.step_tokens, "result": record,
+            })
+        );
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ mod tokenize;
 mod train;
 mod vocab;
 use corpus_args::CorpusArgs;
-use engine::{bench_engine, generate, BenchArgs, GenerateArgs};
+use engine::{bench_engine, bench_load, generate, BenchArgs, GenerateArgs, LoadArgs};
 
 #[derive(Parser)]
 #[command(
@@ -121,11 +121,21 @@ enum Command {
         /// it the server answers 429 with Retry-After instead of queueing without bound.
         #[arg(long)]
         max_pending: Option<usize>,
+        /// Positions of prompt prefixes kept for reuse (0: no prefix cache).
+        #[arg(long, default_value_t = engines::local::Limits::default().prefix_cache_tokens)]
+        prefix_cache_tokens: usize,
+        /// Tokens per forward pass: one per decoding sequence, the rest to chunks of new prompts.
+        #[arg(long, default_value_t = engines::local::Limits::default().step_tokens)]
+        step_tokens: usize,
     },
     /// Measures the local engine: prefill and decode tokens/s per batch size, on a model folder
     /// or on random weights of Phi-4's shape made on the device; one JSON line per batch size
     /// (the fields of ../shared/gpu/hf_bench.py, for side-by-side runs).
     BenchEngine(BenchArgs),
+    /// Replays a generation load on the local engine (requests of mixed lengths, a share with
+    /// common prefixes, arriving at a rate) under each prefix cache setting; one JSON line each
+    /// with tokens/s and latency percentiles.
+    BenchLoad(LoadArgs),
     /// Learns a small byte-level BPE tokenizer.json from documents (for models trained from
     /// scratch), with Phi-4's chat and end-of-text tokens as its special tokens.
     TrainTokenizer(vocab::TrainTokenizerArgs),
@@ -309,14 +319,25 @@ fn run(cli: Cli) -> Result<()> {
             slots,
             context,
             max_pending,
+            prefix_cache_tokens,
+            step_tokens,
         } => {
             // As a recipe's local engine: the device chosen for it (a GPU when there is one).
-            let (engine, name) = engines::config::LocalConfig {
+            let config = engines::config::LocalConfig {
                 slots,
                 context,
+                prefix_cache_tokens,
+                step_tokens,
                 ..engines::config::LocalConfig::new(&model_dir.to_string_lossy())
+            };
+            if let Some(p) = engines::config::EngineConfig::Local(config.clone())
+                .problems()
+                .into_iter()
+                .next()
+            {
+                anyhow::bail!("--{}: {}", p.field.replace('_', "-"), p.message);
             }
-            .engine()?;
+            let (engine, name) = config.engine()?;
             let max_pending = max_pending.unwrap_or(slots.saturating_mul(4)).max(1);
             let name = model_name.unwrap_or(name);
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -329,6 +350,7 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("serving on {listen}"))
         }
         Command::BenchEngine(a) => bench_engine(a),
+        Command::BenchLoad(a) => bench_load(a),
         Command::Train(a) => train::train(a),
         Command::TrainTokenizer(a) => vocab::train_tokenizer(a),
         Command::Tokenize(a) => tokenize::tokenize(a),

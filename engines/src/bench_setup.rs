@@ -61,6 +61,8 @@ pub struct Setup {
     pub check: bool,
     /// Time every phase of the decode passes.
     pub profile: bool,
+    /// How the engine's scheduler feeds the model.
+    pub limits: crate::local::Limits,
 }
 
 /// The engine, ready to measure, and what it is.
@@ -134,7 +136,7 @@ pub fn prepare(setup: &Setup) -> Result<Prepared, EngineError> {
     let profile = setup.profile.then(|| model.enable_profiling());
     let config = model.config().clone();
     Ok(Prepared {
-        engine: LocalEngine::new(model, codec.into(), "bench"),
+        engine: LocalEngine::with_limits(model, codec.into(), "bench", setup.limits),
         config,
         device: if device.is_cpu() { "cpu" } else { "cuda" },
         dtype,

@@ -47,6 +47,12 @@ pub struct LocalConfig {
     /// Positions per sequence (prompt and completion).
     #[serde(default = "default_context")]
     pub context: usize,
+    /// Positions of prompt prefixes kept for reuse (the prefix cache; 0 turns it off).
+    #[serde(default = "default_prefix_cache_tokens")]
+    pub prefix_cache_tokens: usize,
+    /// Tokens fed per forward pass: one per decoding sequence, the rest to prompt chunks.
+    #[serde(default = "default_step_tokens")]
+    pub step_tokens: usize,
 }
 
 fn default_device() -> String {
@@ -58,6 +64,12 @@ fn default_slots() -> usize {
 fn default_context() -> usize {
     4096
 }
+fn default_prefix_cache_tokens() -> usize {
+    crate::local::Limits::default().prefix_cache_tokens
+}
+fn default_step_tokens() -> usize {
+    crate::local::Limits::default().step_tokens
+}
 
 impl LocalConfig {
     /// Defaults for `model`.
@@ -67,6 +79,8 @@ impl LocalConfig {
             device: default_device(),
             slots: default_slots(),
             context: default_context(),
+            prefix_cache_tokens: default_prefix_cache_tokens(),
+            step_tokens: default_step_tokens(),
         }
     }
 }
@@ -171,6 +185,15 @@ impl EngineConfig {
                 if c.context < 16 {
                     bad("context", "must be at least 16 positions".into());
                 }
+                if c.step_tokens < c.slots + 1 {
+                    bad(
+                        "step_tokens",
+                        format!(
+                            "must be more than `slots` ({}): every decoding sequence takes one",
+                            c.slots
+                        ),
+                    );
+                }
             }
         }
         found
@@ -214,7 +237,16 @@ impl LocalConfig {
         )?;
         let name = loaded.name.clone();
         Ok((
-            crate::local::LocalEngine::new(loaded.model, loaded.codec.into(), &loaded.name),
+            crate::local::LocalEngine::with_limits(
+                loaded.model,
+                loaded.codec.into(),
+                &loaded.name,
+                crate::local::Limits {
+                    prefix_cache_tokens: self.prefix_cache_tokens,
+                    step_tokens: self.step_tokens,
+                    ..Default::default()
+                },
+            ),
             name,
         ))
     }

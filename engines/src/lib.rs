@@ -42,6 +42,7 @@ pub mod generate;
 pub mod graph;
 pub mod hub;
 pub mod kernels;
+pub mod load;
 pub mod local;
 pub mod openai;
 pub mod phi3;

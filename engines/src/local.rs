@@ -86,6 +86,52 @@ impl LocalEngine {
             .map_err(|_| EngineError::Config("the local engine stopped before answering".into()))?
     }
 
+    /// `n` completions of one raw prompt, sent together: the first prefills the prompt, the others
+    /// copy its blocks from the prefix cache. Sample `i` is seeded `seed + i` when the request
+    /// has a seed (one seed for all would give `n` equal samples).
+    pub async fn complete_text_n(
+        &self,
+        prompt: &str,
+        sampling: &Sampling,
+        n: usize,
+    ) -> Vec<Result<Completion, EngineError>> {
+        let prompt = match self.codec.encode(prompt) {
+            Ok(p) => p,
+            Err(e) => return vec![Err(e.into())],
+        };
+        let mut replies = Vec::with_capacity(n);
+        let jobs: Vec<Job> = (0..n)
+            .map(|i| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                replies.push(rx);
+                Job {
+                    prompt: prompt.clone(),
+                    sampling: Sampling {
+                        seed: sampling.seed.map(|s| s.wrapping_add(i as u64)),
+                        ..sampling.clone()
+                    },
+                    reply: tx,
+                    stream: None,
+                    ticks: None,
+                }
+            })
+            .collect();
+        if self.jobs.send(jobs).is_err() {
+            return vec![Err(EngineError::Config(
+                "the local engine has stopped".into(),
+            ))];
+        }
+        let mut out = Vec::with_capacity(n);
+        for rx in replies {
+            out.push(rx.await.unwrap_or_else(|_| {
+                Err(EngineError::Config(
+                    "the local engine stopped before answering".into(),
+                ))
+            }));
+        }
+        out
+    }
+
     /// Completes prompts given as token ids, all admitted together (a batch arrives whole at the
     /// scheduler, so it is prefilled in as few passes as the budget allows).
     pub async fn complete_tokens(

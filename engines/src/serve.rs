@@ -3,12 +3,20 @@
 //!
 //! - `POST /v1/chat/completions` (Phi-4's chat format) and `POST /v1/completions` (raw prompt),
 //!   with `stream: true` as server-sent events (`data: {chunk}` ... `data: [DONE]`);
-//! - `GET /v1/models`.
+//! - `GET /v1/models`;
+//! - `GET /metrics`: the engine's figures in Prometheus' text format (queue depth, prefix cache
+//!   hit rate, tokens generated per second, ...; see [`crate::scheduler::Metrics`]).
 //!
-//! A parameter the server cannot honour is refused with a 400 naming it, never accepted and
-//! ignored: `n` above 1, `best_of` above 1, non-zero `presence_penalty` or `frequency_penalty`,
-//! a `logit_bias`, `tools`, a `response_format` other than text. `stream_options.include_usage`
-//! is honoured: a last chunk with no choices and the usage, before `[DONE]`.
+//! `n` above 1 gives `n` choices of one prompt, which share its keys and values through the
+//! engine's prefix cache (with a `seed`, choice `i` is seeded `seed + i`). A parameter the server
+//! cannot honour is refused with a 400 naming it, never accepted and ignored: `n` above 1 with
+//! `stream`, `best_of` above 1, non-zero `presence_penalty` or `frequency_penalty`, a
+//! `logit_bias`, `tools` or `functions` (and a `tool_choice` or `function_call` other than
+//! `none`/`auto`), `top_logprobs` above 0 (or a completion's `logprobs` above 1: only the chosen
+//! token's log-probability is given), `audio` or `modalities` other than text, a
+//! `response_format` other than text. `max_completion_tokens` is read as `max_tokens` is.
+//! `stream_options.include_usage` is honoured: a last chunk with no choices and the usage, before
+//! `[DONE]`. Fields that cannot change the text (`user`, `store`, `metadata`, ...) are ignored.
 //!
 //! Requests from all clients share the engine's continuous batching. At most `max_pending` are
 //! taken at once (being generated or waiting for a slot); past that the server answers 429 with
@@ -28,6 +36,9 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// The most choices one request may ask for.
+const MAX_N: u32 = 64;
+
 struct App {
     engine: LocalEngine,
     model: String,
@@ -35,6 +46,8 @@ struct App {
     /// One permit per request taken; none left means busy.
     pending: Arc<tokio::sync::Semaphore>,
     max_pending: usize,
+    /// The engine's metrics, for `/metrics`.
+    registry: prometheus_client::registry::Registry,
 }
 
 /// An OpenAI request body: the fields this server reads or refuses (see the module docs); others
@@ -69,6 +82,21 @@ struct Body {
     top_k: Option<u32>,
     #[serde(default)]
     max_tokens: Option<u32>,
+    /// The newer name of `max_tokens` (the official clients send it).
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    top_logprobs: Option<u32>,
+    #[serde(default)]
+    functions: Option<Value>,
+    #[serde(default)]
+    function_call: Option<Value>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    audio: Option<Value>,
+    #[serde(default)]
+    modalities: Option<Value>,
     #[serde(default)]
     min_tokens: Option<u32>,
     #[serde(default)]
@@ -96,8 +124,13 @@ impl Body {
             Some(Value::Array(a)) => a.is_empty(),
             Some(_) => false,
         };
-        if self.n.is_some_and(|n| n != 1) {
-            return Some("`n`: one completion per request is supported (n = 1)".into());
+        match self.n {
+            Some(0) => return Some("`n`: must be at least 1".into()),
+            Some(n) if n > MAX_N => return Some(format!("`n`: at most {MAX_N}")),
+            Some(n) if n > 1 && self.stream => {
+                return Some("`n` above 1 is not supported with `stream`".into())
+            }
+            _ => {}
         }
         if self.best_of.is_some_and(|n| n != 1) {
             return Some("`best_of`: only 1 is supported".into());
@@ -113,8 +146,38 @@ impl Body {
         if !empty(&self.logit_bias) {
             return Some("`logit_bias` is not supported".into());
         }
-        if !empty(&self.tools) {
-            return Some("`tools`: tool calls are not supported".into());
+        for (name, v) in [("tools", &self.tools), ("functions", &self.functions)] {
+            if !empty(v) {
+                return Some(format!("`{name}`: tool calls are not supported"));
+            }
+        }
+        for (name, v) in [
+            ("tool_choice", &self.tool_choice),
+            ("function_call", &self.function_call),
+        ] {
+            if !matches!(v, None | Some(Value::Null))
+                && !matches!(v, Some(Value::String(s)) if s == "none" || s == "auto")
+            {
+                return Some(format!("`{name}`: tool calls are not supported"));
+            }
+        }
+        if self.top_logprobs.is_some_and(|n| n > 0) {
+            return Some(
+                "`top_logprobs`: only the chosen token's log-probability is given (0)".into(),
+            );
+        }
+        if matches!(&self.logprobs, Some(Value::Number(n)) if n.as_u64().is_none_or(|n| n > 1)) {
+            return Some(
+                "`logprobs`: only the chosen token's log-probability is given (0 or 1)".into(),
+            );
+        }
+        if !matches!(&self.audio, None | Some(Value::Null)) {
+            return Some("`audio`: text output only".into());
+        }
+        if let Some(Value::Array(m)) = &self.modalities {
+            if m.iter().any(|v| v.as_str() != Some("text")) {
+                return Some("`modalities`: text output only".into());
+            }
         }
         match &self.response_format {
             None | Some(Value::Null) => {}
@@ -138,7 +201,10 @@ impl Body {
             temperature: self.temperature.unwrap_or(d.temperature),
             top_p: self.top_p.unwrap_or(d.top_p),
             top_k: self.top_k,
-            max_tokens: self.max_tokens.unwrap_or(d.max_tokens),
+            max_tokens: self
+                .max_completion_tokens
+                .or(self.max_tokens)
+                .unwrap_or(d.max_tokens),
             stop,
             min_tokens: self.min_tokens.unwrap_or(0),
             seed: self.seed,
@@ -170,7 +236,10 @@ fn finish(r: &FinishReason) -> &str {
 /// requests at once.
 pub fn router(engine: LocalEngine, model: &str, max_pending: usize) -> Router {
     let max_pending = max_pending.max(1);
+    let mut registry = prometheus_client::registry::Registry::default();
+    engine.metrics().register(&mut registry);
     let app = Arc::new(App {
+        registry,
         engine,
         model: model.to_string(),
         next_id: AtomicU64::new(1),
@@ -181,7 +250,23 @@ pub fn router(engine: LocalEngine, model: &str, max_pending: usize) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/metrics", get(metrics))
         .with_state(app)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &app.registry) {
+        Ok(()) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}")),
+    }
 }
 
 async fn models(State(app): State<Arc<App>>) -> Json<Value> {
@@ -224,7 +309,8 @@ async fn answer(app: Arc<App>, body: BodyResult, chat: bool) -> Response {
         (false, _, None) => return error(StatusCode::BAD_REQUEST, "`prompt` is required".into()),
     };
     let stream = body.stream.then_some(Streaming { usage });
-    respond(app, stream, chat, prompt, body.sampling()).await
+    let n = body.n.unwrap_or(1).max(1) as usize;
+    respond(app, stream, chat, prompt, body.sampling(), n).await
 }
 
 /// How to stream a reply.
@@ -238,6 +324,19 @@ fn usage(c: &Completion) -> Value {
            "total_tokens": c.prompt_tokens + c.completion_tokens})
 }
 
+/// Choice `i` of a reply.
+fn choice(i: usize, c: &Completion, chat: bool) -> Value {
+    if chat {
+        json!({"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": finish(&c.finish_reason),
+               "logprobs": c.logprobs.as_ref().map(|l| json!({"content": l}))})
+    } else {
+        json!({"index": i, "text": c.text, "finish_reason": finish(&c.finish_reason),
+               "logprobs": c.logprobs.as_ref().map(|l| json!({
+                   "tokens": l.iter().map(|t| &t.token).collect::<Vec<_>>(),
+                   "token_logprobs": l.iter().map(|t| t.logprob).collect::<Vec<_>>()}))})
+    }
+}
+
 /// Completes `prompt` and answers with one JSON reply, or with a stream of chunks.
 async fn respond(
     app: Arc<App>,
@@ -245,9 +344,19 @@ async fn respond(
     chat: bool,
     prompt: String,
     sampling: Sampling,
+    n: usize,
 ) -> Response {
-    // Held until the completion ends (in the streaming task when streaming).
-    let Ok(permit) = app.pending.clone().try_acquire_owned() else {
+    if n > app.max_pending {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`n`: at most {} on this server (its --max-pending)",
+                app.max_pending
+            ),
+        );
+    }
+    // Held until the completion ends (in the streaming task when streaming); one per choice.
+    let Ok(permit) = app.pending.clone().try_acquire_many_owned(n as u32) else {
         let mut busy = error(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -269,22 +378,33 @@ async fn respond(
         "text_completion"
     };
     let Some(streaming) = stream else {
-        let completed = app.engine.complete_text(&prompt, &sampling, None).await;
+        let completed: Result<Vec<Completion>, EngineError> = if n == 1 {
+            app.engine
+                .complete_text(&prompt, &sampling, None)
+                .await
+                .map(|c| vec![c])
+        } else {
+            app.engine
+                .complete_text_n(&prompt, &sampling, n)
+                .await
+                .into_iter()
+                .collect()
+        };
         drop(permit);
         return match completed {
-            Ok(c) => {
-                let choice = if chat {
-                    json!({"index": 0, "message": {"role": "assistant", "content": c.text}, "finish_reason": finish(&c.finish_reason),
-                           "logprobs": c.logprobs.as_ref().map(|l| json!({"content": l}))})
-                } else {
-                    json!({"index": 0, "text": c.text, "finish_reason": finish(&c.finish_reason),
-                           "logprobs": c.logprobs.as_ref().map(|l| json!({
-                               "tokens": l.iter().map(|t| &t.token).collect::<Vec<_>>(),
-                               "token_logprobs": l.iter().map(|t| t.logprob).collect::<Vec<_>>()}))})
-                };
+            Ok(cs) => {
+                let choices: Vec<Value> = cs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| choice(i, c, chat))
+                    .collect();
+                // The prompt counts once, whatever `n`.
+                let completion: u32 = cs.iter().map(|c| c.completion_tokens).sum();
+                let prompt = cs.first().map_or(0, |c| c.prompt_tokens);
                 Json(json!({
-                    "id": id, "object": object, "model": model, "choices": [choice],
-                    "usage": usage(&c),
+                    "id": id, "object": object, "model": model, "choices": choices,
+                    "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                              "total_tokens": prompt + completion},
                 }))
                 .into_response()
             }

@@ -15,6 +15,21 @@ fn local(slots: usize) -> LocalEngine {
     LocalEngine::new(model, codec.into(), "phi3-tiny")
 }
 
+/// Serves `engine` on a free loopback port (as model `phi3-tiny`, at most `max_pending` requests
+/// at once); returns the API's base URL.
+async fn start(engine: LocalEngine, max_pending: usize) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            engines::serve::router(engine, "phi3-tiny", max_pending),
+        )
+        .await
+    });
+    url
+}
+
 fn request(k: usize) -> ChatRequest {
     ChatRequest {
         messages: vec![Message::new(
@@ -36,9 +51,7 @@ fn the_backend_gets_through_the_server_what_the_engine_gives() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/v1", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, engines::serve::router(local(4), "phi3-tiny", 64)).await });
+        let url = start(local(4), 64).await;
 
         let direct = local(1);
         let client = OpenAiEngine::new(OpenAiConfig::new(&url, "phi3-tiny")).unwrap();
@@ -87,9 +100,7 @@ fn past_its_bound_the_server_answers_429_at_once_and_clients_retry() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/v1", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, engines::serve::router(local(2), "phi3-tiny", 2)).await });
+        let url = start(local(2), 2).await;
         // Eight at once against a bound of two: some are refused with Retry-After, none waits.
         let body = |k: usize| serde_json::json!({"model": "phi3-tiny", "prompt": format!("Count to {k}."), "temperature": 0.0, "max_tokens": 40});
         let http = reqwest::Client::new();
@@ -117,9 +128,7 @@ fn unsupported_parameters_are_refused_by_name_and_usage_is_streamed_on_request()
         .build()
         .unwrap();
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/v1", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, engines::serve::router(local(2), "phi3-tiny", 8)).await });
+        let url = start(local(2), 8).await;
         let client = reqwest::Client::new();
         let base = serde_json::json!({"model": "phi3-tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0.0});
         let with = |k: &str, v: serde_json::Value| {
@@ -128,7 +137,8 @@ fn unsupported_parameters_are_refused_by_name_and_usage_is_streamed_on_request()
             b
         };
         for (name, value) in [
-            ("n", serde_json::json!(2)),
+            ("best_of", serde_json::json!(2)),
+            ("n", serde_json::json!(0)),
             ("presence_penalty", serde_json::json!(0.5)),
             ("frequency_penalty", serde_json::json!(-1.0)),
             ("logit_bias", serde_json::json!({"50256": -100})),
@@ -145,6 +155,12 @@ fn unsupported_parameters_are_refused_by_name_and_usage_is_streamed_on_request()
             let r = client.post(format!("{url}/chat/completions")).json(&with(name, value)).send().await.unwrap();
             assert_eq!(r.status(), 200, "{name}");
         }
+        // n choices of one prompt, but not streamed.
+        let mut body = with("stream", serde_json::json!(true));
+        body["n"] = serde_json::json!(2);
+        let r = client.post(format!("{url}/chat/completions")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains("`n`"));
         // Streaming with the usage: a last chunk without choices, with the usage, before [DONE].
         let mut body = with("stream", serde_json::json!(true));
         body["stream_options"] = serde_json::json!({"include_usage": true});
@@ -159,5 +175,94 @@ fn unsupported_parameters_are_refused_by_name_and_usage_is_streamed_on_request()
         // Without it, no usage chunk.
         let text = client.post(format!("{url}/chat/completions")).json(&with("stream", serde_json::json!(true))).send().await.unwrap().text().await.unwrap();
         assert!(!text.contains("\"usage\""), "{text}");
+    });
+}
+
+/// `n` choices of one prompt share its prefill through the prefix cache; `/metrics` reports the
+/// engine's figures in Prometheus' text format.
+#[test]
+fn n_choices_share_the_prompt_and_metrics_are_reported() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let url = start(local(4), 8).await;
+        let client = reqwest::Client::new();
+        let prompt = "A prompt long enough to fill a few blocks of the prefix cache. ".repeat(8);
+        let body = serde_json::json!({"model": "phi3-tiny", "prompt": prompt, "max_tokens": 5,
+                                      "temperature": 1.0, "seed": 7, "n": 3});
+        let r: serde_json::Value = client
+            .post(format!("{url}/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let choices = r["choices"].as_array().unwrap();
+        assert_eq!(choices.len(), 3, "{r}");
+        for (i, c) in choices.iter().enumerate() {
+            assert_eq!(c["index"], i, "{r}");
+        }
+        // Seeded `seed + i`: the same request gives the same choices.
+        let again: serde_json::Value = client
+            .post(format!("{url}/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(again["choices"], r["choices"]);
+        let u = &r["usage"];
+        let tokens: u64 = choices
+            .iter()
+            .map(|c| c["text"].as_str().unwrap().len() as u64)
+            .sum();
+        assert!(u["completion_tokens"].as_u64().unwrap() >= 3, "{u}");
+        assert!(tokens > 0);
+        let metrics = client
+            .get(format!("{}/metrics", url.trim_end_matches("/v1")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(metrics.status(), 200);
+        let text = metrics.text().await.unwrap();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+                .parse()
+                .unwrap()
+        };
+        // Six requests of one prompt: the first computes its whole blocks, the other five find
+        // them.
+        let prompt_tokens = value("phiforge_engine_prompt_tokens_total");
+        let hit = value("phiforge_engine_prefix_cache_hit_tokens_total");
+        assert_eq!(
+            prompt_tokens,
+            6.0 * u["prompt_tokens"].as_f64().unwrap(),
+            "{text}"
+        );
+        assert!(
+            hit >= 5.0 * (u["prompt_tokens"].as_f64().unwrap() - 64.0),
+            "{text}"
+        );
+        assert!(
+            value("phiforge_engine_prefix_cache_hit_rate") > 0.8,
+            "{text}"
+        );
+        assert_eq!(value("phiforge_engine_queue_depth"), 0.0, "{text}");
+        assert!(
+            value("phiforge_engine_generated_tokens_total") >= 6.0,
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE phiforge_engine_generated_tokens_per_second gauge"),
+            "{text}"
+        );
     });
 }
