@@ -71,10 +71,10 @@ pub(crate) struct LoadArgs {
     #[arg(long, default_value_t = 4.0)]
     rate: f64,
     /// Prompt tokens: MIN,MAX (uniform).
-    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [100, 2000])]
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 2000])]
     prompt_len: Vec<usize>,
     /// Output tokens: MIN,MAX (uniform; exact, stop tokens held off).
-    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [50, 1000])]
+    #[arg(long, value_delimiter = ',', default_values_t = [50, 1000])]
     output_len: Vec<usize>,
     /// The share of requests opening with one of the common prefixes.
     #[arg(long, default_value_t = 0.75)]

@@ -12,12 +12,16 @@
 //! - [`kernels`]: the decode step's fused CUDA kernels (`kernels/decode.cu`), with the candle
 //!   operations they replace as fallbacks and reference; `graph` (feature `cuda`): that step
 //!   recorded as a CUDA graph and replayed;
-//! - [`local`]: that model as an engine, with a continuous-batching scheduler (CPU, or CUDA with the
-//!   `cuda` feature); [`tokenizer`]: `tokenizer.json`, or Phi-4's own offline; [`hub`]: models
-//!   in the local Hugging Face cache by repository id;
-//! - [`serve`]: the local engine behind an OpenAI-compatible HTTP API (`phiforge serve`);
-//! - [`generate`]: one-off generation (`phiforge generate`); [`bench`](mod@bench): engine throughput, measured
-//!   like transformers' peer script;
+//! - [`local`]: that model as an engine (CPU, or CUDA with the `cuda` feature), fed by the
+//!   [`scheduler`]: continuous batching, prompts prefilled in chunks beside the sequences
+//!   decoding, and the [`prefix`] cache of prompt prefixes' keys and values; [`sample`]: top-k,
+//!   top-p and temperature draws; [`tokenizer`]: `tokenizer.json`, or Phi-4's own offline;
+//!   [`hub`]: models in the local Hugging Face cache by repository id;
+//! - [`serve`]: the local engine behind an OpenAI-compatible HTTP API (`phiforge serve`), with
+//!   Prometheus metrics;
+//! - [`generate`]: one-off generation (`phiforge generate`); [`bench`](mod@bench): engine
+//!   throughput, measured like transformers' peer script; [`load`]: a load of mixed requests
+//!   replayed with latency percentiles (`phiforge bench-load`);
 //! - `testing` (feature `test-server`): a fault-injecting server on loopback for tests.
 //!
 //! The generation flows that use these engines live in the `agents` crate.

@@ -201,10 +201,29 @@ enum Proj {
     Quant(QMatMul),
 }
 
+/// `x · wᵀ` for dense weights `w` (out × in). On the CPU a product of 2 to 64 rows (decode steps,
+/// small prompt chunks) is computed as `(w · xᵀ)ᵀ`: the matrix-product kernel then streams the
+/// weights as they lie instead of repacking their transpose at every call, which made such
+/// products 2 to 4 times slower (docs/performance.md). One row, many rows and GPUs go as they are.
+fn dense_forward(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    let w = l.weight();
+    let k = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / k.max(1);
+    if !w.device().is_cpu() || l.bias().is_some() || !(2..=64).contains(&rows) {
+        return l.forward(x);
+    }
+    let out = w.matmul(&x.reshape((rows, k))?.t()?)?.t()?.contiguous()?;
+    let mut shape = x.dims().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = w.dim(0)?;
+    }
+    out.reshape(shape)
+}
+
 impl Module for Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Proj::Dense(l) => l.forward(x),
+            Proj::Dense(l) => dense_forward(l, x),
             Proj::Quant(q) => q.forward(x),
         }
     }
@@ -329,9 +348,9 @@ impl Attention {
         let (cos, sin) = rope;
         let (q, k, v) = match (&self.split, t > 1) {
             (Some(split), true) => {
-                let q = split[0].forward(x)?.reshape((1, t, h, hd))?;
-                let k = split[1].forward(x)?.reshape((1, t, kvh, hd))?;
-                let v = split[2].forward(x)?.reshape((1, t, kvh, hd))?;
+                let q = dense_forward(&split[0], x)?.reshape((1, t, h, hd))?;
+                let k = dense_forward(&split[1], x)?.reshape((1, t, kvh, hd))?;
+                let v = dense_forward(&split[2], x)?.reshape((1, t, kvh, hd))?;
                 clock.mark("qkv_proj")?;
                 let q = candle_nn::rotary_emb::rope_thd(&q, cos, sin)?;
                 let k = candle_nn::rotary_emb::rope_thd(&k, cos, sin)?;
@@ -473,7 +492,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor, clock: &mut Clock) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let (gate, up) = match (&self.split, b * l > 1) {
-            (Some(split), true) => (split[0].forward(x)?, split[1].forward(x)?),
+            (Some(split), true) => (dense_forward(&split[0], x)?, dense_forward(&split[1], x)?),
             _ => {
                 let gu = self.gate_up_proj.forward(x)?;
                 (

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The local engine under a generation load (`phiforge bench-load`), prefix cache on then off, in
+# the same run, on random weights of the tiny shape (hidden 512, Phi-4's head size and GQA ratio)
+# with LAYERS layers, f32 on the CPU, 16 slots. Two loads, each replayed under both settings:
+#   mixed:  the issue's distribution: prompts 100-2,000 tokens, outputs 50-1,000, 75% of requests
+#           opening with one of 4 common prefixes (80% of their length), Poisson arrivals at RATE/s;
+#   shared: the shared-prefix load (one document under many instructions, a judge or critic's
+#           short verdicts): prompts 1,000-2,000 tokens, all opening with one of 4 prefixes (90%
+#           of their length), outputs 16-64 tokens, all sent at once.
+# Prints one JSON line per load and setting (tokens/s, time to first token and between tokens as
+# percentiles, the prefix cache's hit rate).
+#
+# usage: benches/load.sh [mixed] [shared]      (default: both)
+# env:   LAYERS (default 4), REQUESTS (default 48), RATE (default 1), STEP_TOKENS (default 1024)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+layers=${LAYERS:-4}
+requests=${REQUESTS:-48}
+rate=${RATE:-1}
+step=${STEP_TOKENS:-1024}
+loads=${*:-mixed shared}
+(cd "$root" && cargo build --release -j 2 -q)
+bin=${CARGO_TARGET_DIR:-$root/target}/release/phiforge
+common=(--shape tiny --layers "$layers" --device cpu --slots 16 --step-tokens "$step" --prefix-cache on,off)
+for load in $loads; do
+  case $load in
+    mixed) args=(--requests "$requests" --rate "$rate" --prompt-len 100,2000 --output-len 50,1000
+                 --shared 0.75 --prefixes 4 --prefix-share 0.8) ;;
+    shared) args=(--requests "$requests" --rate 0 --prompt-len 1000,2000 --output-len 16,64
+                  --shared 1 --prefixes 4 --prefix-share 0.9) ;;
+    *) echo "unknown load $load (mixed, shared)" >&2; exit 2 ;;
+  esac
+  "$bin" bench-load "${common[@]}" "${args[@]}" | while read -r line; do
+    echo "{\"load\":\"$load\",${line#\{}"
+  done
+done
