@@ -14,8 +14,9 @@
 //!   recorded as a CUDA graph and replayed;
 //! - [`local`]: that model as an engine (CPU, or CUDA with the `cuda` feature), fed by the
 //!   [`scheduler`]: continuous batching, prompts prefilled in chunks beside the sequences
-//!   decoding, and the [`prefix`] cache of prompt prefixes' keys and values; [`sample`]: top-k,
-//!   top-p and temperature draws; [`tokenizer`]: `tokenizer.json`, or Phi-4's own offline;
+//!   decoding, and the [`prefix`] cache of prompt prefixes' keys and values, reporting
+//!   [`metrics`]; [`sample`]: top-k, top-p and temperature draws; [`tokenizer`]:
+//!   `tokenizer.json`, or Phi-4's own offline;
 //!   [`hub`]: models in the local Hugging Face cache by repository id;
 //! - [`serve`]: the local engine behind an OpenAI-compatible HTTP API (`phiforge serve`), with
 //!   Prometheus metrics;
@@ -48,6 +49,7 @@ pub mod hub;
 pub mod kernels;
 pub mod load;
 pub mod local;
+pub mod metrics;
 pub mod openai;
 pub mod phi3;
 pub mod prefix;

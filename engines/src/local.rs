@@ -6,9 +6,10 @@
 
 use crate::engine::Sampling;
 use crate::engine::{phi4_prompt, ChatRequest, Completion, Engine, EngineError, EngineIdentity};
+pub use crate::metrics::Metrics;
 use crate::phi3::Model;
+pub use crate::scheduler::Limits;
 use crate::scheduler::{schedule, Job};
-pub use crate::scheduler::{Limits, Metrics};
 use crate::tokenizer::Codec;
 use candle_core::Device;
 use futures::future::BoxFuture;

@@ -5,7 +5,7 @@
 //!   with `stream: true` as server-sent events (`data: {chunk}` ... `data: [DONE]`);
 //! - `GET /v1/models`;
 //! - `GET /metrics`: the engine's figures in Prometheus' text format (queue depth, prefix cache
-//!   hit rate, tokens generated per second, ...; see [`crate::scheduler::Metrics`]).
+//!   hit rate, tokens generated per second, ...; see [`crate::metrics::Metrics`]).
 //!
 //! `n` above 1 gives `n` choices of one prompt, which share its keys and values through the
 //! engine's prefix cache (with a `seed`, choice `i` is seeded `seed + i`). A parameter the server
