@@ -9,8 +9,7 @@
 //!
 //! `n` above 1 gives `n` choices of one prompt, which share its keys and values through the
 //! engine's prefix cache (with a `seed`, choice `i` is seeded `seed + i`). A parameter the server
-//! cannot honour is refused with a 400 naming it, never accepted and ignored: `n` above 1 with
-//! `stream`, `best_of` above 1, non-zero `presence_penalty` or `frequency_penalty`, a
+//! cannot honour is refused with a 400 naming it, never accepted and ignored: `best_of` above 1, non-zero `presence_penalty` or `frequency_penalty`, a
 //! `logit_bias`, `tools` or `functions` (and a `tool_choice` or `function_call` other than
 //! `none`/`auto`), `top_logprobs` above 0 (or a completion's `logprobs` above 1: only the chosen
 //! token's log-probability is given), `audio` or `modalities` other than text, a
@@ -127,9 +126,6 @@ impl Body {
         match self.n {
             Some(0) => return Some("`n`: must be at least 1".into()),
             Some(n) if n > MAX_N => return Some(format!("`n`: at most {MAX_N}")),
-            Some(n) if n > 1 && self.stream => {
-                return Some("`n` above 1 is not supported with `stream`".into())
-            }
             _ => {}
         }
         if self.best_of.is_some_and(|n| n != 1) {
@@ -319,9 +315,10 @@ struct Streaming {
     usage: bool,
 }
 
-fn usage(c: &Completion) -> Value {
-    json!({"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-           "total_tokens": c.prompt_tokens + c.completion_tokens})
+/// A reply's usage: the prompt counts once, whatever `n`.
+fn usage(prompt: u32, completion: u32) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion,
+           "total_tokens": prompt + completion})
 }
 
 /// Choice `i` of a reply.
@@ -398,102 +395,103 @@ async fn respond(
                     .enumerate()
                     .map(|(i, c)| choice(i, c, chat))
                     .collect();
-                // The prompt counts once, whatever `n`.
                 let completion: u32 = cs.iter().map(|c| c.completion_tokens).sum();
                 let prompt = cs.first().map_or(0, |c| c.prompt_tokens);
                 Json(json!({
                     "id": id, "object": object, "model": model, "choices": choices,
-                    "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                              "total_tokens": prompt + completion},
+                    "usage": usage(prompt, completion),
                 }))
                 .into_response()
             }
             Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
         };
     };
-    // Streaming: deltas as they come, then the finish reason, then [DONE].
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let done = tokio::spawn(async move {
-        let completed = app.engine.complete_text(&prompt, &sampling, Some(tx)).await;
-        drop(permit);
-        completed
-    });
+    // Streaming: every choice's deltas as they come (tagged with its index), then each finish
+    // reason, the usage when asked for, then [DONE].
+    use futures::StreamExt;
+    let permit = Arc::new(permit);
+    let mut deltas = Vec::with_capacity(n);
+    let mut done = Vec::with_capacity(n);
+    for i in 0..n {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let sampling = Sampling {
+            seed: sampling.seed.map(|s| s.wrapping_add(i as u64)),
+            ..sampling.clone()
+        };
+        let (app, prompt, permit) = (app.clone(), prompt.clone(), permit.clone());
+        done.push(tokio::spawn(async move {
+            let completed = app.engine.complete_text(&prompt, &sampling, Some(tx)).await;
+            drop(permit);
+            completed
+        }));
+        deltas.push(
+            futures::stream::unfold(rx, move |mut rx| async move {
+                rx.recv().await.map(|d| ((i, d), rx))
+            })
+            .boxed(),
+        );
+    }
+    drop(permit);
     let chunk_object = if chat {
         "chat.completion.chunk"
     } else {
         "text_completion"
     };
-    let usage_chunk = {
+    let event = |v: Value| Event::default().data(v.to_string());
+    let chunk = {
         let (id, model) = (id.clone(), model.clone());
-        move |c: &Completion| -> Event {
+        move |i: usize, delta: Option<&str>, reason: Option<&str>| -> Event {
+            let choice = if chat {
+                json!({"index": i, "delta": delta.map(|d| json!({"content": d})).unwrap_or(json!({})), "finish_reason": reason})
+            } else {
+                json!({"index": i, "text": delta.unwrap_or(""), "finish_reason": reason})
+            };
             Event::default().data(
-                json!({"id": id, "object": chunk_object, "model": model, "choices": [], "usage": usage(c)})
+                json!({"id": id, "object": chunk_object, "model": model, "choices": [choice]})
                     .to_string(),
             )
         }
     };
-    let chunk = move |delta: Option<&str>, reason: Option<&str>| -> Event {
-        let choice = if chat {
-            json!({"index": 0, "delta": delta.map(|d| json!({"content": d})).unwrap_or(json!({})), "finish_reason": reason})
-        } else {
-            json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": reason})
-        };
-        Event::default().data(
-            json!({"id": id, "object": chunk_object, "model": model, "choices": [choice]})
-                .to_string(),
-        )
-    };
-    enum Phase {
-        Deltas(
-            tokio::sync::mpsc::UnboundedReceiver<String>,
-            tokio::task::JoinHandle<Result<Completion, EngineError>>,
-        ),
-        /// The usage chunk still to send.
-        Usage(Event),
-        Done,
-        Over,
-    }
+    // What follows the deltas, once every choice is done.
     let include_usage = streaming.usage;
-    let events = futures::stream::unfold(Phase::Deltas(rx, done), move |phase| {
-        let chunk = chunk.clone();
-        let usage_chunk = usage_chunk.clone();
-        async move {
-            match phase {
-                Phase::Deltas(mut rx, done) => match rx.recv().await {
-                    Some(delta) => Some((
-                        Ok::<Event, std::convert::Infallible>(chunk(Some(&delta), None)),
-                        Phase::Deltas(rx, done),
-                    )),
-                    None => {
-                        let (event, next) = match done.await {
-                            Ok(Ok(c)) => (
-                                chunk(None, Some(finish(&c.finish_reason))),
-                                match include_usage {
-                                    true => Phase::Usage(usage_chunk(&c)),
-                                    false => Phase::Done,
-                                },
-                            ),
-                            Ok(Err(e)) => (
-                                Event::default()
-                                    .data(json!({"error": {"message": e.to_string()}}).to_string()),
-                                Phase::Done,
-                            ),
-                            Err(e) => (
-                                Event::default()
-                                    .data(json!({"error": {"message": e.to_string()}}).to_string()),
-                                Phase::Done,
-                            ),
-                        };
-                        Some((Ok(event), next))
-                    }
-                },
-                Phase::Usage(event) => Some((Ok(event), Phase::Done)),
-                Phase::Done => Some((Ok(Event::default().data("[DONE]")), Phase::Over)),
-                Phase::Over => None,
+    let tail_chunk = chunk.clone();
+    let tail = move |outcomes: Vec<Result<Completion, String>>| -> Vec<Event> {
+        let mut events = Vec::new();
+        let (mut prompt, mut completion) = (0, 0);
+        for (i, o) in outcomes.iter().enumerate() {
+            match o {
+                Ok(c) => {
+                    events.push(tail_chunk(i, None, Some(finish(&c.finish_reason))));
+                    prompt = c.prompt_tokens;
+                    completion += c.completion_tokens;
+                }
+                Err(e) => events.push(event(json!({"error": {"message": e}}))),
             }
         }
-    });
-    Sse::new(events).into_response()
+        if include_usage && outcomes.iter().all(Result::is_ok) {
+            events.push(event(
+                json!({"id": id, "object": chunk_object, "model": model, "choices": [],
+                "usage": usage(prompt, completion)}),
+            ));
+        }
+        events.push(Event::default().data("[DONE]"));
+        events
+    };
+    let merged = futures::stream::select_all(deltas);
+    let deltas =
+        merged.map(move |(i, d)| Ok::<Event, std::convert::Infallible>(chunk(i, Some(&d), None)));
+    let ending = futures::stream::once(async move {
+        let mut outcomes = Vec::with_capacity(done.len());
+        for d in done {
+            outcomes.push(match d.await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            });
+        }
+        futures::stream::iter(tail(outcomes).into_iter().map(Ok))
+    })
+    .flatten();
+    Sse::new(deltas.chain(ending)).into_response()
 }
 
 /// Serves `engine` on `addr` until the process ends (see [`router`]).

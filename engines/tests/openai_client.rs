@@ -1,5 +1,5 @@
 //! `phiforge serve` through the official `openai` Python client, as a new user would drive it:
-//! chat and completions, `n` choices, streaming with the usage, and refusals by name of what the
+//! chat and completions, `n` choices (streamed too), streaming with the usage, and refusals by name of what the
 //! server cannot honour. The client is installed from PyPI into a virtual environment under
 //! Cargo's target folder the first time (the package is pinned; it needs `python3` with `venv`).
 
@@ -100,6 +100,8 @@ fn the_official_openai_client_gets_what_the_engine_gives() {
     assert_eq!(n["indexes"], serde_json::json!([0, 1, 2]), "{got}");
     assert_eq!(n["usage"][0], p, "{got}");
     assert!(n["usage"][1].as_u64().unwrap() >= 3, "{got}");
+    // Streamed, the same seeded choices.
+    assert_eq!(n["streamed"], n["texts"], "{got}");
     assert!(got["completion"]["text"].is_string(), "{got}");
     // Each parameter it cannot honour: a 400 whose message names it.
     let refused = got["refused"].as_object().unwrap();

@@ -155,12 +155,6 @@ fn unsupported_parameters_are_refused_by_name_and_usage_is_streamed_on_request()
             let r = client.post(format!("{url}/chat/completions")).json(&with(name, value)).send().await.unwrap();
             assert_eq!(r.status(), 200, "{name}");
         }
-        // n choices of one prompt, but not streamed.
-        let mut body = with("stream", serde_json::json!(true));
-        body["n"] = serde_json::json!(2);
-        let r = client.post(format!("{url}/chat/completions")).json(&body).send().await.unwrap();
-        assert_eq!(r.status(), 400);
-        assert!(r.text().await.unwrap().contains("`n`"));
         // Streaming with the usage: a last chunk without choices, with the usage, before [DONE].
         let mut body = with("stream", serde_json::json!(true));
         body["stream_options"] = serde_json::json!({"include_usage": true});

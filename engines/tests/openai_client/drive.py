@@ -34,6 +34,15 @@ out["n"] = {
     "usage": [r.usage.prompt_tokens, r.usage.completion_tokens],
 }
 
+# The same three choices streamed: each choice's deltas carry its index.
+streamed = ["", "", ""]
+for c in client.chat.completions.create(
+    model=model, messages=question, temperature=0.9, seed=5, n=3, max_tokens=6, stream=True
+):
+    for choice in c.choices:
+        streamed[choice.index] += choice.delta.content or ""
+out["n"]["streamed"] = streamed
+
 chunks = list(
     client.chat.completions.create(
         model=model,
