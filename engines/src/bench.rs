@@ -124,6 +124,9 @@ pub struct Record {
     /// after every phase, so the figures above are slower than without).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile_ms_per_pass: Option<std::collections::BTreeMap<String, f64>>,
+    /// The same for the passes that fed the prompts (`prompt_passes` of them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_profile_ms_per_pass: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 /// What to measure.
@@ -229,6 +232,7 @@ pub fn run(
             generate(engine, prompts(b, p.min(32), vocab, 54_321), 4).await?;
             if let Some(p) = &plan.profile {
                 p.take();
+                p.take_prompt();
             }
             // One call: the prefill figure is the time to every sequence's first token, the
             // decode figure the time from there to the last token (the peer measures the same
@@ -238,6 +242,7 @@ pub fn run(
             let gen = t.elapsed().as_secs_f64();
             let (gen1, decode) = split(t, &times);
             let profile = plan.profile.as_ref().map(|p| per_pass(&p.take()));
+            let prompt_profile = plan.profile.as_ref().map(|p| per_pass(&p.take_prompt()));
             let steps = if decode > 0.0 { g - 1 } else { 0 };
             let r = Record {
                 engine: "phiforge".into(),
@@ -259,6 +264,7 @@ pub fn run(
                 kernels: plan.kernels.clone(),
                 graphs: plan.graphs,
                 profile_ms_per_pass: profile,
+                prompt_profile_ms_per_pass: prompt_profile,
             };
             each(&r);
             out.push(r);
@@ -268,7 +274,7 @@ pub fn run(
     Ok(out)
 }
 
-/// Milliseconds per pass of each phase (passes: how often the last phase ran).
+/// Milliseconds per pass of each phase (passes: how often the last phase ran), and the passes.
 fn per_pass(phases: &[(&'static str, f64, u64)]) -> std::collections::BTreeMap<String, f64> {
     let passes = phases
         .iter()
@@ -282,6 +288,7 @@ fn per_pass(phases: &[(&'static str, f64, u64)]) -> std::collections::BTreeMap<S
         .collect();
     let total: f64 = phases.iter().map(|p| p.1).sum();
     out.insert("total".into(), round(total * 1000.0 / passes, 4));
+    out.insert("passes".into(), passes);
     out
 }
 

@@ -518,20 +518,28 @@ struct Layer {
 }
 
 /// Where a forward pass spends its time, per phase (projections, attention, ...), for finding
-/// what to speed up. Measuring synchronizes the device after every phase, which slows the pass
+/// what to speed up: decode passes (one new token per sequence) and passes that carry prompt
+/// tokens, apart. Measuring synchronizes the device after every phase, which slows the pass
 /// and removes the overlap of host and device: use it to compare phases, not for throughput.
 #[derive(Debug, Default)]
 pub struct Profile {
     phases: std::sync::Mutex<Vec<(&'static str, f64, u64)>>,
+    /// The same, for passes with prompt tokens.
+    prompt_phases: std::sync::Mutex<Vec<(&'static str, f64, u64)>>,
     /// When the last pass ended: the time until the next one is the scheduler's (sampling,
     /// bookkeeping).
     last_end: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Profile {
-    /// Adds `seconds` to phase `name`.
-    fn add(&self, name: &'static str, seconds: f64) {
-        if let Ok(mut p) = self.phases.lock() {
+    /// Adds `seconds` to phase `name` (of a pass with prompt tokens if `prompt`).
+    fn add(&self, name: &'static str, seconds: f64, prompt: bool) {
+        let phases = if prompt {
+            &self.prompt_phases
+        } else {
+            &self.phases
+        };
+        if let Ok(mut p) = phases.lock() {
             match p.iter_mut().find(|e| e.0 == name) {
                 Some(e) => {
                     e.1 += seconds;
@@ -545,7 +553,7 @@ impl Profile {
     fn pass_starts(&self, now: std::time::Instant) {
         let last = self.last_end.lock().ok().and_then(|mut l| l.take());
         if let Some(t) = last {
-            self.add("between_passes", (now - t).as_secs_f64());
+            self.add("between_passes", (now - t).as_secs_f64(), false);
         }
     }
 
@@ -556,7 +564,16 @@ impl Profile {
         }
     }
 
-    /// The phases so far, in first-seen order: (name, seconds, times), and starts over.
+    /// The prompt passes' phases so far, as [`Profile::take`] gives the decode passes'.
+    pub fn take_prompt(&self) -> Vec<(&'static str, f64, u64)> {
+        self.prompt_phases
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
+    }
+
+    /// The decode passes' phases so far, in first-seen order: (name, seconds, times), and starts
+    /// over.
     pub fn take(&self) -> Vec<(&'static str, f64, u64)> {
         if let Ok(mut l) = self.last_end.lock() {
             *l = None;
@@ -572,6 +589,8 @@ impl Profile {
 struct Clock<'a> {
     profile: Option<(&'a Profile, &'a Device)>,
     last: std::time::Instant,
+    /// The pass carries prompt tokens.
+    prompt: bool,
 }
 
 impl Clock<'_> {
@@ -579,7 +598,7 @@ impl Clock<'_> {
         if let Some((profile, device)) = self.profile {
             device.synchronize()?;
             let now = std::time::Instant::now();
-            profile.add(name, (now - self.last).as_secs_f64());
+            profile.add(name, (now - self.last).as_secs_f64(), self.prompt);
             self.last = now;
         }
         Ok(())
@@ -1090,16 +1109,20 @@ impl Model {
         if groups.is_empty() {
             candle_core::bail!("forward needs at least one group")
         }
-        // Decode passes only (one new token each): a prefill pass would swamp the averages.
-        let profile = self.profile.as_deref().filter(|_| decode.is_some());
+        // Decode passes and passes with prompt tokens are timed apart (the latter would swamp
+        // the former's averages); only decode passes count the time between passes.
+        let profile = self.profile.as_deref();
         let mut clock = Clock {
             profile: profile.map(|p| (p, &self.device)),
             last: std::time::Instant::now(),
+            prompt: decode.is_none(),
         };
         if let Some(p) = profile {
             self.device.synchronize()?;
             clock.last = std::time::Instant::now();
-            p.pass_starts(clock.last);
+            if decode.is_some() {
+                p.pass_starts(clock.last);
+            }
         }
         let logits = match (self.fused, decode) {
             (Some(k), Some(g)) => {
@@ -1108,7 +1131,7 @@ impl Model {
             _ => self.forward_general(groups, &mut clock)?,
         };
         if let Some(p) = &self.profile {
-            p.pass_ends(profile.is_some().then_some(clock.last));
+            p.pass_ends(decode.is_some().then_some(clock.last));
         }
         Ok(logits)
     }
@@ -1137,6 +1160,7 @@ impl Model {
                 let mut quiet = Clock {
                     profile: None,
                     last: std::time::Instant::now(),
+                    prompt: false,
                 };
                 self.decode_step(k, first, ids, positions, &pos, &mut quiet)
             };
