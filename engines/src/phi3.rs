@@ -431,6 +431,11 @@ impl Attention {
         // scale is applied in the copy that makes the queries contiguous.
         let scale = 1.0 / (hd as f64).sqrt();
         let q = (q * scale)?; // (b, l, h, hd), contiguous
+        if g.query_blocks && l >= 2 * QUERY_BLOCK {
+            if let Some(mask) = &g.mask {
+                return self.attend_blocks(&q, &keys, &values, mask, g, clock);
+            }
+        }
         let q = if l == 1 {
             q.reshape((b, kvh, rep, hd))?
         } else {
@@ -454,6 +459,63 @@ impl Attention {
             .transpose(1, 2)?
             .reshape((b, l, h * hd))
     }
+
+    /// [`Attention::attend`] for a long chunk of prompt (`q` scaled, (b, l, heads, head size);
+    /// `keys` and `values` the cache's views up to the group's span): the queries go a block of
+    /// [`QUERY_BLOCK`] positions at a time, each against the cached positions it may see and no
+    /// further, so the causal mask's upper triangle, half the products and the softmax of a
+    /// prompt read in one chunk, is never computed, and the scores held at once are a block's.
+    fn attend_blocks(
+        &self,
+        q: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        mask: &Tensor,
+        g: &Batch,
+        clock: &mut Clock,
+    ) -> Result<Tensor> {
+        let (b, l, t) = (g.b, g.l, g.span);
+        let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let rep = h / kvh;
+        // The longest sequence starts at t - l; a block's queries see no position past its end.
+        let first = t - l;
+        let q = q.reshape((b, l, kvh, rep, hd))?.permute((0, 2, 3, 1, 4))?;
+        let mut outs = Vec::with_capacity(l.div_ceil(QUERY_BLOCK));
+        for j in (0..l).step_by(QUERY_BLOCK) {
+            let n = QUERY_BLOCK.min(l - j);
+            let seen = (first + j + n).min(t);
+            let qj = q
+                .narrow(3, j, n)?
+                .contiguous()?
+                .reshape((b, kvh, rep * n, hd))?;
+            let scores = qj.matmul(&keys.narrow(2, 0, seen)?.transpose(2, 3)?)?;
+            clock.mark("attn_qk")?;
+            let scores = scores
+                .reshape((b, kvh, rep, n, seen))?
+                .broadcast_add(&mask.narrow(3, j, n)?.narrow(4, 0, seen)?)?;
+            let probs =
+                candle_nn::ops::softmax_last_dim(&scores)?.reshape((b, kvh, rep * n, seen))?;
+            clock.mark("attn_softmax")?;
+            let out = probs.matmul(&values.narrow(2, 0, seen)?)?;
+            outs.push(out.reshape((b, kvh, rep, n, hd))?);
+            clock.mark("attn_pv")?;
+        }
+        Tensor::cat(&outs, 3)? // (b, kvh, rep, l, hd)
+            .reshape((b, h, l, hd))?
+            .transpose(1, 2)?
+            .reshape((b, l, h * hd))
+    }
+}
+
+/// Query positions per block when a long prompt chunk attends ([`Attention::attend_blocks`]);
+/// chunks of fewer than two blocks attend at once.
+const QUERY_BLOCK: usize = 256;
+
+/// Whether long prompt chunks attend a block of queries at a time: on the CPU, unless
+/// `PHIFORGE_QUERY_BLOCKS=off` (to measure what it brings). GPUs attend at once (unmeasured
+/// there).
+fn query_blocks(device: &Device) -> bool {
+    device.is_cpu() && std::env::var("PHIFORGE_QUERY_BLOCKS").map_or(true, |v| v != "off")
 }
 
 /// Copies `src` (1, KV heads, l, head size) into `cache` at slot `slot`, positions `start..`, in
@@ -621,6 +683,8 @@ pub(crate) struct Batch {
     /// (b, 1, 1, l, span) in the model's dtype: 0 where attended, -inf elsewhere; none when every
     /// query attends to every position (one new token each, all sequences equally long).
     mask: Option<Tensor>,
+    /// Long chunks attend a block of queries at a time ([`Attention::attend_blocks`]).
+    query_blocks: bool,
 }
 
 /// Sequences fed together in one forward pass: slots `first..first + tokens.len()`, where
@@ -645,6 +709,8 @@ pub struct Model {
     profile: Option<std::sync::Arc<Profile>>,
     /// The decode step's fused path and its kernels (see [`Model::set_kernels`]).
     fused: Option<Kernels>,
+    /// See [`query_blocks`].
+    query_blocks: bool,
     /// CUDA graphs of the fused decode step, by batch shape (see [`Model::set_graphs`]).
     #[cfg(feature = "cuda")]
     graphs: std::sync::Mutex<crate::graph::Graphs>,
@@ -730,6 +796,7 @@ impl Model {
             device: device.clone(),
             profile: None,
             fused: None,
+            query_blocks: query_blocks(device),
             #[cfg(feature = "cuda")]
             graphs: std::sync::Mutex::new(crate::graph::Graphs::new(device.is_cuda())),
         }
@@ -1281,6 +1348,7 @@ impl Model {
                     .broadcast_as((b, kvh, l, hd))?
                     .contiguous()?,
                 span,
+                query_blocks: self.query_blocks,
                 mask: if masked {
                     Some(Tensor::from_vec(mask, (b, 1, 1, l, span), dev)?.to_dtype(dtype)?)
                 } else {
