@@ -288,32 +288,14 @@ pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
 
 /// `phiforge bench-engine`: builds the engine, then prints a JSON line per batch size.
 pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
-    use engines::bench_setup::{Precision, Setup, Shape, Weights};
+    use engines::bench_setup::Setup;
     if a.batch.is_empty() || a.batch.contains(&0) || a.prompt_len == 0 || a.gen_len == 0 {
         anyhow::bail!("--batch sizes, --prompt-len and --gen-len must be at least 1");
     }
     let setup = Setup {
-        weights: match &a.model_dir {
-            Some(spec) => Weights::Model(spec.clone()),
-            None => Weights::Random {
-                shape: match a.shape {
-                    ShapeArg::Phi4 => Shape::Phi4,
-                    ShapeArg::Tiny => Shape::Tiny,
-                },
-                layers: a.layers,
-            },
-        },
-        device: match a.device {
-            DeviceArg::Auto => engines::config::DeviceSpec::Auto,
-            DeviceArg::Cpu => engines::config::DeviceSpec::Cpu,
-            DeviceArg::Cuda => engines::config::DeviceSpec::Cuda(0),
-        },
-        precision: match a.dtype {
-            DTypeArg::Auto => Precision::Auto,
-            DTypeArg::F32 => Precision::F32,
-            DTypeArg::Bf16 => Precision::Bf16,
-            DTypeArg::F16 => Precision::F16,
-        },
+        weights: weights(a.model_dir.as_ref(), a.shape, a.layers),
+        device: device_spec(a.device),
+        precision: precision(a.dtype),
         slots: a.batch.iter().copied().max().unwrap_or(1),
         context: a.prompt_len + a.gen_len + 1,
         seed: a.seed,
@@ -376,6 +358,25 @@ pub(crate) fn bench_engine(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// A model folder's weights, or random ones of `shape` (with `layers` layers if given).
+fn weights(
+    model_dir: Option<&PathBuf>,
+    shape: ShapeArg,
+    layers: Option<usize>,
+) -> engines::bench_setup::Weights {
+    use engines::bench_setup::{Shape, Weights};
+    match model_dir {
+        Some(spec) => Weights::Model(spec.clone()),
+        None => Weights::Random {
+            shape: match shape {
+                ShapeArg::Phi4 => Shape::Phi4,
+                ShapeArg::Tiny => Shape::Tiny,
+            },
+            layers,
+        },
+    }
+}
+
 fn device_spec(d: DeviceArg) -> engines::config::DeviceSpec {
     match d {
         DeviceArg::Auto => engines::config::DeviceSpec::Auto,
@@ -397,7 +398,7 @@ fn precision(d: DTypeArg) -> engines::bench_setup::Precision {
 /// `phiforge bench-load`: replays one load of mixed requests under each prefix cache setting
 /// and prints a JSON line for each.
 pub(crate) fn bench_load(a: LoadArgs) -> Result<()> {
-    use engines::bench_setup::{Setup, Shape, Weights};
+    use engines::bench_setup::Setup;
     use engines::load::{requests, run, LoadPlan};
     let (p, o) = (
         (a.prompt_len[0], a.prompt_len[1]),
@@ -430,16 +431,7 @@ pub(crate) fn bench_load(a: LoadArgs) -> Result<()> {
             other => anyhow::bail!("--prefix-cache: `{other}` is neither on nor off"),
         };
         let setup = Setup {
-            weights: match &a.model_dir {
-                Some(spec) => Weights::Model(spec.clone()),
-                None => Weights::Random {
-                    shape: match a.shape {
-                        ShapeArg::Phi4 => Shape::Phi4,
-                        ShapeArg::Tiny => Shape::Tiny,
-                    },
-                    layers: a.layers,
-                },
-            },
+            weights: weights(a.model_dir.as_ref(), a.shape, a.layers),
             device: device_spec(a.device),
             precision: precision(a.dtype),
             slots: a.slots,

@@ -202,10 +202,9 @@ pub(crate) fn schedule(
             };
             metrics.prompt_tokens.inc_by(n as u64);
             if cache.capacity() > 0 {
-                let looked_up = metrics
-                    .prefix_cache_lookup_tokens
-                    .inc_by(((n - 1) / block * block) as u64)
-                    + ((n - 1) / block * block) as u64;
+                // Whole blocks of all but the last token are looked up.
+                let whole = ((n - 1) / block * block) as u64;
+                let looked_up = metrics.prefix_cache_lookup_tokens.inc_by(whole) + whole;
                 let hits = metrics.prefix_cache_hit_tokens.inc_by(reused as u64) + reused as u64;
                 metrics
                     .prefix_cache_hit_rate
