@@ -30,6 +30,37 @@ async fn start(engine: LocalEngine, max_pending: usize) -> String {
     url
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// POSTs `body` to `url` + `path` (`/completions`, `/chat/completions`); the reply, any status.
+async fn post(url: &str, path: &str, body: &serde_json::Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The same, for a reply that must be a 200 with a JSON body.
+async fn post_json(url: &str, path: &str, body: &serde_json::Value) -> serde_json::Value {
+    let r = post(url, path, body).await;
+    assert_eq!(r.status(), 200, "{path}: {body}");
+    r.json().await.unwrap()
+}
+
+/// The same, for a streamed reply: its body as text.
+async fn post_text(url: &str, path: &str, body: &serde_json::Value) -> String {
+    let r = post(url, path, body).await;
+    assert_eq!(r.status(), 200, "{path}: {body}");
+    r.text().await.unwrap()
+}
+
 fn request(k: usize) -> ChatRequest {
     ChatRequest {
         messages: vec![Message::new(
@@ -46,11 +77,7 @@ fn request(k: usize) -> ChatRequest {
 
 #[test]
 fn the_backend_gets_through_the_server_what_the_engine_gives() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         let url = start(local(4), 64).await;
 
         let direct = local(1);
@@ -70,15 +97,7 @@ fn the_backend_gets_through_the_server_what_the_engine_gives() {
 
         // Streaming: the deltas add up to the whole text, then a finish reason, then [DONE].
         let body = serde_json::json!({"model": "phi3-tiny", "messages": requests[5].messages, "temperature": 0.0, "max_tokens": 10, "stream": true});
-        let text = reqwest::Client::new()
-            .post(format!("{url}/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = post_text(&url, "/chat/completions", &body).await;
         let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
         assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
         let chunks: Vec<serde_json::Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
@@ -95,11 +114,7 @@ fn the_backend_gets_through_the_server_what_the_engine_gives() {
 
 #[test]
 fn past_its_bound_the_server_answers_429_at_once_and_clients_retry() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         let url = start(local(2), 2).await;
         // Eight at once against a bound of two: some are refused with Retry-After, none waits.
         let body = |k: usize| serde_json::json!({"model": "phi3-tiny", "prompt": format!("Count to {k}."), "temperature": 0.0, "max_tokens": 40});
@@ -123,13 +138,8 @@ fn past_its_bound_the_server_answers_429_at_once_and_clients_retry() {
 /// answering as if it had; `stream_options.include_usage` gets a usage chunk before `[DONE]`.
 #[test]
 fn unsupported_parameters_are_refused_by_name_and_usage_is_streamed_on_request() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         let url = start(local(2), 8).await;
-        let client = reqwest::Client::new();
         let base = serde_json::json!({"model": "phi3-tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0.0});
         let with = |k: &str, v: serde_json::Value| {
             let mut b = base.clone();
@@ -145,20 +155,19 @@ fn unsupported_parameters_are_refused_by_name_and_usage_is_streamed_on_request()
             ("tools", serde_json::json!([{"type": "function", "function": {"name": "f"}}])),
             ("response_format", serde_json::json!({"type": "json_object"})),
         ] {
-            let r = client.post(format!("{url}/chat/completions")).json(&with(name, value)).send().await.unwrap();
+            let r = post(&url, "/chat/completions", &with(name, value)).await;
             assert_eq!(r.status(), 400, "{name}");
             let e: serde_json::Value = r.json().await.unwrap();
             assert!(e["error"]["message"].as_str().unwrap().contains(&format!("`{name}`")), "{name}: {e}");
         }
         // The values that change nothing are accepted.
         for (name, value) in [("n", serde_json::json!(1)), ("presence_penalty", serde_json::json!(0.0)), ("response_format", serde_json::json!({"type": "text"}))] {
-            let r = client.post(format!("{url}/chat/completions")).json(&with(name, value)).send().await.unwrap();
-            assert_eq!(r.status(), 200, "{name}");
+            post_json(&url, "/chat/completions", &with(name, value)).await;
         }
         // Streaming with the usage: a last chunk without choices, with the usage, before [DONE].
         let mut body = with("stream", serde_json::json!(true));
         body["stream_options"] = serde_json::json!({"include_usage": true});
-        let text = client.post(format!("{url}/chat/completions")).json(&body).send().await.unwrap().text().await.unwrap();
+        let text = post_text(&url, "/chat/completions", &body).await;
         let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
         assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
         let last: serde_json::Value = serde_json::from_str(data[data.len() - 2]).unwrap();
@@ -167,7 +176,7 @@ fn unsupported_parameters_are_refused_by_name_and_usage_is_streamed_on_request()
         assert!(u["prompt_tokens"].as_u64().unwrap() > 0, "{text}");
         assert_eq!(u["total_tokens"].as_u64().unwrap(), u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap());
         // Without it, no usage chunk.
-        let text = client.post(format!("{url}/chat/completions")).json(&with("stream", serde_json::json!(true))).send().await.unwrap().text().await.unwrap();
+        let text = post_text(&url, "/chat/completions", &with("stream", serde_json::json!(true))).await;
         assert!(!text.contains("\"usage\""), "{text}");
     });
 }
@@ -176,40 +185,19 @@ fn unsupported_parameters_are_refused_by_name_and_usage_is_streamed_on_request()
 /// engine's figures in Prometheus' text format.
 #[test]
 fn n_choices_share_the_prompt_and_metrics_are_reported() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         let url = start(local(4), 8).await;
-        let client = reqwest::Client::new();
         let prompt = "A prompt long enough to fill a few blocks of the prefix cache. ".repeat(8);
         let body = serde_json::json!({"model": "phi3-tiny", "prompt": prompt, "max_tokens": 5,
                                       "temperature": 1.0, "seed": 7, "n": 3});
-        let r: serde_json::Value = client
-            .post(format!("{url}/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = post_json(&url, "/completions", &body).await;
         let choices = r["choices"].as_array().unwrap();
         assert_eq!(choices.len(), 3, "{r}");
         for (i, c) in choices.iter().enumerate() {
             assert_eq!(c["index"], i, "{r}");
         }
         // Seeded `seed + i`: the same request gives the same choices.
-        let again: serde_json::Value = client
-            .post(format!("{url}/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let again = post_json(&url, "/completions", &body).await;
         assert_eq!(again["choices"], r["choices"]);
         let u = &r["usage"];
         let tokens: u64 = choices
@@ -218,7 +206,7 @@ fn n_choices_share_the_prompt_and_metrics_are_reported() {
             .sum();
         assert!(u["completion_tokens"].as_u64().unwrap() >= 3, "{u}");
         assert!(tokens > 0);
-        let metrics = client
+        let metrics = reqwest::Client::new()
             .get(format!("{}/metrics", url.trim_end_matches("/v1")))
             .send()
             .await
