@@ -7,11 +7,15 @@
 #   shared: the shared-prefix load (one document under many instructions, a judge or critic's
 #           short verdicts): prompts 1,000-2,000 tokens, all opening with one of 4 prefixes (90%
 #           of their length), outputs 16-64 tokens, all sent at once.
+# Then the peer: transformers (PyTorch, 2 threads, f32) fed the same requests in static batches
+# of up to 16, whatever has arrived when the model is free (`benches/hf_load.py`; the torch venv
+# of `benches/torch_venv.sh`).
 # Prints one JSON line per load and setting (tokens/s, time to first token and between tokens as
-# percentiles, the prefix cache's hit rate).
+# percentiles, the prefix cache's hit rate), and one per load for the peer.
 #
 # usage: benches/load.sh [mixed] [shared]      (default: both)
-# env:   LAYERS (default 4), REQUESTS (default 48), RATE (default 1), STEP_TOKENS (default 1024)
+# env:   LAYERS (default 4), REQUESTS (default 48), RATE (default 1), STEP_TOKENS (default 1024),
+#        PEER (default 1; 0 leaves transformers out)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 layers=${LAYERS:-4}
@@ -19,7 +23,11 @@ requests=${REQUESTS:-48}
 rate=${RATE:-1}
 step=${STEP_TOKENS:-1024}
 loads=${*:-mixed shared}
+peer=${PEER:-1}
+if [ "$peer" = 1 ]; then . "$root/benches/torch_venv.sh"; fi
 (cd "$root" && cargo build --release -j 2 -q)
+reqs=$(mktemp -d)
+trap 'rm -rf "$reqs"' EXIT
 bin=${CARGO_TARGET_DIR:-$root/target}/release/phiforge
 common=(--shape tiny --layers "$layers" --device cpu --slots 16 --step-tokens "$step" --prefix-cache on,off)
 for load in $loads; do
@@ -30,7 +38,14 @@ for load in $loads; do
                   --shared 1 --prefixes 4 --prefix-share 0.9) ;;
     *) echo "unknown load $load (mixed, shared)" >&2; exit 2 ;;
   esac
-  "$bin" bench-load "${common[@]}" "${args[@]}" | while read -r line; do
-    echo "{\"load\":\"$load\",${line#\{}"
-  done
+  "$bin" bench-load "${common[@]}" "${args[@]}" --write-requests "$reqs/$load.jsonl" |
+    while read -r line; do
+      echo "{\"load\":\"$load\",${line#\{}"
+    done
+  if [ "$peer" = 1 ]; then
+    "$torch_python" "$root/benches/hf_load.py" "$reqs/$load.jsonl" --layers "$layers" --slots 16 |
+      while read -r line; do
+        echo "{\"load\":\"$load\",${line#\{}"
+      done
+  fi
 done

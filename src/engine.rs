@@ -104,6 +104,10 @@ pub(crate) struct LoadArgs {
     dtype: DTypeArg,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also write the load's requests here as JSON lines (`at_s`, `prompt` token ids, `output`,
+    /// `prefix`), to feed the same requests to a peer (`benches/hf_load.py`).
+    #[arg(long)]
+    write_requests: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -449,6 +453,10 @@ pub(crate) fn bench_load(a: LoadArgs) -> Result<()> {
         };
         let ready = engines::bench_setup::prepare(&setup)?;
         let load = requests(&plan, ready.config.vocab_size as u32);
+        if let Some(path) = &a.write_requests {
+            corpus::atomic::write(path, engines::load::to_jsonl(&load).as_bytes())
+                .with_context(|| format!("writing the requests to {}", path.display()))?;
+        }
         let bar = ProgressBar::new_spinner().with_message(format!(
             "replaying {} requests, prefix cache {setting}",
             load.len()

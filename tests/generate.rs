@@ -301,6 +301,53 @@ fn bench_engine_prints_a_record_per_batch_size() {
     assert!(err.contains("--batch"), "{err}");
 }
 
+/// `bench-load` replays one load per prefix cache setting and can write the load's requests out,
+/// so a peer is fed the same ones.
+#[test]
+fn bench_load_replays_the_requests_it_writes() {
+    let dir = Dir::new();
+    let reqs = dir.path("requests.jsonl");
+    let out = dir.ok(&[
+        "bench-load",
+        "--device",
+        "cpu",
+        "--layers",
+        "1",
+        "--requests",
+        "5",
+        "--rate",
+        "0",
+        "--prompt-len",
+        "40,90",
+        "--output-len",
+        "2,6",
+        "--slots",
+        "2",
+        "--write-requests",
+        reqs.to_str().unwrap(),
+    ]);
+    let written = read_jsonl(&reqs);
+    assert_eq!(written.len(), 5);
+    let outputs: u64 = written.iter().map(|r| r["output"].as_u64().unwrap()).sum();
+    let prompts: u64 = written
+        .iter()
+        .map(|r| r["prompt"].as_array().unwrap().len() as u64)
+        .sum();
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{out}");
+    for (r, on) in records.iter().zip([true, false]) {
+        assert_eq!(r["prefix_cache"], on, "{r}");
+        let res = &r["result"];
+        assert_eq!(res["requests"], 5, "{r}");
+        assert_eq!(res["output_tokens"], outputs, "{r}");
+        assert_eq!(res["prompt_tokens"], prompts, "{r}");
+    }
+    assert_eq!(records[1]["result"]["cached_prompt_tokens"], 0);
+}
+
 #[test]
 fn the_local_engine_finds_a_model_in_the_hugging_face_cache() {
     let dir = Dir::new();

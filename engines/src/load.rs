@@ -82,6 +82,21 @@ pub fn requests(plan: &LoadPlan, vocab: u32) -> Vec<LoadRequest> {
         .collect()
 }
 
+/// `load` as JSON lines, one request a line (`at_s`: seconds from the start; `prompt`: token ids;
+/// `output`: tokens to generate; `prefix`: the common prefix it opens with, or null), for feeding
+/// the same requests to another engine.
+pub fn to_jsonl(load: &[LoadRequest]) -> String {
+    let mut out = String::new();
+    for r in load {
+        let line = serde_json::json!({
+            "at_s": r.at.as_secs_f64(), "prompt": r.prompt, "output": r.output, "prefix": r.prefix,
+        });
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    out
+}
+
 /// What one replay measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadRecord {
@@ -216,5 +231,17 @@ mod tests {
         let other = shared[1..].iter().find(|r| r.prefix == p).unwrap();
         let n = (shared[0].prompt.len().min(other.prompt.len()) as f64 * 0.8) as usize;
         assert_eq!(shared[0].prompt[..n], other.prompt[..n]);
+        // Written out, each line gives its request back.
+        let lines: Vec<serde_json::Value> = to_jsonl(&a)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), a.len());
+        for (l, r) in lines.iter().zip(&a) {
+            // To the nanosecond: serde_json's float parsing may be one unit in the last place off.
+            assert!((l["at_s"].as_f64().unwrap() - r.at.as_secs_f64()).abs() < 1e-9);
+            assert_eq!(l["output"], r.output);
+            assert_eq!(l["prompt"], serde_json::json!(r.prompt));
+        }
     }
 }
