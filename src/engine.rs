@@ -403,7 +403,7 @@ fn precision(d: DTypeArg) -> engines::bench_setup::Precision {
 /// and prints a JSON line for each.
 pub(crate) fn bench_load(a: LoadArgs) -> Result<()> {
     use engines::bench_setup::Setup;
-    use engines::load::{requests, run, LoadPlan};
+    use engines::load::{requests, run, LoadPlan, LoadRequest};
     let (p, o) = (
         (a.prompt_len[0], a.prompt_len[1]),
         (a.output_len[0], a.output_len[1]),
@@ -428,6 +428,7 @@ pub(crate) fn bench_load(a: LoadArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let mut load: Option<Vec<LoadRequest>> = None;
     for setting in &a.prefix_cache {
         let on = match setting.as_str() {
             "on" => true,
@@ -452,17 +453,24 @@ pub(crate) fn bench_load(a: LoadArgs) -> Result<()> {
             },
         };
         let ready = engines::bench_setup::prepare(&setup)?;
-        let load = requests(&plan, ready.config.vocab_size as u32);
-        if let Some(path) = &a.write_requests {
-            corpus::atomic::write(path, engines::load::to_jsonl(&load).as_bytes())
-                .with_context(|| format!("writing the requests to {}", path.display()))?;
-        }
+        // Every setting replays the same requests: drawn (and written out) once.
+        let load: &[LoadRequest] = match &mut load {
+            Some(load) => load,
+            None => {
+                let drawn = requests(&plan, ready.config.vocab_size as u32);
+                if let Some(path) = &a.write_requests {
+                    corpus::atomic::write(path, engines::load::to_jsonl(&drawn).as_bytes())
+                        .with_context(|| format!("writing the requests to {}", path.display()))?;
+                }
+                load.insert(drawn)
+            }
+        };
         let bar = ProgressBar::new_spinner().with_message(format!(
             "replaying {} requests, prefix cache {setting}",
             load.len()
         ));
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        let record = runtime.block_on(run(&ready.engine, &load))?;
+        let record = runtime.block_on(run(&ready.engine, load))?;
         bar.finish_and_clear();
         println!(
             "{}",
