@@ -6,7 +6,9 @@
 # Build here (docs/performance.md), then on the GPU machine, from the repository root:
 #   bash benches/engine_gpu.sh            # figures go to $OUT (or out/engine-gpu)
 # Environment: BATCH (1,8,32,64,128), PROMPT_LEN (256), GEN_LEN (256), PHIFORGE (.gpu/phiforge),
-# HF_BENCH (.gpu/hf_bench.py), PYTHON (/opt/torch/.venv/bin/python3).
+# HF_BENCH (.gpu/hf_bench.py), PYTHON (/opt/torch/.venv/bin/python3); PARTS=0 leaves out the runs
+# that take the decode step apart; LOAD=1 adds the load beside transformers (`benches/load.sh` at
+# Phi-4's shape: LOAD_REQUESTS (32), LOAD_RATE (4), LOAD_SLOTS (32), LOAD_TIMEOUT (330 s)).
 set -u
 OUT=${OUT:-out/engine-gpu}
 BIN=${PHIFORGE:-.gpu/phiforge}
@@ -53,6 +55,19 @@ step phiforge "${PHIFORGE_TIMEOUT:-200}" "$BIN" bench-engine --device cuda --bat
   step phiforge-unchecked "${PHIFORGE_TIMEOUT:-200}" "$BIN" bench-engine --device cuda \
     --batch "$BATCH" --prompt-len "$P" --gen-len "$G"
 step transformers "${HF_TIMEOUT:-220}" "$PY" "$HF" --batch "$BATCH" --prompt-len "$P" --gen-len "$G"
+# The generation load (issue #14): both loads of benches/load.sh, each under the prefix cache on
+# and off and then through transformers in static batches, the same requests every time.
+if [ "${LOAD:-0}" = 1 ]; then
+  echo "== load"
+  t0=$SECONDS
+  DEVICE=cuda SHAPE=phi4 DTYPE=bf16 LAYERS= SLOTS=${LOAD_SLOTS:-32} REQUESTS=${LOAD_REQUESTS:-32} \
+    RATE=${LOAD_RATE:-4} PHIFORGE=$BIN PYTHON=$PY HF_SHARED=$(dirname "$HF") \
+    timeout "${LOAD_TIMEOUT:-330}" bash benches/load.sh > "$OUT/load.jsonl" 2> "$OUT/load.err"
+  echo "rc=$? in $((SECONDS - t0))s"
+  cat "$OUT/load.jsonl"
+  tail -n 6 "$OUT/load.err"
+fi
+if [ "${PARTS:-1}" = 0 ]; then exit 0; fi
 # What each part brings: candle's operations in the decode step (the build before the kernels);
 # the kernels without CUDA graphs; every kernel but the GEMV (cuBLAS does the products).
 step phiforge-candle-ops 120 "$BIN" bench-engine --device cuda --batch 1,128 --prompt-len "$P" \

@@ -3,7 +3,8 @@
 
 Reads the requests `phiforge bench-load --write-requests FILE` wrote (`at_s`, `prompt` token ids,
 `output` tokens) and replays them through transformers' Phi3ForCausalLM, built by the peer
-driver `../shared/gpu/hf_bench.py` (its tiny shape, random weights) at the dtype asked for.
+driver `../shared/gpu/hf_bench.py` (random weights of its tiny shape or Phi-4's, on the CPU or a
+GPU) at the dtype asked for.
 Static batching, as a server without continuous batching does: whenever the model is free, the
 requests that have arrived (up to SLOTS, in arrival order; if none has, the next one once it
 does) make one batch, their prompts left-padded to the longest, which generates (greedy, stop
@@ -22,7 +23,8 @@ import sys
 import time
 
 here = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(here, "..", "..", "shared", "gpu"))
+# The peer driver: beside the checkout (../shared/gpu), or where HF_SHARED says (a GPU machine).
+sys.path.insert(0, os.environ.get("HF_SHARED") or os.path.join(here, "..", "..", "shared", "gpu"))
 import hf_bench  # noqa: E402
 import torch  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
@@ -56,9 +58,11 @@ def pct(values, p):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("requests", help="JSON lines from `phiforge bench-load --write-requests`")
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=None, help="default: the shape's own")
     ap.add_argument("--slots", type=int, default=16, help="requests per static batch, at most")
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--shape", choices=["tiny", "phi4"], default="tiny")
     a = ap.parse_args()
     load = []
     with open(a.requests) as f:
@@ -70,13 +74,14 @@ def main():
                 sys.exit(f"{a.requests}:{n}: not a request line ({e})")
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
     torch.manual_seed(0)
-    cfg = hf_bench.phi4_config(a.layers, tiny=True)
-    model = hf_bench.build_model(cfg, "cpu", dtype)
+    cfg = hf_bench.phi4_config(a.layers, tiny=a.shape == "tiny")
+    dev = a.device
+    model = hf_bench.build_model(cfg, dev, dtype)
     pad = cfg.pad_token_id
     ttft, itl = [], []
     prompt_tokens = output_tokens = computed = batches = 0
     with torch.inference_mode():
-        warm = hf_bench.prompts(2, 32, cfg.vocab_size, 1, "cpu")
+        warm = hf_bench.prompts(2, 32, cfg.vocab_size, 1, dev)
         hf_bench.generate_once(model, warm, 2, pad)
         start = time.perf_counter()
         i = 0
@@ -90,8 +95,9 @@ def main():
                 j += 1
             batch, i = load[i:j], j
             width = max(len(p) for _, p, _ in batch)
-            ids = torch.tensor([[pad] * (width - len(p)) + p for _, p, _ in batch])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for _, p, _ in batch])
+            ids = torch.tensor([[pad] * (width - len(p)) + p for _, p, _ in batch], device=dev)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for _, p, _ in batch],
+                                device=dev)
             g = max(o for _, _, o in batch)
             ticks = Ticks()
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
@@ -110,7 +116,8 @@ def main():
         wall = time.perf_counter() - start
     print(json.dumps({
         "engine": "hf-transformers", "batching": "static", "slots": a.slots, "dtype": a.dtype,
-        "layers": a.layers, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "device": dev, "shape": a.shape, "layers": cfg.num_hidden_layers,
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
         "result": {
             "requests": len(load), "prompt_tokens": prompt_tokens, "output_tokens": output_tokens,
             "wall_s": round(wall, 3), "total_tok_s": round((prompt_tokens + output_tokens) / wall, 3),

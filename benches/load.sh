@@ -15,21 +15,41 @@
 #
 # usage: benches/load.sh [mixed] [shared]      (default: both)
 # env:   LAYERS (default 4), REQUESTS (default 48), RATE (default 1), STEP_TOKENS (default 1024),
-#        PEER (default 1; 0 leaves transformers out)
+#        SLOTS (default 16), PEER (default 1; 0 leaves transformers out)
+# On a GPU machine (no toolchain, no network; see docs/performance.md), with the binary built here:
+#        DEVICE=cuda SHAPE=phi4 DTYPE=bf16 PHIFORGE=/tmp/phiforge PYTHON=/opt/torch/.venv/bin/python3
+#        (DEVICE, SHAPE, DTYPE default to cpu, tiny, f32; PHIFORGE set skips the build, PYTHON set
+#        skips making the torch venv; LAYERS= empty keeps the shape's own layers)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-layers=${LAYERS:-4}
+layers=${LAYERS-4}
 requests=${REQUESTS:-48}
 rate=${RATE:-1}
 step=${STEP_TOKENS:-1024}
+slots=${SLOTS:-16}
+device=${DEVICE:-cpu}
+shape=${SHAPE:-tiny}
+dtype=${DTYPE:-f32}
 loads=${*:-mixed shared}
 peer=${PEER:-1}
-if [ "$peer" = 1 ]; then . "$root/benches/torch_venv.sh"; fi
-(cd "$root" && cargo build --release -j 2 -q)
+if [ "$peer" = 1 ]; then
+  if [ -n "${PYTHON:-}" ]; then torch_python=$PYTHON; else . "$root/benches/torch_venv.sh"; fi
+fi
+if [ -n "${PHIFORGE:-}" ]; then
+  bin=$PHIFORGE
+else
+  (cd "$root" && cargo build --release -j 2 -q)
+  bin=${CARGO_TARGET_DIR:-$root/target}/release/phiforge
+fi
 reqs=$(mktemp -d)
 trap 'rm -rf "$reqs"' EXIT
-bin=${CARGO_TARGET_DIR:-$root/target}/release/phiforge
-common=(--shape tiny --layers "$layers" --device cpu --slots 16 --step-tokens "$step" --prefix-cache on,off)
+common=(--shape "$shape" --device "$device" --dtype "$dtype" --slots "$slots" --step-tokens "$step"
+        --prefix-cache on,off)
+peer_args=(--shape "$shape" --device "$device" --dtype "$dtype" --slots "$slots")
+if [ -n "$layers" ]; then
+  common+=(--layers "$layers")
+  peer_args+=(--layers "$layers")
+fi
 for load in $loads; do
   case $load in
     mixed) args=(--requests "$requests" --rate "$rate" --prompt-len 100,2000 --output-len 50,1000
@@ -43,7 +63,7 @@ for load in $loads; do
       echo "{\"load\":\"$load\",${line#\{}"
     done
   if [ "$peer" = 1 ]; then
-    "$torch_python" "$root/benches/hf_load.py" "$reqs/$load.jsonl" --layers "$layers" --slots 16 |
+    "$torch_python" "$root/benches/hf_load.py" "$reqs/$load.jsonl" "${peer_args[@]}" |
       while read -r line; do
         echo "{\"load\":\"$load\",${line#\{}"
       done
