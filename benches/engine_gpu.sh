@@ -67,15 +67,16 @@ if [ "${LOAD:-0}" = 1 ]; then
   cat "$OUT/load.jsonl"
   tail -n 6 "$OUT/load.err"
 fi
-if [ "${PARTS:-1}" = 0 ]; then exit 0; fi
-# What each part brings: candle's operations in the decode step (the build before the kernels);
-# the kernels without CUDA graphs; every kernel but the GEMV (cuBLAS does the products).
-step phiforge-candle-ops 120 "$BIN" bench-engine --device cuda --batch 1,128 --prompt-len "$P" \
-  --gen-len "$G" --kernels none
-step phiforge-no-graphs 90 "$BIN" bench-engine --device cuda --batch 1,8 --prompt-len "$P" \
-  --gen-len "$G" --no-graphs
-step phiforge-cublas 60 "$BIN" bench-engine --device cuda --batch 1 --prompt-len "$P" \
-  --gen-len "$G" --kernels norm,rope,attn,silu,argmax
+if [ "${PARTS:-1}" = 1 ]; then
+  # What each part brings: candle's operations in the decode step (the build before the kernels);
+  # the kernels without CUDA graphs; every kernel but the GEMV (cuBLAS does the products).
+  step phiforge-candle-ops 120 "$BIN" bench-engine --device cuda --batch 1,128 --prompt-len "$P" \
+    --gen-len "$G" --kernels none
+  step phiforge-no-graphs 90 "$BIN" bench-engine --device cuda --batch 1,8 --prompt-len "$P" \
+    --gen-len "$G" --no-graphs
+  step phiforge-cublas 60 "$BIN" bench-engine --device cuda --batch 1 --prompt-len "$P" \
+    --gen-len "$G" --kernels norm,rope,attn,silu,argmax
+fi
 # Where the time goes (every phase synchronized, so slower than the figures above, and no graphs).
 if [ -n "${PROFILE:-}" ]; then
   step profile 90 "$BIN" bench-engine --device cuda --batch 1,8,128 --prompt-len "$P" --gen-len 64 \
