@@ -28,10 +28,15 @@ pub struct FilterArgs {
     /// gopher_repetition, c4, fineweb (datatrove 0.10's defaults; see docs/curation.md).
     #[arg(long, value_delimiter = ',')]
     preset: Vec<String>,
-    /// A SQL condition a kept document satisfies, over the signal columns and id, bytes (e.g.
-    /// "words >= 50 AND symbol_to_word_ratio < 0.1 AND language = 'eng'"); runs after presets.
+    /// A SQL condition a kept document satisfies, over the signal columns, id, bytes and the
+    /// `--field`s (e.g. "words >= 50 AND symbol_to_word_ratio < 0.1 AND language = 'eng'");
+    /// runs after presets.
     #[arg(long = "where")]
     where_sql: Option<String>,
+    /// A field of the records that `--where` may read, as NAME:TYPE (TYPE: str, int or float),
+    /// e.g. `--field lang:str --field score:float`; repeat for more. Missing or null: SQL NULL.
+    #[arg(long = "field", value_name = "NAME:TYPE")]
+    fields: Vec<curate::fields::Field>,
 }
 
 #[derive(Args)]
@@ -126,11 +131,52 @@ fn signals_of(
     Ok((rows, ids, lens))
 }
 
+/// `rows` with the declared fields' values of the batch's records.
+fn with_fields(
+    mut rows: RowBatch,
+    batch: &Batch,
+    fields: &[curate::fields::Field],
+) -> Result<RowBatch> {
+    if fields.is_empty() {
+        return Ok(rows);
+    }
+    let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+    for (f, json) in fields.iter().zip(batch.fields(&names)?) {
+        let values = f.values(json).map_err(|bad| {
+            anyhow::anyhow!(
+                "{}: line {}: {}",
+                batch.path().display(),
+                batch.line(bad.record),
+                bad.reason
+            )
+        })?;
+        rows = rows.with_field(&f.name, values)?;
+    }
+    Ok(rows)
+}
+
 pub fn filter(a: FilterArgs) -> Result<()> {
     if a.preset.is_empty() && a.where_sql.is_none() {
         bail!("give --preset, --where or both");
     }
-    let filter = Filter::of(&[], &a.preset, a.where_sql.as_deref())?;
+    if let Some(f) = a
+        .fields
+        .iter()
+        .find(|f| f.name == "id" || f.name == "bytes")
+    {
+        bail!(
+            "--field {f}: `{}` is the document's own column already",
+            f.name
+        );
+    }
+    let declared: Vec<(&str, ColumnType)> =
+        a.fields.iter().map(|f| (f.name.as_str(), f.kind)).collect();
+    let filter = Filter::of(&declared, &a.preset, a.where_sql.as_deref()).map_err(|e| {
+        let hint = matches!(e, curate::Error::UnknownColumn { .. })
+            .then_some(" (a field of the records needs `--field NAME:TYPE`)")
+            .unwrap_or_default();
+        anyhow::anyhow!("{e}{hint}")
+    })?;
     let inputs = a.corpus.start()?;
     let names = dedup::audit::output_names(&inputs)?;
     let spec = a.corpus.spec();
@@ -156,6 +202,7 @@ pub fn filter(a: FilterArgs) -> Result<()> {
         // The reader decompresses and splits ahead while the pool computes signals.
         reader.read_ahead(|batch| -> Result<()> {
             let (rows, ids, lens) = signals_of(&batch, &spec)?;
+            let rows = with_fields(rows, &batch, &a.fields)?;
             let decided = filter.decide(&rows)?;
             let (mut keep_rows, mut drop_rows, mut notes) = (Vec::new(), Vec::new(), Vec::new());
             for (i, reason) in decided.iter().enumerate() {
@@ -209,6 +256,7 @@ pub fn filter(a: FilterArgs) -> Result<()> {
     let report = json!({
         "presets": a.preset,
         "where": a.where_sql,
+        "fields": a.fields.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
         "rules": filter.rules().map(|(r, c)| json!({"reason": r, "condition": c})).collect::<Vec<_>>(),
         "inputs": per_input,
         "documents": counts.documents,

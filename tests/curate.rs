@@ -156,6 +156,54 @@ fn a_where_clause_keeps_what_it_says_and_query_counts_the_same() {
 }
 
 #[test]
+fn where_reads_the_records_own_fields_when_declared() {
+    let dir = Dir::new();
+    let n = docs(&dir) as u64;
+    let filter = |out: &str, cond: &str, field: &str| {
+        let mut args = vec!["filter", "-i", "docs.jsonl.gz", "-o", out, "--where", cond];
+        if !field.is_empty() {
+            args.extend(["--field", field]);
+        }
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| dir.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // Every section of Python's docs has `source`: python3.11-doc.
+    run(filter("words", "words >= 200", ""));
+    run(filter(
+        "both",
+        "words >= 200 AND source = 'python3.11-doc'",
+        "source:str",
+    ));
+    run(filter("none", "source <> 'python3.11-doc'", "source:str"));
+    let kept = report(&dir, "words")["kept"].as_u64().unwrap();
+    assert!(kept > 0 && kept < n, "{kept} of {n}");
+    assert_eq!(report(&dir, "both")["kept"], kept);
+    assert_eq!(report(&dir, "both")["fields"], json!(["source:str"]));
+    assert_eq!(report(&dir, "none")["kept"], 0);
+    // A missing field is NULL, and a rule that is NULL does not hold.
+    run(filter("null", "lang IS NULL", "lang:str"));
+    assert_eq!(report(&dir, "null")["kept"], n);
+    // Undeclared: refused before reading, with the way to declare it.
+    let args = filter("undeclared", "source = 'x'", "");
+    let err = dir.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err.contains("unknown column `source`") && err.contains("--field NAME:TYPE"),
+        "{err}"
+    );
+    // Of another type than declared: the file and line, and no output.
+    let args = filter("wrong", "source > 1", "source:int");
+    let err = dir.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err.contains("docs.jsonl.gz: line 1: field `source` is a string, not an integer"),
+        "{err}"
+    );
+    let args = filter("own", "id <> ''", "id:str");
+    let err = dir.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("the document's own column"), "{err}");
+    assert!(!dir.path("wrong").exists() && !dir.path("undeclared").exists());
+}
+
+#[test]
 fn bad_conditions_fail_before_reading_anything() {
     let dir = Dir::new();
     docs(&dir);

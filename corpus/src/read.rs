@@ -13,6 +13,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod fields;
+
 /// A JSON-lines batch is cut after this many bytes of input (or at the end of the file).
 pub const BATCH_BYTES: usize = 4 << 20;
 const PARQUET_BATCH_ROWS: usize = 4096;

@@ -9,6 +9,8 @@
 //! - [`sql`] evaluates SQL with polars, the one crate of the workspace that links it: a
 //!   [`Filter`] (a `where` clause, or a preset's rules, one boolean column each) over a
 //!   [`RowBatch`] of many documents' signals and fields, and [`sql::query`] over [`sql::Table`]s.
+//! - [`fields`] declares a record's own fields (`lang:str`) for conditions to read beside the
+//!   signals, and converts their JSON values.
 //! - [`Scrubber`] replaces e-mail addresses, IP addresses and phone numbers with placeholders and
 //!   counts them per kind.
 //!
@@ -27,6 +29,7 @@
 //! # Ok::<(), curate::Error>(())
 //! ```
 
+pub mod fields;
 pub mod pii;
 pub mod presets;
 pub mod signals;
