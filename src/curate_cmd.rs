@@ -7,7 +7,7 @@ use clap::Args;
 use corpus::{
     Batch, BatchReader, Column, ColumnKind, Compression, Format, FormatWriter, StagedDir,
 };
-use curate::sql::{self, Filter, RowBatch, Table, Values};
+use curate::sql::{Filter, RowBatch, Values};
 use curate::{ColumnType, SignalComputer, Signals, Value};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -338,20 +338,32 @@ fn sample_files(out: &Path) -> Result<Vec<(PathBuf, Option<String>)>> {
     Ok(files)
 }
 
-pub fn query(a: QueryArgs) -> Result<()> {
-    let mut records = Vec::new();
-    for (path, stage) in sample_files(&a.out)? {
-        for (_, mut r) in corpus::read_records(&path)? {
-            if let Some(s) = &stage {
-                r.insert("stage".into(), json!(s));
+/// A build's sample files as one table's records, a file at a time (its stage as a column, its
+/// stored signals spread into columns).
+struct SampleFiles(Vec<(PathBuf, Option<String>)>);
+
+impl curate::scan::Records for SampleFiles {
+    fn visit(
+        &self,
+        each: &mut dyn FnMut(&serde_json::Map<String, serde_json::Value>),
+    ) -> std::result::Result<(), String> {
+        for (path, stage) in &self.0 {
+            for (_, mut r) in corpus::read_records(path).map_err(|e| e.to_string())? {
+                if let Some(s) = stage {
+                    r.insert("stage".into(), json!(s));
+                }
+                spread_signals(&mut r);
+                each(&r);
             }
-            spread_signals(&mut r);
-            records.push(r);
         }
+        Ok(())
     }
-    let samples = Table::from_records(&records)?;
-    drop(records);
-    let result = sql::query(&[("samples", &samples)], &a.sql)?;
+}
+
+pub fn query(a: QueryArgs) -> Result<()> {
+    // Read twice, a file at a time: the columns and their types, then what the query reads.
+    let files = std::sync::Arc::new(SampleFiles(sample_files(&a.out)?));
+    let result = curate::scan::query_records("samples", files, &a.sql)?;
     let Some(path) = a.output else {
         println!("{result}");
         return Ok(());

@@ -8,7 +8,9 @@
 //!   signal columns that is true when the document is kept, and datatrove's drop reason.
 //! - [`sql`] evaluates SQL with polars, the one crate of the workspace that links it: a
 //!   [`Filter`] (a `where` clause, or a preset's rules, one boolean column each) over a
-//!   [`RowBatch`] of many documents' signals and fields, and [`sql::query`] over [`sql::Table`]s.
+//!   [`RowBatch`] of many documents' signals and fields, and [`sql::query`] over [`sql::Table`]s;
+//!   [`scan::query_records`] runs a query over records read on demand, holding only the columns
+//!   it reads.
 //! - [`fields`] declares a record's own fields (`lang:str`) for conditions to read beside the
 //!   signals, and converts their JSON values.
 //! - [`Scrubber`] replaces e-mail addresses, IP addresses and phone numbers with placeholders and
@@ -32,6 +34,7 @@
 pub mod fields;
 pub mod pii;
 pub mod presets;
+pub mod scan;
 pub mod signals;
 pub mod sql;
 pub mod text;
@@ -70,6 +73,9 @@ pub enum Error {
     /// A field named like a signal column, or declared twice with different types.
     #[error("field `{field}` clashes with a signal column or another field of that name")]
     FieldClash { field: String },
+    /// Reading the records of a query's table (the reader's message names file and line).
+    #[error("{message}")]
+    Read { message: String },
     /// Writing an output.
     #[error("{what}: {source}")]
     Io {

@@ -424,6 +424,15 @@ impl Table {
     /// A table of these named columns, all of one length.
     pub fn from_columns(columns: Vec<(String, Values)>) -> Result<Table, Error> {
         let height = columns.first().map_or(0, |(_, v)| v.len());
+        Table::with_height(columns, height)
+    }
+
+    /// As [`Table::from_columns`], with the height given (a table may have rows and no column:
+    /// a scan for `count(*)`).
+    pub(crate) fn with_height(
+        columns: Vec<(String, Values)>,
+        height: usize,
+    ) -> Result<Table, Error> {
         if let Some((name, v)) = columns.iter().find(|(_, v)| v.len() != height) {
             return Err(Error::FieldLength {
                 field: name.clone(),
@@ -439,58 +448,16 @@ impl Table {
         Ok(Table { frame })
     }
 
-    /// A table of JSON records: a column per key, in order of first appearance; a key whose
-    /// values are all strings is text, all integers (that fit in i64) 64-bit integers, all
-    /// numbers floats, all booleans booleans; anything else (arrays, objects, mixed types) is its
-    /// JSON text. A key a record lacks, and JSON `null`, are NULL.
+    pub(crate) fn into_frame(self) -> DataFrame {
+        self.frame
+    }
+
+    /// A table of JSON records, typed as [`crate::scan`] says: a column per key, in order of
+    /// first appearance.
     pub fn from_records<'a>(
-        records: impl IntoIterator<Item = &'a serde_json::Map<String, serde_json::Value>>,
+        records: impl IntoIterator<Item = &'a serde_json::Map<String, serde_json::Value>> + Clone,
     ) -> Result<Table, Error> {
-        use serde_json::Value as J;
-        let mut names: Vec<String> = Vec::new();
-        let mut cells: Vec<Vec<Option<&'a J>>> = Vec::new();
-        let mut rows = 0usize;
-        for record in records {
-            for (k, v) in record {
-                let i = match names.iter().position(|n| n == k) {
-                    Some(i) => i,
-                    None => {
-                        names.push(k.clone());
-                        cells.push(vec![None; rows]);
-                        names.len() - 1
-                    }
-                };
-                cells[i].push((!v.is_null()).then_some(v));
-            }
-            rows += 1;
-            for c in &mut cells {
-                c.resize(rows, None);
-            }
-        }
-        let columns = names
-            .into_iter()
-            .zip(cells)
-            .map(|(name, col)| {
-                let present = || col.iter().flatten();
-                let values = if present().all(|v| v.is_string()) {
-                    Values::Str(
-                        col.iter()
-                            .map(|v| v.and_then(J::as_str).map(Into::into))
-                            .collect(),
-                    )
-                } else if present().all(|v| v.is_i64()) {
-                    Values::Int(col.iter().map(|v| v.and_then(J::as_i64)).collect())
-                } else if present().all(|v| v.is_number()) {
-                    Values::Float(col.iter().map(|v| v.and_then(J::as_f64)).collect())
-                } else if present().all(|v| v.is_boolean()) {
-                    Values::Bool(col.iter().map(|v| v.and_then(J::as_bool)).collect())
-                } else {
-                    Values::Str(col.iter().map(|v| v.map(|v| v.to_string())).collect())
-                };
-                (name, values)
-            })
-            .collect();
-        Table::from_columns(columns)
+        crate::scan::Schema::of(records.clone()).table(records, None)
     }
 
     /// Appends the rows of `other`, whose columns must have the same names and types.
@@ -596,9 +563,18 @@ impl fmt::Debug for Table {
 
 /// Runs the SQL query `sql` over `tables`, each registered under its name (`FROM samples`).
 pub fn query(tables: &[(&str, &Table)], sql: &str) -> Result<Table, Error> {
+    let frames: Vec<(&str, LazyFrame)> = tables
+        .iter()
+        .map(|(n, t)| (*n, t.frame.clone().lazy()))
+        .collect();
+    query_frames(&frames, sql)
+}
+
+/// [`query`] over lazy frames (a scan, [`crate::scan::query_records`]).
+pub(crate) fn query_frames(tables: &[(&str, LazyFrame)], sql: &str) -> Result<Table, Error> {
     let mut ctx = SQLContext::new();
-    for (name, table) in tables {
-        ctx.register(name, table.frame.clone().lazy());
+    for (name, frame) in tables {
+        ctx.register(name, frame.clone());
     }
     let frame = ctx
         .execute(sql)
