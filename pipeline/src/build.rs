@@ -341,12 +341,10 @@ impl Builder<'_> {
         let per_part = self.recipe.execution.dedup_partition_rows;
         let scans = dedup_exact::scan_units(&node.name, &node.fingerprint, &inputs, near, per_part);
         let scanned = self.run_units(i, scans, "scan")?;
-        let Some(scan_files) = scanned.complete().map(|d| {
-            d.iter()
-                .flat_map(|d| d.out.files.iter().cloned())
-                .filter(|f| f.path.extension().is_some_and(|x| x == "dups"))
-                .collect::<Vec<_>>()
-        }) else {
+        let Some(scan_files) = scanned
+            .complete()
+            .map(|d| dedup_exact::dups_files(d.iter().flat_map(|d| &d.out.files)))
+        else {
             rep.run = Some(rows);
             rep.units_run = scanned.run;
             return Ok(None);

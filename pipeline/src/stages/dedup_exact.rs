@@ -91,13 +91,26 @@ pub fn scan(
         }
         rows += k as u64;
     }
-    let info = write_dups(root, spec.file(".dups"), &dups)?;
+    let info = write_dups(root, spec.file(DUPS), &dups)?;
     Ok(Produced {
         files: vec![info],
         rows_in: rows,
         run: rows,
         ..Default::default()
     })
+}
+
+/// The suffix of the files [`write_dups`] writes.
+pub(super) const DUPS: &str = ".dups";
+
+/// The `.dups` files among scan units' outputs (a near-duplicate scan also writes its clusters),
+/// for the apply units.
+pub fn dups_files<'a>(outputs: impl IntoIterator<Item = &'a FileInfo>) -> Vec<FileInfo> {
+    outputs
+        .into_iter()
+        .filter(|f| f.path.to_string_lossy().ends_with(DUPS))
+        .cloned()
+        .collect()
 }
 
 /// Writes a `.dups` file at `rel` noting, per view, the rows to drop (ascending).

@@ -77,7 +77,7 @@ fn cluster(
         }
         dups[v].push((r.doc - starts[v]) as u32);
     }
-    let info = write_dups(root, spec.file(".dups"), &dups)?;
+    let info = write_dups(root, spec.file(super::dedup_exact::DUPS), &dups)?;
     let clusters = corpus::atomic::hash_file(&root.join(&clusters_rel))?;
     Ok(Produced {
         files: vec![
