@@ -359,6 +359,9 @@ pub enum Projection {
     Decisions,
     /// Everything but `lineage` (samples come with an empty lineage).
     Content,
+    /// What a reader of texts needs: `Content` without `signals` (samples come without stored
+    /// signals: not for a stage that writes its samples on).
+    Text,
     /// Every column.
     Full,
 }
@@ -371,6 +374,7 @@ impl Projection {
             Projection::Content => &[
                 "id", "class", "text", "messages", "signals", "input", "dropped",
             ],
+            Projection::Text => &["id", "class", "text", "messages", "input", "dropped"],
             Projection::Full => &[
                 "id", "class", "text", "messages", "lineage", "signals", "input", "dropped",
             ],
@@ -384,7 +388,8 @@ pub struct Entry {
     /// The row's place in the file (0-based).
     pub row: u64,
     pub id: Option<String>,
-    /// The sample, for sample rows read with [`Projection::Content`] or [`Projection::Full`].
+    /// The sample, for sample rows read with [`Projection::Content`], [`Projection::Text`] or
+    /// [`Projection::Full`].
     pub sample: Option<Sample>,
     pub input: Option<String>,
     pub dropped: Option<String>,
@@ -498,7 +503,10 @@ impl ShardReader {
         let input = strings("input")?;
         let dropped = strings("dropped")?;
         let messages = batch.column_by_name("messages").map(|c| c.as_list::<i32>());
-        let with_samples = matches!(self.projection, Projection::Content | Projection::Full);
+        let with_samples = matches!(
+            self.projection,
+            Projection::Content | Projection::Text | Projection::Full
+        );
         let mut out = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
             let row = first + i as u64;
@@ -641,6 +649,11 @@ mod tests {
         let mut r = ShardReader::open(&p, Projection::Content).unwrap();
         let e = r.next_entries().unwrap().unwrap();
         assert_eq!(e[0].sample.as_ref().unwrap().signals, a.signals);
+        let mut r = ShardReader::open(&p, Projection::Text).unwrap();
+        let e = r.next_entries().unwrap().unwrap();
+        let s = e[0].sample.as_ref().unwrap();
+        assert_eq!((&s.content, s.signals.as_ref()), (&a.content, None));
+        assert!(a.signals.is_some());
         assert!(ShardReader::open(&p, Projection::Ids)
             .unwrap()
             .with_mask(vec![true])

@@ -54,7 +54,8 @@ fn cluster(
     let mut rows = 0u64;
     for view in views {
         starts.push(rows);
-        let mut reader = view.open(root, Projection::Content)?;
+        // Ids and texts: the stored signals are not parsed.
+        let mut reader = view.open(root, Projection::Text)?;
         while let Some(entries) = reader.next_entries()? {
             let samples = view.samples(root, &entries)?;
             clusterer
