@@ -36,8 +36,7 @@ for c in range(n):
 PY
 fi
 
-(cd "$root" && cargo build --release -j 2 -q)
-bin=${CARGO_TARGET_DIR:-$root/target}/release/phiforge
+. "$root/benches/phiforge_bin.sh"
 cores=$(nproc)
 
 recipe() {  # recipe NAME GLOB

@@ -18,8 +18,7 @@ if [ ! -s "$work/corpus.jsonl" ]; then
   zcat "$work/corpora/organic.jsonl.gz" "$work/corpora/code.jsonl.gz" > "$work/corpus.jsonl"
 fi
 
-(cd "$root" && cargo build --release -j 2 -q)
-bin=${CARGO_TARGET_DIR:-$root/target}/release/phiforge
+. "$root/benches/phiforge_bin.sh"
 
 for threads in 1 "$(nproc)"; do
   best=""

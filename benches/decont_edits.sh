@@ -47,12 +47,7 @@ with open(out, "w") as f:
         f.write(json.dumps({"id": f"edited/{k}", "item": item["id"], "words": len(words), "text": doc}) + "\n")
 PY
 
-if [ -n "${PHIFORGE:-}" ]; then
-  bin=$PHIFORGE
-else
-  (cd "$root" && cargo build --release -j 2 -q)
-  bin=${CARGO_TARGET_DIR:-$root/target}/release/phiforge
-fi
+. "$root/benches/phiforge_bin.sh"
 
 for rule in "--no-edit-rule" ""; do
   name=$([ -n "$rule" ] && echo "phi4" || echo "phi4+edit")

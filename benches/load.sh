@@ -35,12 +35,7 @@ peer=${PEER:-1}
 if [ "$peer" = 1 ]; then
   if [ -n "${PYTHON:-}" ]; then torch_python=$PYTHON; else . "$root/benches/torch_venv.sh"; fi
 fi
-if [ -n "${PHIFORGE:-}" ]; then
-  bin=$PHIFORGE
-else
-  (cd "$root" && cargo build --release -j 2 -q)
-  bin=${CARGO_TARGET_DIR:-$root/target}/release/phiforge
-fi
+. "$root/benches/phiforge_bin.sh"
 reqs=$(mktemp -d)
 trap 'rm -rf "$reqs"' EXIT
 common=(--shape "$shape" --device "$device" --dtype "$dtype" --slots "$slots" --step-tokens "$step"

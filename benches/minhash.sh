@@ -49,12 +49,7 @@ PY
   echo "$plant $fractions" > "$planted.args"
 fi
 
-if [ -n "${PHIFORGE:-}" ]; then
-  bin=$PHIFORGE
-else
-  (cd "$root" && cargo build --release -j 2 -q)
-  bin=${CARGO_TARGET_DIR:-$root/target}/release/phiforge
-fi
+. "$root/benches/phiforge_bin.sh"
 
 # One JSON line from a run's outputs: speed, candidates and their precision, planted copies found.
 summarise() {

@@ -23,8 +23,7 @@ batch=${BATCH:-1,4}
 dtypes=${HF_DTYPES:-f32 bf16}
 rounds=${ROUNDS:-3}
 . "$root/benches/torch_venv.sh"
-(cd "$root" && cargo build --release -j 2 -q)
-bin=${CARGO_TARGET_DIR:-$root/target}/release/phiforge
+. "$root/benches/phiforge_bin.sh"
 for round in $(seq "$rounds"); do
   "$bin" bench-engine --shape tiny --layers "$layers" --device cpu --dtype f32 \
     --batch "$batch" --prompt-len "$prompt" --gen-len 2 | while read -r line; do

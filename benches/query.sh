@@ -12,12 +12,7 @@ cache=${CACHE:-$HOME/.cache/phiforge-peers}
 if [ ! -f "$cache/corpora/code.jsonl.gz" ]; then
   python3 "$root/../shared/corpora/make-corpora.py" "$cache/corpora" >&2
 fi
-if [ -n "${PHIFORGE:-}" ]; then
-  bin=$PHIFORGE
-else
-  (cd "$root" && cargo build --release -j 2 -q)
-  bin=${CARGO_TARGET_DIR:-$root/target}/release/phiforge
-fi
+. "$root/benches/phiforge_bin.sh"
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
 mkdir -p "$build/s"
