@@ -33,6 +33,13 @@ pub struct BadValue {
     pub reason: String,
 }
 
+/// The types a field may be declared as, by name.
+const TYPES: [(&str, ColumnType); 3] = [
+    ("str", ColumnType::Str),
+    ("int", ColumnType::Int),
+    ("float", ColumnType::Float),
+];
+
 impl std::str::FromStr for Field {
     type Err = String;
 
@@ -41,16 +48,10 @@ impl std::str::FromStr for Field {
         let (name, kind) = spec
             .rsplit_once(':')
             .ok_or_else(|| format!("`{spec}`: give NAME:TYPE (TYPE: str, int or float)"))?;
-        let kind = match kind {
-            "str" => ColumnType::Str,
-            "int" => ColumnType::Int,
-            "float" => ColumnType::Float,
-            other => {
-                return Err(format!(
-                    "`{spec}`: type `{other}` is none of str, int, float"
-                ))
-            }
-        };
+        let (_, kind) = TYPES
+            .into_iter()
+            .find(|(n, _)| *n == kind)
+            .ok_or_else(|| format!("`{spec}`: type `{kind}` is none of str, int, float"))?;
         if name.is_empty() {
             return Err(format!("`{spec}`: the field's name is empty"));
         }
@@ -64,11 +65,10 @@ impl std::str::FromStr for Field {
 impl std::fmt::Display for Field {
     /// As declared: `NAME:TYPE`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.kind {
-            ColumnType::Str => "str",
-            ColumnType::Int => "int",
-            ColumnType::Float => "float",
-        };
+        let kind = TYPES
+            .iter()
+            .find(|(_, k)| *k == self.kind)
+            .map_or("?", |(n, _)| n);
         write!(f, "{}:{kind}", self.name)
     }
 }
@@ -78,50 +78,35 @@ impl Field {
     /// strings; an int field integers and booleans (1 and 0, as the yes/no signals); a float
     /// field any number. Anything else is the first record's [`BadValue`].
     pub fn values(&self, values: Vec<Value>) -> Result<Values, BadValue> {
-        let bad = |record: usize, v: &Value, wanted: &str| BadValue {
-            record,
-            reason: format!("field `{}` is {}, not {wanted}", self.name, what(v)),
-        };
         Ok(match self.kind {
-            ColumnType::Str => Values::Str(
-                values
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, v)| match v {
-                        Value::Null => Ok(None),
-                        Value::String(s) => Ok(Some(s)),
-                        v => Err(bad(i, &v, "a string")),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            ColumnType::Int => Values::Int(
-                values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| match v {
-                        Value::Null => Ok(None),
-                        Value::Bool(b) => Ok(Some(*b as i64)),
-                        Value::Number(n) => {
-                            n.as_i64().map(Some).ok_or_else(|| bad(i, v, "an integer"))
-                        }
-                        v => Err(bad(i, v, "an integer")),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            ColumnType::Float => Values::Float(
-                values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| match v {
-                        Value::Null => Ok(None),
-                        Value::Number(n) => {
-                            n.as_f64().map(Some).ok_or_else(|| bad(i, v, "a float"))
-                        }
-                        v => Err(bad(i, v, "a float")),
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
+            ColumnType::Str => {
+                Values::Str(self.column(&values, "a string", |v| v.as_str().map(String::from))?)
+            }
+            ColumnType::Int => Values::Int(self.column(&values, "an integer", |v| {
+                v.as_i64().or_else(|| v.as_bool().map(i64::from))
+            })?),
+            ColumnType::Float => Values::Float(self.column(&values, "a float", Value::as_f64)?),
         })
+    }
+
+    /// Each of `values` through `cell` (NULL for null), or the first that `cell` refuses.
+    fn column<T>(
+        &self,
+        values: &[Value],
+        wanted: &str,
+        cell: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Vec<Option<T>>, BadValue> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(record, v)| match v {
+                Value::Null => Ok(None),
+                v => cell(v).map(Some).ok_or_else(|| BadValue {
+                    record,
+                    reason: format!("field `{}` is {}, not {wanted}", self.name, what(v)),
+                }),
+            })
+            .collect()
     }
 }
 
