@@ -129,12 +129,24 @@ impl Schema {
         records: impl IntoIterator<Item = &'a Map<String, J>>,
         names: Option<&[String]>,
     ) -> Result<Table, Error> {
+        self.collect(names, |each| {
+            records.into_iter().for_each(each);
+            Ok(())
+        })
+    }
+
+    /// The columns `names` (all when `None`) of the records `visit` hands to its argument.
+    fn collect(
+        &self,
+        names: Option<&[String]>,
+        visit: impl FnOnce(&mut dyn FnMut(&Map<String, J>)) -> Result<(), Error>,
+    ) -> Result<Table, Error> {
         let mut columns = self.builders(names)?;
         let mut rows = 0;
-        for r in records {
+        visit(&mut |r| {
             columns.iter_mut().for_each(|c| c.push(r));
             rows += 1;
-        }
+        })?;
         finish(columns, rows)
     }
 
@@ -240,18 +252,14 @@ impl AnonymousScan for Scan {
         if let Ok(mut read) = self.read.lock() {
             read.push(names.clone());
         }
-        let mut columns = self
+        let table = self
             .schema
-            .builders(names.as_deref())
-            .map_err(|e| polars_err!(ComputeError: "{e}"))?;
-        let mut rows = 0;
-        self.records
-            .visit(&mut |r| {
-                columns.iter_mut().for_each(|c| c.push(r));
-                rows += 1;
+            .collect(names.as_deref(), |each| {
+                self.records
+                    .visit(each)
+                    .map_err(|message| Error::Read { message })
             })
             .map_err(|e| polars_err!(ComputeError: "{e}"))?;
-        let table = finish(columns, rows).map_err(|e| polars_err!(ComputeError: "{e}"))?;
         Ok(table.into_frame())
     }
 
