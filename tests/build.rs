@@ -83,7 +83,7 @@ fn work(dir: &Dir) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
-fn stage<'a>(w: &'a [(String, u64, u64)], name: &str) -> &'a (String, u64, u64) {
+fn work_of<'a>(w: &'a [(String, u64, u64)], name: &str) -> &'a (String, u64, u64) {
     w.iter().find(|s| s.0 == name).unwrap()
 }
 
@@ -166,8 +166,8 @@ fn new_seed_documents_run_alone() {
     assert!(plan.contains("new inputs"), "{plan}");
     dir.ok(&["build", "recipe.yaml"]);
     let w = work(&dir);
-    assert_eq!(stage(&w, "clean"), &("clean".into(), 31, 2));
-    assert_eq!(stage(&w, "shout"), &("shout".into(), 30, 2));
+    assert_eq!(work_of(&w, "clean"), &("clean".into(), 31, 2));
+    assert_eq!(work_of(&w, "shout"), &("shout".into(), 30, 2));
 }
 
 #[test]
@@ -181,9 +181,9 @@ fn a_changed_template_reruns_that_stage_and_what_follows_only() {
     );
     dir.ok(&["build", "recipe.yaml"]);
     let w = work(&dir);
-    assert_eq!(stage(&w, "clean"), &("clean".into(), 31, 0));
-    assert_eq!(stage(&w, "shout"), &("shout".into(), 0, 30));
-    assert_eq!(report(&dir)["stages"][3]["reason"], "changed_config");
+    assert_eq!(work_of(&w, "clean"), &("clean".into(), 31, 0));
+    assert_eq!(work_of(&w, "shout"), &("shout".into(), 0, 30));
+    assert_eq!(stage(&report(&dir), "shout")["reason"], "changed_config");
     // A mix feeds training only: adding one mixes, and no stage reruns.
     dir.write(
         "recipe.yaml",
@@ -207,9 +207,9 @@ fn force_redoes_a_stage_and_everything_after_it() {
     assert!(forced[0].starts_with("clean"), "{plan}");
     dir.ok(&["build", "recipe.yaml", "--force", "clean"]);
     let w = work(&dir);
-    assert_eq!(stage(&w, "unique").2, 0);
-    assert_eq!(stage(&w, "clean").2, 21);
-    assert_eq!(stage(&w, "shout").2, 20);
+    assert_eq!(work_of(&w, "unique").2, 0);
+    assert_eq!(work_of(&w, "clean").2, 21);
+    assert_eq!(work_of(&w, "shout").2, 20);
     assert_eq!(outputs(dir.tmp.path()), before);
     let err = dir.fails(&["build", "recipe.yaml", "--force", "nope"]);
     assert!(err.contains("`nope`"), "{err}");

@@ -78,16 +78,7 @@ fn unit_sizes_and_partitions_do_not_change_the_outputs() {
     many.write("recipe.yaml", format!("{RECIPE}{SMALL_UNITS}"));
     many.ok(&["build", "recipe.yaml"]);
     let r = report(&many);
-    let units = |name: &str| {
-        r["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()["units_run"]
-            .as_u64()
-            .unwrap()
-    };
+    let units = |name: &str| stage(&r, name)["units_run"].as_u64().unwrap();
     assert!(units("clean") >= 5, "{r}");
     assert!(units("unique") >= 8 + 6, "scans and applies: {r}");
     assert_eq!(outputs(many.tmp.path()), outputs(one.tmp.path()));
@@ -276,7 +267,8 @@ output: {path: out, format: jsonl}
 "#,
     );
     let out = dir.ok(&["build", "recipe.yaml"]);
-    let shout = report(&dir)["stages"][1].clone();
+    let r = report(&dir);
+    let shout = stage(&r, "shout");
     assert_eq!(shout["samples_in"], 12, "{out}");
     assert_eq!(shout["samples_out"], 12, "{out}");
 }
@@ -288,7 +280,8 @@ fn a_task_refuses_a_recipe_changed_since_submission() {
     let dir = Dir::new();
     setup(&dir, 10);
     dir.ok(&["build", "recipe.yaml"]);
-    let clean = report(&dir)["stages"][2].clone();
+    let r = report(&dir);
+    let clean = stage(&r, "clean");
     let fp = clean["fingerprint"].as_str().unwrap();
     // The manifest a submission would write, made from the build's own records.
     let conn = rusqlite::Connection::open(dir.path("out/store.sqlite")).unwrap();

@@ -372,16 +372,7 @@ output:
     dir.ok(&["build", "recipe.yaml"]);
     let r: Value =
         serde_json::from_slice(&std::fs::read(dir.path("out/report.json")).unwrap()).unwrap();
-    let stage = |name: &str| {
-        r["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()
-            .clone()
-    };
-    let scrub = stage("scrub");
+    let scrub = stage(&r, "scrub");
     assert!(scrub["changed"]["pii_email"].as_u64() >= Some(1), "{scrub}");
     assert!(scrub["changed"]["pii_phone"].as_u64() >= Some(1), "{scrub}");
     assert!(
@@ -389,9 +380,9 @@ output:
         "ip is off: {scrub}"
     );
     assert_eq!(scrub["samples_out"], json!(docs.len()));
-    let quality = stage("quality");
+    let quality = stage(&r, "quality");
     assert!(quality["dropped"]["where"].as_u64() >= Some(1), "{quality}");
-    let unique = stage("unique");
+    let unique = stage(&r, "unique");
     assert!(
         unique["dropped"]["near_duplicate"].as_u64().unwrap() >= 3,
         "{unique}"
@@ -411,7 +402,7 @@ output:
         .collect();
     assert_eq!(
         out.len() as u64,
-        stage("unique")["samples_out"].as_u64().unwrap()
+        stage(&r, "unique")["samples_out"].as_u64().unwrap()
     );
     let source_id = |s: &Value| s["lineage"]["source"]["id"].as_str().map(str::to_string);
     let ids: Vec<Option<String>> = out.iter().map(source_id).collect();

@@ -49,16 +49,6 @@ fn docs(n: usize) -> Vec<Value> {
         .collect()
 }
 
-/// The rewrite stage's record in a build report.
-fn rewritten(report: &Value) -> &Value {
-    report["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "rewritten")
-        .unwrap()
-}
-
 fn rows(dir: &Dir) -> Vec<Value> {
     let mut rows = Vec::new();
     for e in std::fs::read_dir(dir.path("out/rewritten")).unwrap() {
@@ -117,8 +107,12 @@ fn a_killed_rewrite_build_resumes_without_sending_a_finished_request_again() {
         "{first}"
     );
     let r = report(&dir);
-    let stage = rewritten(&r);
-    assert_eq!(stage["dropped"]["refusal"], n as u64 / 10, "{stage}");
+    let rewritten = stage(&r, "rewritten");
+    assert_eq!(
+        rewritten["dropped"]["refusal"],
+        n as u64 / 10,
+        "{rewritten}"
+    );
 
     // Nothing changed: nothing is sent. A changed check reruns the stage from the cached replies.
     dir.ok(&["build", "recipe.yaml"]);
@@ -127,7 +121,7 @@ fn a_killed_rewrite_build_resumes_without_sending_a_finished_request_again() {
     dir.ok(&["build", "recipe.yaml"]);
     assert_eq!(server.requests(), sent);
     let r = report(&dir);
-    assert_eq!(rewritten(&r)["run"], n as u64, "{r}");
+    assert_eq!(stage(&r, "rewritten")["run"], n as u64, "{r}");
     // The same rewrites (their lineage names the new fingerprint).
     let texts = |rows: &[Value]| rows.iter().map(|r| r["text"].clone()).collect::<Vec<_>>();
     assert_eq!(texts(&rows(&dir)), texts(&out));
@@ -201,7 +195,7 @@ fn the_web_rewrite_example_builds_on_the_local_engine() {
     }
     // Rebuilt: nothing runs.
     dir.ok(&["build", "recipe.yaml"]);
-    assert_eq!(rewritten(&report(&dir))["run"], 0);
+    assert_eq!(stage(&report(&dir), "rewritten")["run"], 0);
 }
 
 #[test]
@@ -261,13 +255,8 @@ output: {{path: out, format: jsonl}}
         assert_eq!(r["lineage"]["turns"].as_array().unwrap().len(), 4);
     }
     let r = report(&dir);
-    let stage = r["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "revised")
-        .unwrap();
-    assert_eq!(stage["dropped"]["below_threshold"], 3, "{stage}");
+    let revised = stage(&r, "revised");
+    assert_eq!(revised["dropped"]["below_threshold"], 3, "{revised}");
     // Rebuilt: nothing is asked again.
     let sent = server.requests();
     dir.ok(&["build", "recipe.yaml"]);

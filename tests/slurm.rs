@@ -174,7 +174,8 @@ fn slurm_builds_match_local_builds() {
         "no task of the clean stage was seen running"
     );
     assert_eq!(outputs(slurm.tmp.path()), outputs(local.tmp.path()));
-    let clean = &report(&slurm)["stages"][2];
+    let r = report(&slurm);
+    let clean = stage(&r, "clean");
     assert_eq!(clean["units_failed"], 0, "{clean}");
     // The cancelled unit ran in a second submission.
     let fp = clean["fingerprint"].as_str().unwrap();

@@ -154,6 +154,16 @@ pub fn gzip(body: &[u8]) -> Vec<u8> {
 
 /// Asserts equality, printing both sides pretty when they differ.
 #[track_caller]
+/// The record of stage `name` in a build report's `stages`.
+pub fn stage<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["stages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stages in {report}"))
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no stage `{name}` in {report}"))
+}
+
 pub fn assert_json_eq(got: &Value, want: &Value) {
     if got != want {
         panic!(
