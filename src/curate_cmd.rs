@@ -97,51 +97,48 @@ struct Counts {
     reasons: HashMap<String, u64>,
 }
 
-/// Signals, ids and text lengths of a batch's documents, on all cores.
+/// Signals, ids and text lengths of a batch's documents, with the declared fields' values, on
+/// all cores (a JSON line is parsed once for its text and its fields).
 fn signals_of(
     batch: &Batch,
     spec: &corpus::TextSpec,
+    declared: &[curate::fields::Field],
 ) -> Result<(RowBatch, Vec<String>, Vec<usize>)> {
-    let docs: Vec<corpus::Result<(String, usize, Signals)>> = (0..batch.len())
+    let names: Vec<&str> = declared.iter().map(|f| f.name.as_str()).collect();
+    let fields = batch.fields(&names)?;
+    type Parsed = (String, usize, Signals, Vec<serde_json::Value>);
+    let docs: Vec<corpus::Result<Parsed>> = (0..batch.len())
         .into_par_iter()
         .map_init(SignalComputer::new, |computer, i| -> corpus::Result<_> {
-            let doc = batch.doc(i, spec)?;
+            let (doc, values) = batch.doc_with(i, spec, &fields)?;
             Ok((
                 doc.id.into_owned(),
                 doc.text.len(),
                 computer.compute(&doc.text),
+                values,
             ))
         })
         .collect();
     let mut ids = Vec::with_capacity(docs.len());
     let mut lens = Vec::with_capacity(docs.len());
     let mut signals = Vec::with_capacity(docs.len());
+    let mut json = vec![Vec::with_capacity(docs.len()); names.len()];
     for d in docs {
-        let (id, len, s) = d?;
+        let (id, len, s, values) = d?;
         ids.push(id);
         lens.push(len);
         signals.push(s);
+        for (column, v) in json.iter_mut().zip(values) {
+            column.push(v);
+        }
     }
-    let rows = RowBatch::new(signals)
+    let mut rows = RowBatch::new(signals)
         .with_field("id", Values::Str(ids.iter().cloned().map(Some).collect()))?
         .with_field(
             "bytes",
             Values::Int(lens.iter().map(|&n| Some(n as i64)).collect()),
         )?;
-    Ok((rows, ids, lens))
-}
-
-/// `rows` with the declared fields' values of the batch's records.
-fn with_fields(
-    mut rows: RowBatch,
-    batch: &Batch,
-    fields: &[curate::fields::Field],
-) -> Result<RowBatch> {
-    if fields.is_empty() {
-        return Ok(rows);
-    }
-    let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
-    for (f, json) in fields.iter().zip(batch.fields(&names)?) {
+    for (f, json) in declared.iter().zip(json) {
         let values = f.values(json).map_err(|bad| {
             anyhow::anyhow!(
                 "{}: line {}: {}",
@@ -152,7 +149,7 @@ fn with_fields(
         })?;
         rows = rows.with_field(&f.name, values)?;
     }
-    Ok(rows)
+    Ok((rows, ids, lens))
 }
 
 pub fn filter(a: FilterArgs) -> Result<()> {
@@ -201,8 +198,7 @@ pub fn filter(a: FilterArgs) -> Result<()> {
         let (mut docs, mut kept_here) = (0u64, 0u64);
         // The reader decompresses and splits ahead while the pool computes signals.
         reader.read_ahead(|batch| -> Result<()> {
-            let (rows, ids, lens) = signals_of(&batch, &spec)?;
-            let rows = with_fields(rows, &batch, &a.fields)?;
+            let (rows, ids, lens) = signals_of(&batch, &spec, &a.fields)?;
             let decided = filter.decide(&rows)?;
             let (mut keep_rows, mut drop_rows, mut notes) = (Vec::new(), Vec::new(), Vec::new());
             for (i, reason) in decided.iter().enumerate() {

@@ -1,5 +1,6 @@
-//! JSON-lines records: only the text and id fields are materialised, the rest skipped (serde
-//! visitors over borrowed input, so a line without escapes is not copied).
+//! JSON-lines records: only the text and id fields (and any fields a caller names, such as
+//! `phiforge filter --field`'s) are materialised, the rest skipped, in one pass (serde visitors
+//! over borrowed input, so a line without escapes is not copied).
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -36,17 +37,25 @@ pub(crate) struct Extracted<'a> {
     pub(crate) text: Option<TextValue<'a>>,
     pub(crate) messages: Option<TextValue<'a>>,
     pub(crate) id: Option<Cow<'a, str>>,
+    /// The values of the named fields, in the order named; null where the record has none.
+    pub(crate) fields: Vec<serde_json::Value>,
 }
 
-pub(crate) fn parse_line<'a>(line: &'a str, spec: &TextSpec) -> serde_json::Result<Extracted<'a>> {
+/// Parses one JSON line for its text, its id and the values of the fields `names`.
+pub(crate) fn parse_line<'a>(
+    line: &'a str,
+    spec: &TextSpec,
+    names: &[&str],
+) -> serde_json::Result<Extracted<'a>> {
     let mut de = serde_json::Deserializer::from_str(line);
-    let v = Extract { spec }.deserialize(&mut de)?;
+    let v = Extract { spec, names }.deserialize(&mut de)?;
     de.end()?;
     Ok(v)
 }
 
 struct Extract<'s> {
     spec: &'s TextSpec,
+    names: &'s [&'s str],
 }
 
 impl<'de> DeserializeSeed<'de> for Extract<'_> {
@@ -66,10 +75,26 @@ impl<'de> Visitor<'de> for Extract<'_> {
             text: None,
             messages: None,
             id: None,
+            fields: vec![serde_json::Value::Null; self.names.len()],
         };
         while let Some(key) = map.next_key::<CowStr<'de>>()? {
             let key = key.0;
-            if key == self.spec.text_field {
+            if let Some(j) = self.names.iter().position(|n| *n == key) {
+                // A named field may also be the text or the id: both are read from its value.
+                let value: serde_json::Value = map.next_value()?;
+                if key == self.spec.text_field {
+                    out.text =
+                        Some(TextValue::deserialize(value.clone()).map_err(de::Error::custom)?);
+                } else if key == self.spec.id_field {
+                    out.id = IdValue::deserialize(value.clone())
+                        .map_err(de::Error::custom)?
+                        .0;
+                } else if key == "messages" && self.spec.falls_back_to_messages() {
+                    out.messages =
+                        Some(TextValue::deserialize(value.clone()).map_err(de::Error::custom)?);
+                }
+                out.fields[j] = value;
+            } else if key == self.spec.text_field {
                 out.text = Some(map.next_value()?);
             } else if key == self.spec.id_field {
                 out.id = map.next_value::<IdValue<'de>>()?.0;

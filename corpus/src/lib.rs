@@ -50,7 +50,7 @@ pub use error::Error;
 pub use extract::TextSpec;
 pub use format::{expand_inputs, Compression, Format};
 pub use read::{
-    read_all, read_json_records, text_files, Batch, BatchReader, Doc, Raw, BATCH_BYTES,
+    read_all, read_json_records, text_files, Batch, BatchReader, Doc, Fields, Raw, BATCH_BYTES,
 };
 pub use table::{Column, ColumnKind, TableWriter};
 pub use write::{open_writer, FormatWriter, LineSink, StagedDir};

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod fields;
+pub use fields::Fields;
 
 /// A JSON-lines batch is cut after this many bytes of input (or at the end of the file).
 pub const BATCH_BYTES: usize = 4 << 20;
@@ -125,6 +126,17 @@ impl Batch {
 
     /// Parses record `i`. Errors are [`Error::BadRecord`] naming file and line.
     pub fn doc<'a>(&'a self, i: usize, spec: &TextSpec) -> Result<Doc<'a>> {
+        self.doc_with(i, spec, &Fields::none()).map(|(doc, _)| doc)
+    }
+
+    /// Parses record `i` and gives the values of `fields` (from [`Batch::fields`]) in it, in the
+    /// order named: a JSON line is parsed once for both.
+    pub fn doc_with<'a>(
+        &'a self,
+        i: usize,
+        spec: &TextSpec,
+        fields: &Fields,
+    ) -> Result<(Doc<'a>, Vec<serde_json::Value>)> {
         let line = self.line(i);
         let bad = |reason: String| Error::BadRecord {
             path: self.path.to_path_buf(),
@@ -137,7 +149,8 @@ impl Batch {
                 let bytes = &buf[s..e];
                 let text = std::str::from_utf8(bytes)
                     .map_err(|e| bad(format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1)))?;
-                let ex = parse_line(text, spec).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+                let ex = parse_line(text, spec, &fields.names)
+                    .map_err(|e| bad(format!("invalid JSON: {e}")))?;
                 let body = match (ex.text, ex.messages) {
                     (Some(t), _) => t
                         .into_text()
@@ -151,11 +164,12 @@ impl Batch {
                     Some(id) => id,
                     None => Cow::Owned(format!("{}:{line}", self.path.display())),
                 };
-                Ok(Doc {
+                let doc = Doc {
                     id,
                     text: body,
                     line,
-                })
+                };
+                Ok((doc, ex.fields))
             }
             Kind::Rows { ids, texts, .. } => {
                 let text = texts[i]
@@ -165,20 +179,22 @@ impl Batch {
                     Some(ids) => Cow::Borrowed(ids[i].as_str()),
                     None => Cow::Owned(format!("{}:{line}", self.path.display())),
                 };
-                Ok(Doc {
+                let doc = Doc {
                     id,
                     text: Cow::Borrowed(text),
                     line,
-                })
+                };
+                Ok((doc, fields.row(i)))
             }
             Kind::Files { files } => {
                 let (_, rel, text) = &files[i];
                 let text = text.as_ref().map_err(|m| bad(m.clone()))?;
-                Ok(Doc {
+                let doc = Doc {
                     id: Cow::Borrowed(rel.as_str()),
                     text: Cow::Borrowed(text.as_str()),
                     line,
-                })
+                };
+                Ok((doc, fields.row(i)))
             }
         }
     }

@@ -4,36 +4,50 @@ use super::{json_values, Batch, Kind};
 use crate::{Error, Result};
 use arrow_array::Array;
 use arrow_schema::DataType;
+use serde_json::Value;
+
+/// Fields of a batch's records that a caller reads besides id and text, made by
+/// [`Batch::fields`] and read record by record with [`Batch::doc_with`].
+pub struct Fields<'n> {
+    pub(super) names: Vec<&'n str>,
+    /// Parquet: each named column's values, converted once per batch. JSON lines: none (each
+    /// line's values come from the pass that parses its text).
+    columns: Option<Vec<Vec<Value>>>,
+}
+
+impl Fields<'_> {
+    /// No fields.
+    pub fn none() -> Fields<'static> {
+        Fields {
+            names: Vec::new(),
+            columns: None,
+        }
+    }
+
+    /// The values of row `i` of a batch with columns (null where there is none).
+    pub(super) fn row(&self, i: usize) -> Vec<Value> {
+        match &self.columns {
+            Some(columns) => columns.iter().map(|c| c[i].clone()).collect(),
+            None => vec![Value::Null; self.names.len()],
+        }
+    }
+}
 
 impl Batch {
-    /// The values of the fields `names` in every record, `[field][record]`: a field a record
-    /// lacks (or a text file, which has no fields) is null. A JSON line that is not an object,
-    /// and a Parquet column whose type is not a string, number or boolean, is an error naming
-    /// file and line.
-    pub fn fields(&self, names: &[&str]) -> Result<Vec<Vec<serde_json::Value>>> {
-        use serde_json::Value;
-        let n = self.len();
-        let mut out = vec![Vec::with_capacity(n); names.len()];
-        match &self.kind {
-            Kind::Lines { buf, lines } => {
-                for &(line, s, e) in lines {
-                    let mut record: serde_json::Map<String, Value> =
-                        serde_json::from_slice(&buf[s..e]).map_err(|e| Error::BadRecord {
-                            path: self.path.to_path_buf(),
-                            line,
-                            reason: format!("not a JSON object: {e}"),
-                        })?;
-                    for (values, name) in out.iter_mut().zip(names) {
-                        values.push(record.remove(*name).unwrap_or(Value::Null));
-                    }
-                }
-            }
+    /// Prepares reading the fields `names` of this batch's records with [`Batch::doc_with`]: a
+    /// field a record lacks (or a text file, which has no fields) is null. A Parquet column
+    /// whose type is not a string, number or boolean is an error naming file and row; a JSON
+    /// line that is not an object is one when its record is read.
+    pub fn fields<'n>(&self, names: &[&'n str]) -> Result<Fields<'n>> {
+        let columns = match &self.kind {
+            Kind::Lines { .. } => None,
             Kind::Rows {
                 batch, first_row, ..
             } => {
-                for (values, name) in out.iter_mut().zip(names) {
+                let mut columns = Vec::with_capacity(names.len());
+                for name in names {
                     let Some(col) = batch.column_by_name(name) else {
-                        *values = vec![Value::Null; n];
+                        columns.push(vec![Value::Null; self.len()]);
                         continue;
                     };
                     let t = col.data_type();
@@ -55,12 +69,16 @@ impl Batch {
                             ),
                         });
                     }
-                    *values = json_values(col.as_ref());
+                    columns.push(json_values(col.as_ref()));
                 }
+                Some(columns)
             }
-            Kind::Files { .. } => out.iter_mut().for_each(|v| *v = vec![Value::Null; n]),
-        }
-        Ok(out)
+            Kind::Files { .. } => None,
+        };
+        Ok(Fields {
+            names: names.to_vec(),
+            columns,
+        })
     }
 }
 
@@ -70,14 +88,29 @@ mod tests {
     use serde_json::{json, Value};
     use std::path::Path;
 
+    /// `[field][record]` over the whole file, and the texts.
     fn fields(path: &Path, names: &[&str]) -> crate::Result<Vec<Vec<Value>>> {
-        let mut out = vec![Vec::new(); names.len()];
-        for b in BatchReader::open(path, &TextSpec::default(), true)? {
-            for (all, these) in out.iter_mut().zip(b?.fields(names)?) {
-                all.extend(these);
+        Ok(texts_and_fields(path, &TextSpec::default(), names)?.1)
+    }
+
+    fn texts_and_fields(
+        path: &Path,
+        spec: &TextSpec,
+        names: &[&str],
+    ) -> crate::Result<(Vec<String>, Vec<Vec<Value>>)> {
+        let (mut texts, mut out) = (Vec::new(), vec![Vec::new(); names.len()]);
+        for b in BatchReader::open(path, spec, true)? {
+            let b = b?;
+            let fields = b.fields(names)?;
+            for i in 0..b.len() {
+                let (doc, values) = b.doc_with(i, spec, &fields)?;
+                texts.push(doc.text.into_owned());
+                for (all, v) in out.iter_mut().zip(values) {
+                    all.push(v);
+                }
             }
         }
-        Ok(out)
+        Ok((texts, out))
     }
 
     #[test]
@@ -94,7 +127,33 @@ mod tests {
         assert_eq!(got[1], vec![json!(0.5), Value::Null]);
         std::fs::write(&p, "{\"text\": \"a\"}\n[1, 2]\n").unwrap();
         let e = fields(&p, &["lang"]).unwrap_err().to_string();
-        assert!(e.contains("a.jsonl: line 2: not a JSON object"), "{e}");
+        assert!(
+            e.contains("a.jsonl: line 2: invalid JSON") && e.contains("expected a JSON object"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_field_may_be_the_text_or_the_id_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.jsonl");
+        std::fs::write(
+            &p,
+            "{\"id\": 7, \"text\": \"caf\\u00e9\", \"n\": 1}\n{\"text\": \"b\"}\n",
+        )
+        .unwrap();
+        let spec = TextSpec::default();
+        let (texts, got) = texts_and_fields(&p, &spec, &["text", "id", "n"]).unwrap();
+        assert_eq!(texts, ["café", "b"]);
+        assert_eq!(got[0], vec![json!("café"), json!("b")]);
+        assert_eq!(got[1], vec![json!(7), Value::Null]);
+        assert_eq!(got[2], vec![json!(1), Value::Null]);
+        // The text is still checked when it is also a field.
+        std::fs::write(&p, "{\"text\": 3}\n").unwrap();
+        let e = texts_and_fields(&p, &spec, &["text"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1: field `text` is a number"), "{e}");
     }
 
     #[test]
