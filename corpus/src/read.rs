@@ -1,20 +1,25 @@
 //! Streaming readers: a file comes in as bounded [`Batch`]es, and each record is parsed on demand
-//! so callers can parse in parallel.
+//! so callers can parse in parallel. Beside them: Arrow columns as strings and JSON values
+//! (`columns`), the records' declared fields (`fields`), and whole files read at once (`records`).
 
 use crate::extract::{parse_line, TextSpec};
-use crate::{Compression, Error, Format, Record, Result};
-use arrow_array::{Array, RecordBatch};
-use arrow_schema::DataType;
+use crate::{Compression, Error, Format, Result};
+use arrow_array::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 use std::borrow::Cow;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod columns;
 mod fields;
+mod records;
+use columns::{json_values, string_column};
 pub use fields::Fields;
+pub(crate) use records::read_records;
+pub use records::{read_all, read_json_records};
 
 /// A JSON-lines batch is cut after this many bytes of input (or at the end of the file).
 pub const BATCH_BYTES: usize = 4 << 20;
@@ -499,207 +504,6 @@ fn open_parquet(path: &Path, spec: &TextSpec, all_columns: bool) -> Result<Inner
         text_col: spec.text_field.clone(),
         id_col,
     })
-}
-
-/// Reads a column of string (or integer, for ids) type as owned strings.
-fn string_column(path: &Path, rb: &RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
-    let col = rb
-        .column_by_name(name)
-        .ok_or_else(|| Error::ParquetColumn {
-            path: path.to_path_buf(),
-            column: name.into(),
-            message: "no such column".into(),
-        })?;
-    if let Some(strings) = utf8_values(col.as_ref()) {
-        return Ok(strings);
-    }
-    let out = match col.data_type() {
-        DataType::Int64 | DataType::Int32 | DataType::UInt64 | DataType::UInt32 => {
-            let values = json_values(col.as_ref());
-            values
-                .into_iter()
-                .map(|v| (!v.is_null()).then(|| v.to_string()))
-                .collect()
-        }
-        other => {
-            return Err(Error::ParquetColumn {
-                path: path.to_path_buf(),
-                column: name.into(),
-                message: format!("type {other} is not supported here (need a string column)"),
-            })
-        }
-    };
-    Ok(out)
-}
-
-/// The values of a string column (any of Arrow's three string layouts); `None` for other types.
-fn utf8_values(col: &dyn Array) -> Option<Vec<Option<String>>> {
-    use arrow_array::cast::AsArray;
-    let owned = |v: Option<&str>| v.map(String::from);
-    match col.data_type() {
-        DataType::Utf8 => Some(col.as_string::<i32>().iter().map(owned).collect()),
-        DataType::LargeUtf8 => Some(col.as_string::<i64>().iter().map(owned).collect()),
-        DataType::Utf8View => Some(col.as_string_view().iter().map(owned).collect()),
-        _ => None,
-    }
-}
-
-/// Converts the common Arrow types to JSON values (others become null).
-fn json_values(col: &dyn Array) -> Vec<serde_json::Value> {
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::*;
-    use serde_json::Value;
-    let n = col.len();
-    macro_rules! prim {
-        ($t:ty) => {{
-            let a = col.as_primitive::<$t>();
-            (0..n)
-                .map(|i| {
-                    if a.is_valid(i) {
-                        serde_json::json!(a.value(i))
-                    } else {
-                        Value::Null
-                    }
-                })
-                .collect()
-        }};
-    }
-    match col.data_type() {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            let strings = utf8_values(col).unwrap_or_default();
-            strings
-                .into_iter()
-                .map(|s| s.map(Value::String).unwrap_or(Value::Null))
-                .collect()
-        }
-        DataType::Int8 => prim!(Int8Type),
-        DataType::Int16 => prim!(Int16Type),
-        DataType::Int32 => prim!(Int32Type),
-        DataType::Int64 => prim!(Int64Type),
-        DataType::UInt8 => prim!(UInt8Type),
-        DataType::UInt16 => prim!(UInt16Type),
-        DataType::UInt32 => prim!(UInt32Type),
-        DataType::UInt64 => prim!(UInt64Type),
-        DataType::Float32 => prim!(Float32Type),
-        DataType::Float64 => prim!(Float64Type),
-        DataType::Boolean => {
-            let a = col.as_boolean();
-            (0..n)
-                .map(|i| {
-                    if a.is_valid(i) {
-                        Value::Bool(a.value(i))
-                    } else {
-                        Value::Null
-                    }
-                })
-                .collect()
-        }
-        DataType::List(_) | DataType::LargeList(_) => (0..n)
-            .map(|i| {
-                if !col.is_valid(i) {
-                    return Value::Null;
-                }
-                let inner = match col.data_type() {
-                    DataType::List(_) => col.as_list::<i32>().value(i),
-                    _ => col.as_list::<i64>().value(i),
-                };
-                Value::Array(json_values(inner.as_ref()))
-            })
-            .collect(),
-        _ => vec![Value::Null; n],
-    }
-}
-
-pub(crate) fn read_records(path: &Path) -> Result<Vec<(u64, Record)>> {
-    let mut out = Vec::new();
-    match Format::detect(path)? {
-        Format::JsonLines(c) => out = read_json_records(open_reader(path, c)?, path)?,
-        Format::Parquet => {
-            let file = File::open(path).map_err(|e| Error::io(path, e))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|b| b.build())
-                .map_err(|e| Error::parquet(path, e))?;
-            let mut row = 0u64;
-            for rb in reader {
-                let rb = rb.map_err(|e| Error::parquet(path, e))?;
-                let schema = rb.schema();
-                let columns: Vec<Vec<serde_json::Value>> = rb
-                    .columns()
-                    .iter()
-                    .map(|c| json_values(c.as_ref()))
-                    .collect();
-                for r in 0..rb.num_rows() {
-                    row += 1;
-                    let mut rec = Record::new();
-                    for (f, col) in schema.fields().iter().zip(&columns) {
-                        rec.insert(f.name().clone(), col[r].clone());
-                    }
-                    out.push((row, rec));
-                }
-            }
-        }
-        _ => {
-            return Err(Error::UnknownFormat {
-                path: path.to_path_buf(),
-            })
-        }
-    }
-    if out.is_empty() {
-        return Err(Error::Empty {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(out)
-}
-
-/// Reads JSON-lines records from any reader (`path` names it in errors). An empty input is an
-/// error.
-pub fn read_json_records(mut reader: impl BufRead, path: &Path) -> Result<Vec<(u64, Record)>> {
-    let mut out = Vec::new();
-    let mut line_no = 0u64;
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|source| Error::Stream {
-                path: path.to_path_buf(),
-                line: line_no + 1,
-                source,
-            })?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        if buf.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let bad = |reason: String| Error::BadRecord {
-            path: path.to_path_buf(),
-            line: line_no,
-            reason,
-        };
-        let text = std::str::from_utf8(&buf)
-            .map_err(|e| bad(format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1)))?;
-        let record: Record = serde_json::from_str(text)
-            .map_err(|e| bad(format!("invalid JSON (expected one object per line): {e}")))?;
-        out.push((line_no, record));
-    }
-    if out.is_empty() {
-        return Err(Error::Empty {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(out)
-}
-
-/// Reads a whole (possibly compressed) file, for callers that need its bytes (hashing).
-pub fn read_all(path: &Path) -> Result<Vec<u8>> {
-    let mut v = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut v))
-        .map_err(|e| Error::io(path, e))?;
-    Ok(v)
 }
 
 #[cfg(test)]
