@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <numeric>
 #include <random>
 #include <string>
 
@@ -51,11 +53,18 @@ std::vector<float> argmax_rows_input(int rows, int v, std::mt19937 &rng) {
   return x;
 }
 
+// NaN must be where the reference has NaN (a cache's entries no kernel may touch), and nowhere
+// else (a kernel that read them).
 template <typename T>
 void compare(const std::string &what, const std::vector<T> &got, const std::vector<double> &want) {
   double diff = 0.0, scale = 1e-12;
   for (size_t i = 0; i < want.size(); i++) {
-    diff = std::max(diff, std::fabs(double(to_f(got[i])) - want[i]));
+    const double g = to_f(got[i]);
+    if (std::isnan(g) || std::isnan(want[i])) {
+      if (std::isnan(g) != std::isnan(want[i])) diff = INFINITY;
+      continue;
+    }
+    diff = std::max(diff, std::fabs(g - want[i]));
     scale = std::max(scale, std::fabs(want[i]));
   }
   const double err = diff / scale;
@@ -206,32 +215,107 @@ void check_gemv_silu(int rows, int k, int inter, std::mt19937 &rng, int prefetch
   compare("gemv_silu rows " + std::to_string(rows) + " inter " + std::to_string(inter), out, want);
 }
 
+// A paged KV cache's block tables (engines/src/kv.rs) for rows at positions `pos`: blocks of bs
+// positions, numbered in a shuffled order; the rows share their first blocks (those below every
+// row's own position's block: read, never written); each row's table has a spare entry past its
+// last block. Entries past a row's last block name the poison block, which no kernel may touch.
+struct Paged {
+  int bs = 0, width = 0, blocks = 0, shared = 0;
+  uint32_t poison = 0;
+  std::vector<uint32_t> tables;  // (rows, width), row-major
+  std::vector<uint32_t> pos;
+
+  // The element index of (row r's position p, KV head g, lane 0) in a (blocks, kvh, bs, hd) pool.
+  size_t at(int r, int g, size_t p, int kvh, int hd) const {
+    const size_t blk = tables[size_t(r) * width + p / bs];
+    return ((blk * kvh + g) * bs + p % bs) * hd;
+  }
+
+  size_t size(int kvh, int hd) const { return size_t(blocks) * kvh * bs * hd; }
+
+  std::string describe() const {
+    return " bs " + std::to_string(bs) + " shared " + std::to_string(shared);
+  }
+
+  // A random pool, NaN wherever no row of the step may read: the poison block, and the positions
+  // past a row's own in its last block.
+  template <typename T> std::vector<T> pool(int kvh, int hd, std::mt19937 &rng) const {
+    auto v = random<T>(size(kvh, hd), rng);
+    auto fill_nan = [&](size_t blk, int from) {
+      for (int g = 0; g < kvh; g++)
+        for (int o = from; o < bs; o++)
+          std::fill_n(v.begin() + ((blk * kvh + g) * bs + o) * hd, hd, from_f<T>(NAN));
+    };
+    fill_nan(poison, 0);
+    for (size_t r = 0; r < pos.size(); r++)
+      fill_nan(tables[r * width + pos[r] / bs], int(pos[r] % bs) + 1);
+    return v;
+  }
+};
+
+Paged paged(const std::vector<uint32_t> &pos, int bs, std::mt19937 &rng) {
+  Paged t;
+  const int rows = int(pos.size());
+  t.bs = bs;
+  t.pos = pos;
+  int last = 0, shared = 1 << 30, needed = 0;
+  for (auto p : pos) {
+    last = std::max(last, int(p) / bs);
+    shared = std::min(shared, int(p) / bs);
+  }
+  t.shared = rows > 1 ? shared : 0;
+  for (auto p : pos) needed += int(p) / bs + 1 - t.shared;
+  needed += t.shared;
+  t.width = last + 2;
+  t.blocks = needed + 2;  // the poison block, and one no table names
+  std::vector<uint32_t> ids(t.blocks);
+  std::iota(ids.begin(), ids.end(), 0u);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  t.poison = ids[needed];
+  t.tables.assign(size_t(rows) * t.width, t.poison);
+  int next = 0;
+  for (int j = 0; j < t.shared; j++, next++)
+    for (int r = 0; r < rows; r++) t.tables[size_t(r) * t.width + j] = ids[next];
+  for (int r = 0; r < rows; r++)
+    for (int j = t.shared; j <= int(pos[r]) / bs; j++)
+      t.tables[size_t(r) * t.width + j] = ids[next++];
+  // No row writes a block another row reads (or writes).
+  for (int r = 0; r < rows; r++)
+    for (int s = 0; s < rows; s++)
+      for (int j = 0; s != r && j <= int(pos[s]) / bs; j++)
+        if (t.tables[size_t(s) * t.width + j] == t.tables[size_t(r) * t.width + pos[r] / bs]) {
+          std::printf("bad test setup: row %d writes a block of row %d\n", r, s);
+          std::exit(2);
+        }
+  return t;
+}
+
 // The q/k/v product fused with rope_cache, against the product followed by the rope reference.
 template <typename T>
-void check_gemv_rope(int rows, int h, int kvh, int hd, int ctx, int k, std::mt19937 &rng,
+void check_gemv_rope(int rows, int h, int kvh, int hd, int ctx, int bs, int k, std::mt19937 &rng,
                      int prefetch = 0) {
-  const int slots = rows + 1, first = 1, half = hd / 2, n = (h + 2 * kvh) * hd;
+  const int half = hd / 2, n = (h + 2 * kvh) * hd;
   std::vector<uint32_t> pos(rows);
   for (int r = 0; r < rows; r++) pos[r] = uint32_t(ctx - 1 - 5 * r);
+  const Paged t = paged(pos, bs, rng);
   std::vector<float> cos(size_t(ctx) * half), sin(size_t(ctx) * half);
   for (size_t i = 0; i < cos.size(); i++) {
     cos[i] = float(std::cos(0.37 * double(i)));
     sin[i] = float(std::sin(0.37 * double(i)));
   }
   auto x = random<T>(size_t(rows) * k, rng), w = random<T>(size_t(n) * k, rng, 0.05f);
-  const size_t cache = size_t(slots) * kvh * ctx * hd;
-  auto kc = random<T>(cache, rng), vc = random<T>(cache, rng);
+  auto kc = t.pool<T>(kvh, hd, rng), vc = t.pool<T>(kvh, hd, rng);
   auto want_k = as_double(kc), want_v = as_double(vc);
   std::vector<T> q(size_t(rows) * h * hd);
   const float scale = 1.0f / std::sqrt(float(hd));
   emu_launch({unsigned(((h + 2 * kvh) * half + 3) / 4)}, 128,
-             Kernels<T>::gemv_rope[prefetch][rows - 1],
-             x.data(), w.data(), pos.data(), cos.data(), sin.data(), q.data(), kc.data(), vc.data(),
-             k, h, kvh, hd, ctx, first, scale);
+             Kernels<T>::gemv_rope[prefetch][rows - 1], x.data(), w.data(), pos.data(),
+             t.tables.data(), cos.data(), sin.data(), q.data(), kc.data(), vc.data(), k, h, kvh, hd,
+             bs, t.width, scale);
   const auto y = products(x, w, rows, k, n);
   std::vector<double> want_q(q.size());
   for (int r = 0; r < rows; r++) {
-    const size_t p = pos[r], slot = first + r;
+    const size_t p = pos[r];
     for (int head = 0; head < h + 2 * kvh; head++)
       for (int i = 0; i < half; i++) {
         const double x1 = y[size_t(r) * n + head * hd + i], x2 = y[size_t(r) * n + head * hd + i + half];
@@ -240,30 +324,33 @@ void check_gemv_rope(int rows, int h, int kvh, int hd, int ctx, int k, std::mt19
           want_q[(size_t(r) * h + head) * hd + i] = (x1 * c - x2 * s) * scale;
           want_q[(size_t(r) * h + head) * hd + i + half] = (x2 * c + x1 * s) * scale;
         } else if (head < h + kvh) {
-          const size_t at = ((slot * kvh + (head - h)) * ctx + p) * hd;
+          const size_t at = t.at(r, head - h, p, kvh, hd);
           want_k[at + i] = x1 * c - x2 * s;
           want_k[at + i + half] = x2 * c + x1 * s;
         } else {
-          const size_t at = ((slot * kvh + (head - h - kvh)) * ctx + p) * hd;
+          const size_t at = t.at(r, head - h - kvh, p, kvh, hd);
           want_v[at + i] = x1;
           want_v[at + i + half] = x2;
         }
       }
   }
   const std::string tag = "rows " + std::to_string(rows) + " heads " + std::to_string(h) + "/" +
-                          std::to_string(kvh) + " hd " + std::to_string(hd);
+                          std::to_string(kvh) + " hd " + std::to_string(hd) + t.describe();
   compare("gemv_rope q " + tag, q, want_q);
   compare("gemv_rope keys " + tag, kc, want_k);
   compare("gemv_rope values " + tag, vc, want_v);
 }
 
-// RoPE and cache writes, then attention over the written caches, for rows in slots first.. at
-// unequal positions, with `splits` splits of the positions.
+// RoPE and cache writes, then attention over the written caches, for rows at unequal positions
+// (the longest ctx - 1) in a paged cache of blocks of bs positions (shuffled, the rows' first
+// blocks shared), with `splits` splits of the positions.
 template <typename T>
-void check_attention(int rows, int h, int kvh, int hd, int ctx, int splits, std::mt19937 &rng) {
-  const int slots = rows + 2, first = 2, half = hd / 2, rep = h / kvh;
+void check_attention(int rows, int h, int kvh, int hd, int ctx, int bs, int splits,
+                     std::mt19937 &rng) {
+  const int half = hd / 2, rep = h / kvh;
   std::vector<uint32_t> pos(rows);
   for (int r = 0; r < rows; r++) pos[r] = uint32_t(std::max(0, ctx - 1 - 9 * r - (r % 2) * 3));
+  const Paged t = paged(pos, bs, rng);
   const int span = int(*std::max_element(pos.begin(), pos.end())) + 1;
   const int chunk = (span + splits - 1) / splits;
   std::vector<float> cos(size_t(ctx) * half), sin(size_t(ctx) * half);
@@ -273,17 +360,17 @@ void check_attention(int rows, int h, int kvh, int hd, int ctx, int splits, std:
       cos[size_t(p) * half + i] = float(std::cos(a));
       sin[size_t(p) * half + i] = float(std::sin(a));
     }
-  const size_t cache = size_t(slots) * kvh * ctx * hd;
-  auto kc = random<T>(cache, rng), vc = random<T>(cache, rng);
+  auto kc = t.pool<T>(kvh, hd, rng), vc = t.pool<T>(kvh, hd, rng);
   auto qkv = random<T>(size_t(rows) * (h + 2 * kvh) * hd, rng);
   std::vector<T> q(size_t(rows) * h * hd);
   const float scale = 1.0f / std::sqrt(float(hd));
   auto want_k = as_double(kc), want_v = as_double(vc);
-  emu_launch({unsigned(rows), 3}, 128, Kernels<T>::rope, qkv.data(), pos.data(), cos.data(),
-             sin.data(), q.data(), kc.data(), vc.data(), h, kvh, hd, ctx, first, scale);
+  emu_launch({unsigned(rows), 3}, 128, Kernels<T>::rope, qkv.data(), pos.data(), t.tables.data(),
+             cos.data(), sin.data(), q.data(), kc.data(), vc.data(), h, kvh, hd, bs, t.width,
+             scale);
   std::vector<double> want_q(q.size());
   for (int r = 0; r < rows; r++) {
-    const size_t p = pos[r], slot = first + r;
+    const size_t p = pos[r];
     for (int head = 0; head < h + 2 * kvh; head++)
       for (int i = 0; i < half; i++) {
         const T *src = qkv.data() + (size_t(r) * (h + 2 * kvh) + head) * hd;
@@ -294,11 +381,11 @@ void check_attention(int rows, int h, int kvh, int hd, int ctx, int splits, std:
           want_q[(size_t(r) * h + head) * hd + i] = o1 * scale;
           want_q[(size_t(r) * h + head) * hd + i + half] = o2 * scale;
         } else if (head < h + kvh) {
-          const size_t at = ((slot * kvh + (head - h)) * ctx + p) * hd;
+          const size_t at = t.at(r, head - h, p, kvh, hd);
           want_k[at + i] = o1;
           want_k[at + i + half] = o2;
         } else {
-          const size_t at = ((slot * kvh + (head - h - kvh)) * ctx + p) * hd;
+          const size_t at = t.at(r, head - h - kvh, p, kvh, hd);
           want_v[at + i] = x1;
           want_v[at + i + half] = x2;
         }
@@ -306,7 +393,7 @@ void check_attention(int rows, int h, int kvh, int hd, int ctx, int splits, std:
   }
   const std::string tag = "rows " + std::to_string(rows) + " heads " + std::to_string(h) + "/" +
                           std::to_string(kvh) + " hd " + std::to_string(hd) + " splits " +
-                          std::to_string(splits);
+                          std::to_string(splits) + t.describe();
   compare("rope_cache q " + tag, q, want_q);
   compare("rope_cache keys " + tag, kc, want_k);
   compare("rope_cache values " + tag, vc, want_v);
@@ -318,26 +405,26 @@ void check_attention(int rows, int h, int kvh, int hd, int ctx, int splits, std:
   std::vector<unsigned> counters(size_t(rows) * kvh, 0u);
   emu_launch({unsigned(rows), unsigned(kvh), unsigned(splits)}, 128,
              Kernels<T>::attn(hd / 32, r_max), q.data(), kc.data(), vc.data(), pos.data(),
-             out.data(), pm.data(), pl.data(), pacc.data(), counters.data(), h, kvh, ctx, first,
-             splits % 2 ? 0 : chunk, splits);
+             t.tables.data(), out.data(), pm.data(), pl.data(), pacc.data(), counters.data(), h,
+             kvh, bs, t.width, splits % 2 ? 0 : chunk, splits);
   for (auto c : counters)
     if (c != 0) {
       failures++;
       std::printf("FAIL a split counter was left at %u\n", c);
     }
-  // Reference over the caches as the kernel left them, with the queries it wrote.
+  // Reference over the caches as the kernel left them, with the queries it wrote, each position
+  // found through the row's table.
   std::vector<double> want(out.size());
   for (int r = 0; r < rows; r++)
     for (int head = 0; head < h; head++) {
       const int g = head / rep;
-      const size_t base = ((size_t(first + r) * kvh + g) * ctx) * hd;
       const int len = int(pos[r]) + 1;
       std::vector<double> sc(len);
       double m = -INFINITY;
       for (int p = 0; p < len; p++) {
         double s = 0.0;
         for (int d = 0; d < hd; d++)
-          s += double(to_f(q[(size_t(r) * h + head) * hd + d])) * to_f(kc[base + size_t(p) * hd + d]);
+          s += double(to_f(q[(size_t(r) * h + head) * hd + d])) * to_f(kc[t.at(r, g, p, kvh, hd) + d]);
         sc[p] = s;
         m = std::max(m, s);
       }
@@ -345,7 +432,7 @@ void check_attention(int rows, int h, int kvh, int hd, int ctx, int splits, std:
       for (auto &s : sc) l += (s = std::exp(s - m));
       for (int d = 0; d < hd; d++) {
         double a = 0.0;
-        for (int p = 0; p < len; p++) a += sc[p] * to_f(vc[base + size_t(p) * hd + d]);
+        for (int p = 0; p < len; p++) a += sc[p] * to_f(vc[t.at(r, g, p, kvh, hd) + d]);
         want[(size_t(r) * h + head) * hd + d] = a / l;
       }
     }
@@ -367,19 +454,25 @@ template <typename T> void check_all(std::mt19937 &rng) {
   check_gemv<T>(2, 1, 2056, 21, rng, 1);  // the prefetching loads
   check_gemv<T>(3, 2, 264, 7, rng, 1);
   check_gemv_silu<T>(2, 520, 37, rng, 1);
-  check_gemv_rope<T>(2, 4, 1, 128, 40, 264, rng, 1);
-  check_gemv_rope<T>(1, 4, 1, 128, 40, 264, rng);
-  check_gemv_rope<T>(3, 4, 2, 64, 40, 520, rng);
-  check_gemv_rope<T>(4, 8, 1, 96, 30, 136, rng);
-  // Head sizes 64, 96, 128; 1, 2, 4 and 8 query heads per KV head; one split and several.
-  check_attention<T>(1, 4, 1, 128, 300, 1, rng);
-  check_attention<T>(3, 8, 2, 128, 300, 5, rng);
-  check_attention<T>(2, 4, 2, 64, 70, 3, rng);
-  check_attention<T>(2, 8, 1, 96, 40, 1, rng);
-  check_attention<T>(1, 2, 2, 64, 129, 4, rng);
-  check_attention<T>(2, 4, 1, 64, 40, 9, rng);  // more splits than the shorter row fills
-  check_attention<T>(1, 4, 1, 128, 300, 40, rng);  // more splits than a warp has lanes
-  check_attention<T>(2, 8, 1, 96, 300, 27, rng);   // two query heads a warp in the merge
+  // Blocks of 16 positions (the last partly filled), of 7, and of 3 (fewer than a warp's group
+  // of ATT_U positions: a group spans blocks).
+  check_gemv_rope<T>(2, 4, 1, 128, 40, 16, 264, rng, 1);
+  check_gemv_rope<T>(1, 4, 1, 128, 40, 16, 264, rng);
+  check_gemv_rope<T>(3, 4, 2, 64, 40, 7, 520, rng);
+  check_gemv_rope<T>(4, 8, 1, 96, 30, 3, 136, rng);
+  // Head sizes 64, 96, 128; 1, 2, 4 and 8 query heads per KV head; one split and several; blocks
+  // of 16 positions (the rows' last ones partly filled, or a row's position the first of its
+  // block), and of 7, 5, 3 and 1.
+  check_attention<T>(1, 4, 1, 128, 300, 16, 1, rng);
+  check_attention<T>(3, 8, 2, 128, 300, 16, 5, rng);
+  check_attention<T>(2, 4, 2, 64, 70, 7, 3, rng);
+  check_attention<T>(2, 8, 1, 96, 40, 3, 1, rng);
+  check_attention<T>(1, 2, 2, 64, 129, 16, 4, rng);
+  check_attention<T>(4, 4, 1, 64, 96, 16, 2, rng);  // positions 95, 83, 77, 65: four rows
+  check_attention<T>(2, 4, 1, 64, 40, 5, 9, rng);  // more splits than the shorter row fills
+  check_attention<T>(2, 2, 1, 64, 33, 1, 3, rng);  // a block a position
+  check_attention<T>(1, 4, 1, 128, 300, 32, 40, rng);  // more splits than a warp has lanes
+  check_attention<T>(2, 8, 1, 96, 300, 16, 27, rng);   // two query heads a warp in the merge
 }
 
 // argmax_rows against a plain loop (the first index of the largest value, NaN never chosen), on

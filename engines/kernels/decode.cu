@@ -5,11 +5,12 @@
 // - embed:        the new tokens' embedding rows;
 // - add_rms_norm: residual add and the next RMSNorm in one pass over the row;
 // - rope_cache:   RoPE (f32 tables) on the fused q/k/v output; queries out (scaled), keys and
-//                 values written straight into the KV cache at each sequence's position;
-// - attn_decode:  attention of each sequence's one query per head over its cached positions
-//                 (grouped-query: one block reads a KV head once for all its query heads), split
-//                 over positions when the batch alone cannot fill the GPU (flash-decoding), the
-//                 last block of each KV head to finish merging the splits;
+//                 values written straight into the paged KV cache at each sequence's position;
+// - attn_decode:  attention of each sequence's one query per head over its cached positions,
+//                 read through its block table (grouped-query: one block reads a KV head once
+//                 for all its query heads), split over positions when the batch alone cannot
+//                 fill the GPU (flash-decoding), the last block of each KV head to finish
+//                 merging the splits;
 // - silu_mul:     SiLU(gate) * up on the fused gate/up output;
 // - gemv:         y = x Wᵀ for 1 to 4 rows, streaming the weights with 16-byte loads (two
 //                 shapes of work per warp; the engine times both against cuBLAS per shape);
@@ -17,6 +18,12 @@
 //
 // Every kernel computes in f32 and rounds once to the storage type. Each has a reference made of
 // candle operations (engines/src/kernels.rs); `phiforge bench-engine --check` compares the two.
+//
+// The KV cache is paged (engines/src/kv.rs): each layer's keys, and its values, are one pool of
+// shape (blocks, kvh, bs, hd), bs positions a block. Row r of a step has a block table, row r of
+// `tables` (rows, width) u32: its position p is at offset p % bs of block tables[r·width + p / bs],
+// so element d of KV head g there is at ((blk·kvh + g)·bs + p % bs)·hd + d. Tables may share
+// blocks (common prefixes, read only); a row writes only its own new position pos[r].
 
 #ifdef PHIFORGE_EMULATE
 #include "emulate.h"  // on the CPU, for the tests (engines/tests/kernels_emulated.rs)
@@ -121,11 +128,12 @@ __device__ void add_rms_norm(const T *__restrict__ x, const T *__restrict__ h,
 // ---------------------------------------------------------------------------------------------
 // One pair of elements (i, i + hd/2) of head `head` of row `row` (the q/k/v product's values x1,
 // x2): queries rotated and scaled into q, keys rotated and values as they are into the caches at
-// the row's slot and position p. c, s: the f32 tables at p.
+// offset `off` (the row's position p % bs) of block `blk` (its table's entry for p). c, s: the
+// f32 tables at p.
 template <typename T>
 __device__ __forceinline__ void rope_store(size_t row, int head, int i, float x1, float x2,
-                                           size_t p, size_t slot, const float *c, const float *s,
-                                           T *q, T *kc, T *vc, int h, int kvh, int hd, int ctx,
+                                           size_t blk, int off, const float *c, const float *s,
+                                           T *q, T *kc, T *vc, int h, int kvh, int hd, int bs,
                                            float scale) {
   const int half = hd / 2;
   if (head < h + kvh) {
@@ -136,12 +144,12 @@ __device__ __forceinline__ void rope_store(size_t row, int head, int i, float x1
       o[i] = from_f<T>(o1 * scale);
       o[i + half] = from_f<T>(o2 * scale);
     } else {
-      T *o = kc + ((slot * kvh + (head - h)) * ctx + p) * hd;
+      T *o = kc + ((blk * kvh + (head - h)) * bs + off) * (size_t)hd;
       o[i] = from_f<T>(o1);
       o[i + half] = from_f<T>(o2);
     }
   } else {
-    T *o = vc + ((slot * kvh + (head - h - kvh)) * ctx + p) * hd;
+    T *o = vc + ((blk * kvh + (head - h - kvh)) * bs + off) * (size_t)hd;
     o[i] = from_f<T>(x1);
     o[i + half] = from_f<T>(x2);
   }
@@ -149,20 +157,23 @@ __device__ __forceinline__ void rope_store(size_t row, int head, int i, float x1
 
 // ---------------------------------------------------------------------------------------------
 // rope_cache: qkv is (n, (h + 2 kvh) hd): h query heads, then kvh key heads, then kvh value heads.
-// Row r is the new token of the sequence in cache slot first + r, at position pos[r]. Rotation as
-// transformers' rotate_half (first and second halves of each head), with the f32 tables
-// cos/sin (positions, hd / 2). Queries go to q (n, h, hd), times `scale`; keys and values to the
-// caches (slots, kvh, ctx, hd). Grid (n, blocks): each thread one pair of elements (for a
-// decode step's few rows, a loop over the row would be a chain of memory round trips).
+// Row r is the new token of its sequence at position pos[r], which goes to offset pos[r] % bs of
+// block tables[r·width + pos[r] / bs]. Rotation as transformers' rotate_half (first and second
+// halves of each head), with the f32 tables cos/sin (positions, hd / 2). Queries go to q
+// (n, h, hd), times `scale`; keys and values to the caches (blocks, kvh, bs, hd). Grid
+// (n, blocks): each thread one pair of elements (for a decode step's few rows, a loop over the
+// row would be a chain of memory round trips).
 template <typename T>
 __device__ void rope_cache(const T *__restrict__ qkv, const uint32_t *__restrict__ pos,
-                           const float *__restrict__ cos, const float *__restrict__ sin,
-                           T *__restrict__ q, T *__restrict__ kc, T *__restrict__ vc, int h, int kvh,
-                           int hd, int ctx, int first, float scale) {
+                           const uint32_t *__restrict__ tables, const float *__restrict__ cos,
+                           const float *__restrict__ sin, T *__restrict__ q, T *__restrict__ kc,
+                           T *__restrict__ vc, int h, int kvh, int hd, int bs, int width,
+                           float scale) {
   const size_t row = blockIdx.x;
   const int half = hd / 2;
   const size_t p = pos[row];
-  const size_t slot = first + row;
+  const size_t blk = tables[row * width + p / bs];
+  const int off = (int)(p % bs);
   const T *src = qkv + row * (size_t)(h + 2 * kvh) * hd;
   const float *c = cos + p * half;
   const float *s = sin + p * half;
@@ -170,21 +181,22 @@ __device__ void rope_cache(const T *__restrict__ qkv, const uint32_t *__restrict
   for (int j = blockIdx.y * blockDim.x + threadIdx.x; j < total; j += gridDim.y * blockDim.x) {
     const int head = j / half, i = j % half;
     const T *xh = src + (size_t)head * hd;
-    rope_store<T>(row, head, i, to_f(xh[i]), to_f(xh[i + half]), p, slot, c, s, q, kc, vc, h, kvh,
-                  hd, ctx, scale);
+    rope_store<T>(row, head, i, to_f(xh[i]), to_f(xh[i + half]), blk, off, c, s, q, kc, vc, h,
+                  kvh, hd, bs, scale);
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// attn_decode: q (n, h, E·32) already scaled; row r attends to positions 0..pos[r] of cache slot
-// first + r. Grid (n, kvh, splits), ATT_WARPS warps per block; block (r, g, sp) takes the rep =
-// h / kvh query heads of KV head g over positions [sp·chunk, (sp + 1)·chunk). Each warp walks
-// its own groups of ATT_U positions with an online softmax (lane l holds elements l, l + 32,
-// ...), then the warps merge in shared memory. With one split the block writes out (n, h·hd)
-// in T; otherwise it writes its running max, sum and unnormalised output, which the last block of
+// attn_decode: q (n, h, E·32) already scaled; row r attends to its positions 0..pos[r], found
+// through its block table (row r of `tables`, width blocks; caches (blocks, kvh, bs, E·32)).
+// Grid (n, kvh, splits), ATT_WARPS warps per block; block (r, g, sp) takes the rep = h / kvh
+// query heads of KV head g over positions [sp·chunk, (sp + 1)·chunk). Each warp walks its own
+// groups of ATT_U positions with an online softmax (lane l holds elements l, l + 32, ...), then
+// the warps merge in shared memory. With one split the block writes out (n, h·hd) in T;
+// otherwise it writes its running max, sum and unnormalised output, which the last block of
 // (r, g) to finish merges (counters: one per (r, g), zero between launches). chunk ≤ 0: the
-// kernel splits the longest row's positions itself (a launch whose arguments do not change from
-// step to step, as a CUDA graph replays it).
+// kernel splits the longest row's positions itself, in chunks of a multiple of ATT_U (a launch
+// whose arguments do not change from step to step, as a CUDA graph replays it).
 #define ATT_WARPS 4
 #define ATT_U 4
 // The most splits a launch may have (engines/src/kernels.rs caps them so).
@@ -198,9 +210,10 @@ __device__ __forceinline__ float warp_max(float v) {
 
 
 template <typename T, int E, int R>
-__device__ void attn_decode(const T *q, const T *kc, const T *vc, const uint32_t *pos, T *out,
-                            float *pm, float *pl, float *pacc, unsigned *counters, int h, int kvh,
-                            int ctx, int first, int chunk, int splits) {
+__device__ void attn_decode(const T *q, const T *kc, const T *vc, const uint32_t *pos,
+                            const uint32_t *tables, T *out, float *pm, float *pl, float *pacc,
+                            unsigned *counters, int h, int kvh, int bs, int width, int chunk,
+                            int splits) {
   constexpr int HD = E * 32;
   const int row = blockIdx.x, g = blockIdx.y, sp = blockIdx.z;
   const int rep = h / kvh;
@@ -208,7 +221,8 @@ __device__ void attn_decode(const T *q, const T *kc, const T *vc, const uint32_t
   if (chunk <= 0) {  // from the longest row (kept on the device, for CUDA graphs)
     int span = 1;
     for (int r = 0; r < (int)gridDim.x; r++) span = max(span, (int)pos[r] + 1);
-    chunk = (span + splits - 1) / splits;
+    // A multiple of ATT_U: with bs one too, no warp's group of positions spans two blocks.
+    chunk = ((span + splits - 1) / splits + ATT_U - 1) / ATT_U * ATT_U;
   }
   const int p0 = sp * chunk;
   const int p1 = min(len, p0 + chunk);
@@ -225,22 +239,49 @@ __device__ void attn_decode(const T *q, const T *kc, const T *vc, const uint32_t
       qr[j][e] = j < rep ? to_f(q[((size_t)row * h + g * rep + j) * HD + e * 32 + lane]) : 0.0f;
     }
   }
-  const size_t base = (((size_t)first + row) * kvh + g) * (size_t)ctx * HD;
-  const T *kb = kc + base;
-  const T *vb = vc + base;
+  // This row's block table, and KV head g's first element of a block: position o of block blk
+  // is at kb + (blk·kvh·bs + o)·HD.
+  const uint32_t *tab = tables + (size_t)row * width;
+  const T *kb = kc + (size_t)g * bs * HD;
+  const T *vb = vc + (size_t)g * bs * HD;
+  const size_t stride = (size_t)kvh * bs;  // positions from one block to the next
   // Each warp takes ATT_U consecutive positions at a time, all their loads issued before any
-  // arithmetic, then folds them into its running softmax in one update.
-  for (int p = p0 + warp * ATT_U; p < p1; p += ATT_WARPS * ATT_U) {
+  // arithmetic, then folds them into its running softmax in one update. A group's block number
+  // is loaded one group ahead (issued right after the previous group's keys and values), so
+  // that its own loads wait for nothing; a group that spans two blocks (bs or chunk not a
+  // multiple of ATT_U) looks up each position's block as it goes.
+  constexpr int STEP = ATT_WARPS * ATT_U;
+  int p = p0 + warp * ATT_U;
+  uint32_t next = p < p1 ? __ldg(tab + p / bs) : 0u;
+  for (; p < p1; p += STEP) {
+    const int o = p % bs;
+    const uint32_t blk = next;
     float kv[ATT_U][E], vv[ATT_U][E];
+    if (o + ATT_U <= bs) {  // the group in one block
+      const size_t at = (blk * stride + o) * HD;
 #pragma unroll
-    for (int u = 0; u < ATT_U; u++) {
-      const bool in = p + u < p1;
+      for (int u = 0; u < ATT_U; u++) {
+        const bool in = p + u < p1;
 #pragma unroll
-      for (int e = 0; e < E; e++) {
-        kv[u][e] = in ? to_f(kb[(size_t)(p + u) * HD + e * 32 + lane]) : 0.0f;
-        vv[u][e] = in ? to_f(vb[(size_t)(p + u) * HD + e * 32 + lane]) : 0.0f;
+        for (int e = 0; e < E; e++) {
+          kv[u][e] = in ? to_f(kb[at + u * HD + e * 32 + lane]) : 0.0f;
+          vv[u][e] = in ? to_f(vb[at + u * HD + e * 32 + lane]) : 0.0f;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int u = 0; u < ATT_U; u++) {
+        const bool in = p + u < p1;
+        const int pu = p + u;
+        const size_t at = in ? ((size_t)__ldg(tab + pu / bs) * stride + pu % bs) * HD : 0;
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+          kv[u][e] = in ? to_f(kb[at + e * 32 + lane]) : 0.0f;
+          vv[u][e] = in ? to_f(vb[at + e * 32 + lane]) : 0.0f;
+        }
       }
     }
+    next = p + STEP < p1 ? __ldg(tab + (p + STEP) / bs) : 0u;
 #pragma unroll
     for (int j = 0; j < R; j++) {
       if (j < rep) {
@@ -495,14 +536,15 @@ __device__ void gemv_silu(const T *__restrict__ x, const T *__restrict__ w, T *_
 }
 
 // gemv_rope: the q/k/v product and rope_cache in one: warp p takes the pair (i, i + hd/2) of head
-// p / (hd/2), rows of the fused weights; row b of x is the new token of slot first + b at pos[b].
-// The products are rounded to T first, as the separate product would store them.
+// p / (hd/2), rows of the fused weights; row b of x is the new token at pos[b], stored through
+// row b of the block tables as rope_cache does. The products are rounded to T first, as the
+// separate product would store them.
 template <typename T, int NB, int L>
 __device__ void gemv_rope(const T *__restrict__ x, const T *__restrict__ w,
-                          const uint32_t *__restrict__ pos, const float *__restrict__ cos,
-                          const float *__restrict__ sin, T *__restrict__ q, T *__restrict__ kc,
-                          T *__restrict__ vc, int k, int h, int kvh, int hd, int ctx, int first,
-                          float scale) {
+                          const uint32_t *__restrict__ pos, const uint32_t *__restrict__ tables,
+                          const float *__restrict__ cos, const float *__restrict__ sin,
+                          T *__restrict__ q, T *__restrict__ kc, T *__restrict__ vc, int k, int h,
+                          int kvh, int hd, int bs, int width, float scale) {
   const int half = hd / 2;
   const int p = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
   if (p >= (h + 2 * kvh) * half) return;
@@ -516,9 +558,10 @@ __device__ void gemv_rope(const T *__restrict__ x, const T *__restrict__ w,
 #pragma unroll
     for (int b = 0; b < NB; b++) {
       const size_t at = pos[b];
-      rope_store<T>(b, head, i, to_f(from_f<T>(a[0][b])), to_f(from_f<T>(a[1][b])), at,
-                    (size_t)first + b, cos + at * half, sin + at * half, q, kc, vc, h, kvh, hd,
-                    ctx, scale);
+      const size_t blk = tables[(size_t)b * width + at / bs];
+      rope_store<T>(b, head, i, to_f(from_f<T>(a[0][b])), to_f(from_f<T>(a[1][b])), blk,
+                    (int)(at % bs), cos + at * half, sin + at * half, q, kc, vc, h, kvh, hd, bs,
+                    scale);
     }
   }
 }
@@ -590,11 +633,11 @@ extern "C" __global__ void argmax_rows_f32(const float *x, uint32_t *out, int v)
                                                 int d, float eps) {                              \
     add_rms_norm<T>(x, h, w, xo, y, d, eps);                                                     \
   }                                                                                              \
-  extern "C" __global__ void rope_cache_##SFX(const T *qkv, const uint32_t *pos,                 \
-                                              const float *cos, const float *sin, T *q, T *kc,   \
-                                              T *vc, int h, int kvh, int hd, int ctx, int first, \
-                                              float scale) {                                     \
-    rope_cache<T>(qkv, pos, cos, sin, q, kc, vc, h, kvh, hd, ctx, first, scale);                 \
+  extern "C" __global__ void rope_cache_##SFX(                                                   \
+      const T *qkv, const uint32_t *pos, const uint32_t *tables, const float *cos,               \
+      const float *sin, T *q, T *kc, T *vc, int h, int kvh, int hd, int bs, int width,           \
+      float scale) {                                                                             \
+    rope_cache<T>(qkv, pos, tables, cos, sin, q, kc, vc, h, kvh, hd, bs, width, scale);          \
   }                                                                                              \
   extern "C" __global__ void silu_mul_##SFX(const T *gu, T *out, int n, int inter) {             \
     silu_mul<T>(gu, out, n, inter);                                                              \
@@ -630,19 +673,21 @@ extern "C" __global__ void argmax_rows_f32(const float *x, uint32_t *out, int v)
     gemv_silu<T, NB, L>(x, w, out, k, inter);                                                    \
   }                                                                                              \
   extern "C" __global__ void gemv_rope##NB##P##_##SFX(                                           \
-      const T *x, const T *w, const uint32_t *pos, const float *cos, const float *sin, T *q,     \
-      T *kc, T *vc, int k, int h, int kvh, int hd, int ctx, int first, float scale) {            \
-    gemv_rope<T, NB, L>(x, w, pos, cos, sin, q, kc, vc, k, h, kvh, hd, ctx, first, scale);       \
+      const T *x, const T *w, const uint32_t *pos, const uint32_t *tables, const float *cos,     \
+      const float *sin, T *q, T *kc, T *vc, int k, int h, int kvh, int hd, int bs, int width,    \
+      float scale) {                                                                             \
+    gemv_rope<T, NB, L>(x, w, pos, tables, cos, sin, q, kc, vc, k, h, kvh, hd, bs, width,        \
+                        scale);                                                                  \
   }
 
 // attn_decode_<E>_<R>: head size E·32, up to R query heads per KV head.
 #define ATTN(T, SFX, E, R)                                                                       \
   extern "C" __global__ void attn_decode_##E##_##R##_##SFX(                                      \
-      const T *q, const T *kc, const T *vc, const uint32_t *pos, T *out, float *pm, float *pl,   \
-      float *pacc, unsigned *counters, int h, int kvh, int ctx, int first, int chunk,            \
-      int splits) {                                                                              \
-    attn_decode<T, E, R>(q, kc, vc, pos, out, pm, pl, pacc, counters, h, kvh, ctx, first, chunk, \
-                         splits);                                                                \
+      const T *q, const T *kc, const T *vc, const uint32_t *pos, const uint32_t *tables, T *out, \
+      float *pm, float *pl, float *pacc, unsigned *counters, int h, int kvh, int bs, int width,  \
+      int chunk, int splits) {                                                                   \
+    attn_decode<T, E, R>(q, kc, vc, pos, tables, out, pm, pl, pacc, counters, h, kvh, bs, width, \
+                         chunk, splits);                                                         \
   }
 
 DECODE_OPS(float, f32)

@@ -159,7 +159,7 @@ fn check_kernels(
         h: cfg.num_attention_heads,
         kvh: cfg.num_key_value_heads,
         hd: cfg.head_dim(),
-        ctx: model.context(),
+        block: model.block(),
     };
     let mut results = crate::kernels::check(
         device,

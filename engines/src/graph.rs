@@ -2,14 +2,15 @@
 //!
 //! A Phi-4 decode step at batch 1 is some 290 kernel launches, each a few microseconds of host
 //! work and a gap on the GPU. A CUDA graph records one step's launches once and replays them with
-//! one call. The step's inputs (token ids, positions) live in buffers the graph reads, refilled
-//! before each replay; its logits are copied into a buffer that outlives the graph; every launch
-//! takes the same arguments at every step (the attention kernel finds its split of the positions
-//! on the device). A graph is recorded per batch shape (first slot, number of sequences) the first
-//! time that shape decodes, and trusted only once its replays have reproduced, bit for bit, the
-//! logits of the same steps run directly: the recorded step, and the next one (other ids and
-//! positions, so the inputs are seen to be refilled). Otherwise that shape stays on direct
-//! launches, and why is reported ([`summary`]).
+//! one call. The step's inputs (token ids, positions, and the block tables of the paged KV cache,
+//! [`crate::kv`]) live in buffers the graph reads, refilled before each replay; its logits are
+//! copied into a buffer that outlives the graph; every launch takes the same arguments at every
+//! step (the attention kernel finds its split of the positions on the device, and reads each
+//! row's blocks from its table). A graph is recorded per batch shape (number of sequences, width
+//! of their block tables) the first time that shape decodes, and trusted only once its replays
+//! have reproduced, bit for bit, the logits of the same steps run directly: the recorded step,
+//! and the next one (other ids, positions and tables, so the inputs are seen to be refilled).
+//! Otherwise that shape stays on direct launches, and why is reported ([`summary`]).
 
 use crate::kernels::cuda::{copy_into, upload_u32};
 use candle_core::cuda_backend::cudarc::driver::{sys, CudaGraph};
@@ -32,18 +33,21 @@ unsafe impl Send for SendGraph {}
 /// One recorded decode step.
 pub struct DecodeGraph {
     graph: SendGraph,
-    /// The inputs the graph reads: token ids and positions (u32, one per sequence).
+    /// The inputs the graph reads: token ids and positions (u32, one per sequence), and the
+    /// block tables (u32, sequences × width).
     ids: Tensor,
     positions: Tensor,
+    tables: Tensor,
     /// Where the graph leaves the logits (b, vocab), f32.
     out: Tensor,
 }
 
 impl DecodeGraph {
     /// Fills the inputs, replays the step, and returns a copy of its logits.
-    pub fn replay(&self, ids: &[u32], positions: &[u32]) -> Result<Tensor> {
+    pub fn replay(&self, ids: &[u32], positions: &[u32], tables: &[u32]) -> Result<Tensor> {
         upload_u32(&self.ids, ids)?;
         upload_u32(&self.positions, positions)?;
+        upload_u32(&self.tables, tables)?;
         self.graph
             .0
             .launch()
@@ -54,19 +58,20 @@ impl DecodeGraph {
 }
 
 /// What a batch shape uses.
-enum Slot {
+enum State {
     /// Recorded, and its first replay matched the step it recorded; the next step is run both
-    /// ways too (new ids and positions: the inputs are refilled) before the graph is trusted.
+    /// ways too (new ids, positions and tables: the inputs are refilled) before the graph is
+    /// trusted.
     Probation(DecodeGraph),
     Ready(DecodeGraph),
     /// Recording failed or did not reproduce the direct step: direct launches.
     Direct,
 }
 
-/// The graphs of one model, by (first slot, sequences).
+/// The graphs of one model, by (sequences, blocks per table).
 pub struct Graphs {
     enabled: bool,
-    slots: HashMap<(usize, usize), Slot>,
+    shapes: HashMap<(usize, usize), State>,
 }
 
 static RECORDED: AtomicU64 = AtomicU64::new(0);
@@ -87,23 +92,23 @@ pub fn summary() -> Vec<String> {
     out
 }
 
-fn refuse(key: (usize, usize), why: String) -> Slot {
+fn refuse(key: (usize, usize), why: String) -> State {
+    let (b, width) = key;
     tracing::warn!(
-        "decode step of {} sequence(s) from slot {}: no CUDA graph ({why}); direct launches",
-        key.1,
-        key.0
+        "decode step of batch {b} (tables of {width} blocks): no CUDA graph ({why}); direct \
+         launches"
     );
     if let Ok(mut r) = REFUSED.lock() {
-        r.push(format!("batch {} from slot {}: {why}", key.1, key.0));
+        r.push(format!("batch {b} (tables of {width} blocks): {why}"));
     }
-    Slot::Direct
+    State::Direct
 }
 
 impl Graphs {
     pub fn new(enabled: bool) -> Graphs {
         Graphs {
             enabled,
-            slots: HashMap::new(),
+            shapes: HashMap::new(),
         }
     }
 
@@ -114,51 +119,68 @@ impl Graphs {
     /// Turns recording on or off; either way the recorded graphs are dropped.
     pub fn set_enabled(&mut self, on: bool) {
         self.enabled = on;
-        self.slots.clear();
+        self.shapes.clear();
     }
 
     /// Drops every graph (the step they recorded changed: other kernels, say).
     pub fn clear(&mut self) {
-        self.slots.clear();
+        self.shapes.clear();
     }
 
-    /// The step for `ids` at `positions` through this shape's graph: replayed, or recorded now
-    /// (with `step`, which runs the step directly on the input tensors it is given). `None`: this
-    /// shape runs directly (the caller does).
+    /// The step for `ids` at `positions`, with the block tables `tables` (row-major, `ids.len()`
+    /// rows of equal width), through this shape's graph: replayed, or recorded now (with `step`,
+    /// which runs the step directly on the input tensors it is given: ids and positions (b),
+    /// tables (b, width), u32). `None`: this shape runs directly (the caller does).
     pub fn run(
         &mut self,
         device: &Device,
-        first: usize,
         ids: &[u32],
         positions: &[u32],
-        step: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+        tables: &[u32],
+        step: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
     ) -> Result<Option<Tensor>> {
         let b = ids.len();
-        // Decode passes run the active sequences from slot 0; other first slots are one-token
-        // prompts joining, too rare to be worth a recording.
-        if !self.enabled || first != 0 || b == 0 || b > MAX_BATCH || !device.is_cuda() {
+        if !self.enabled || b == 0 || b > MAX_BATCH || !device.is_cuda() {
             return Ok(None);
         }
-        let key = (first, b);
-        match self.slots.remove(&key) {
-            Some(Slot::Ready(g)) => {
-                let out = g.replay(ids, positions);
-                self.slots.insert(key, Slot::Ready(g));
+        if positions.len() != b || tables.is_empty() || !tables.len().is_multiple_of(b) {
+            candle_core::bail!(
+                "decode graph: {b} ids, {} positions, {} table entries",
+                positions.len(),
+                tables.len()
+            )
+        }
+        let width = tables.len() / b;
+        // The tables' width is part of the shape: their buffer's size, and the attention's
+        // split of the positions (which follows the most a table can hold), are recorded.
+        let key = (b, width);
+        let inputs = |ids: &[u32], positions: &[u32], tables: &[u32]| -> Result<[Tensor; 3]> {
+            Ok([
+                Tensor::new(ids, device)?,
+                Tensor::new(positions, device)?,
+                Tensor::from_slice(tables, (b, width), device)?,
+            ])
+        };
+        match self.shapes.remove(&key) {
+            Some(State::Ready(g)) => {
+                let out = g.replay(ids, positions, tables);
+                self.shapes.insert(key, State::Ready(g));
                 return out.map(Some);
             }
-            Some(Slot::Direct) => {
-                self.slots.insert(key, Slot::Direct);
+            Some(State::Direct) => {
+                self.shapes.insert(key, State::Direct);
                 return Ok(None);
             }
-            Some(Slot::Probation(g)) => {
+            Some(State::Probation(g)) => {
                 // The step directly, then again through the graph (it rewrites the same cache
                 // entries with the same values): they must agree exactly.
-                let direct = step(&Tensor::new(ids, device)?, &Tensor::new(positions, device)?)?;
-                let slot = match g.replay(ids, positions) {
+                let [i, p, t] = inputs(ids, positions, tables)?;
+                let direct = step(&i, &p, &t)?;
+                let state = match g.replay(ids, positions, tables) {
                     Err(e) => refuse(key, format!("the second replay failed: {e}")),
                     Ok(replayed) if same_bits(&direct, &replayed)? => {
                         RECORDED.fetch_add(1, Ordering::Relaxed);
-                        Slot::Ready(g)
+                        State::Ready(g)
                     }
                     Ok(_) => refuse(
                         key,
@@ -166,7 +188,7 @@ impl Graphs {
                             .into(),
                     ),
                 };
-                self.slots.insert(key, slot);
+                self.shapes.insert(key, state);
                 return Ok(Some(direct));
             }
             None => {}
@@ -175,12 +197,11 @@ impl Graphs {
         // it, replay the record once, and keep it (on probation) only if the two agree exactly.
         // The fused step uploads nothing but these; an operation that did would fail the
         // recording (a host copy cannot be captured), and the shape would run directly.
-        let ids_t = Tensor::new(ids, device)?;
-        let pos_t = Tensor::new(positions, device)?;
-        let direct = step(&ids_t, &pos_t)?;
+        let [ids_t, pos_t, tables_t] = inputs(ids, positions, tables)?;
+        let direct = step(&ids_t, &pos_t, &tables_t)?;
         let out = Tensor::zeros(direct.shape(), DType::F32, device)?;
-        let slot = match record(device, || {
-            let logits = step(&ids_t, &pos_t)?;
+        let state = match record(device, || {
+            let logits = step(&ids_t, &pos_t, &tables_t)?;
             copy_into(&out, &logits)
         }) {
             Err(why) => refuse(key, why),
@@ -189,11 +210,12 @@ impl Graphs {
                     graph,
                     ids: ids_t,
                     positions: pos_t,
+                    tables: tables_t,
                     out,
                 };
-                match g.replay(ids, positions) {
+                match g.replay(ids, positions, tables) {
                     Err(e) => refuse(key, format!("the first replay failed: {e}")),
-                    Ok(replayed) if same_bits(&direct, &replayed)? => Slot::Probation(g),
+                    Ok(replayed) if same_bits(&direct, &replayed)? => State::Probation(g),
                     Ok(_) => refuse(
                         key,
                         "the replay's logits differ from the direct step's".into(),
@@ -201,7 +223,7 @@ impl Graphs {
                 }
             }
         };
-        self.slots.insert(key, slot);
+        self.shapes.insert(key, state);
         Ok(Some(direct))
     }
 }

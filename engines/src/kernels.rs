@@ -117,26 +117,35 @@ impl std::fmt::Display for Kernels {
     }
 }
 
-/// The attention's shape: query heads, KV heads, head size, cache positions per slot.
+/// The attention's shape: query heads, KV heads, head size, and positions per block of the
+/// paged KV cache ([`crate::kv`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Heads {
     pub h: usize,
     pub kvh: usize,
     pub hd: usize,
-    pub ctx: usize,
+    pub block: usize,
 }
 
-/// One decode step: the sequences in cache slots `first..first + b`, row `r`'s new token at
-/// position `pos[r]` (`positions`, u32 on the device, holds the same).
+/// One decode step: row `r`'s new token at position `pos[r]` (`positions`, u32 on the device,
+/// holds the same), in the caches' blocks its block table names: position `p` is at offset
+/// `p % block` of block `tables[r][p / block]`. The caches are (blocks, KV heads, block, head
+/// size); `tables` is (rows, width) u32 on the device, `table` the same on the host, row-major.
 pub struct Step<'a> {
-    pub first: usize,
     pub positions: &'a Tensor,
     pub pos: &'a [u32],
+    pub tables: &'a Tensor,
+    pub table: &'a [u32],
 }
 
 impl Step<'_> {
     fn span(&self) -> usize {
         self.pos.iter().max().map_or(0, |&p| p as usize + 1)
+    }
+
+    /// Blocks per table.
+    pub fn width(&self) -> usize {
+        self.table.len() / self.pos.len().max(1)
     }
 }
 
@@ -188,8 +197,8 @@ pub fn add_rms_norm(
 
 /// RoPE on the fused q/k/v output `qkv` (b, (h + 2 kvh) · hd) at each row's position, with the
 /// f32 tables `cos`/`sin` (positions, hd / 2). Keys and values go into the caches `kc`/`vc`
-/// (slots, kvh, ctx, hd) at the rows' slots and positions; returns the queries (b, h, hd) times
-/// `scale`.
+/// (blocks, kvh, block, hd) at the rows' positions, in their tables' blocks; returns the queries
+/// (b, h, hd) times `scale`.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_cache(
     k: Kernels,
@@ -216,16 +225,21 @@ pub fn rope_cache(
     let qk = qkv.narrow(2, 0, h + kvh)?.contiguous()?;
     let qk = candle_nn::rotary_emb::rope_thd(&qk, &cos.to_dtype(dtype)?, &sin.to_dtype(dtype)?)?;
     let q = (qk.narrow(2, 0, h)? * scale)?.reshape((b, h, hd))?;
-    // (b, kvh, 1, hd) each, written at every row's own position in one scatter.
-    let key = qk.narrow(2, h, kvh)?.transpose(1, 2)?.contiguous()?;
-    let value = qkv.narrow(2, h + kvh, kvh)?.transpose(1, 2)?.contiguous()?;
-    let at = step
-        .positions
-        .reshape((b, 1, 1, 1))?
-        .broadcast_as((b, kvh, 1, hd))?
-        .contiguous()?;
-    kc.narrow(0, step.first, b)?.scatter_set(&at, &key, 2)?;
-    vc.narrow(0, step.first, b)?.scatter_set(&at, &value, 2)?;
+    // (b, kvh, hd) each, written at every row's own position in one scatter.
+    let key = qk.narrow(2, h, kvh)?.contiguous()?;
+    let value = qkv.narrow(2, h + kvh, kvh)?.contiguous()?;
+    let tokens = step.pos.iter().enumerate().map(|(r, &p)| (r, p as usize));
+    let at = crate::kv::rows(
+        step.table,
+        step.width(),
+        tokens,
+        kvh,
+        heads.block,
+        kc.dim(0)?,
+    )?;
+    let at = Tensor::from_vec(at, b * kvh, qkv.device())?;
+    crate::kv::write(kc, &at, &key)?;
+    crate::kv::write(vc, &at, &value)?;
     Ok(q)
 }
 
@@ -249,8 +263,12 @@ pub fn attention(
     let span = step.span();
     // Each KV head serves h / kvh query heads: they are the rows of one product.
     let q = q.reshape((b, kvh, h / kvh, hd))?;
-    let keys = kc.narrow(0, step.first, b)?.narrow(2, 0, span)?;
-    let values = vc.narrow(0, step.first, b)?.narrow(2, 0, span)?;
+    // Each row's blocks up to the span, gathered into contiguous sequences.
+    let width = span.div_ceil(heads.block);
+    let ids = crate::kv::firsts(step.table, step.width(), width);
+    let ids = Tensor::from_vec(ids, b * width, q.device())?;
+    let keys = crate::kv::gather(kc, &ids, b)?.narrow(2, 0, span)?;
+    let values = crate::kv::gather(vc, &ids, b)?.narrow(2, 0, span)?;
     let scores = q.matmul(&keys.transpose(2, 3)?)?;
     let scores = if step.pos.iter().all(|&p| p as usize + 1 == span) {
         scores
@@ -406,7 +424,7 @@ mod tests {
                 h: 4,
                 kvh: 1,
                 hd: 64,
-                ctx: 8
+                block: 8
             },
             64,
             64,

@@ -8,13 +8,15 @@
 //! - [`openai`]: any OpenAI-compatible server (vLLM, SGLang, llama.cpp) with endpoints spread,
 //!   concurrency and rate limits, bounded retries and a secret-safe API key;
 //! - [`phi3`]: the Phi-3 architecture (Phi-4's) on candle, written for batched serving: per-sequence
-//!   positions, an in-place KV cache, grouped-query attention without copies; safetensors or GGUF;
+//!   positions, a paged KV cache ([`kv`]: a pool of blocks read through block tables, so sequences
+//!   share prefix blocks by reference), grouped-query attention; safetensors or GGUF;
 //! - [`kernels`]: the decode step's fused CUDA kernels (`kernels/decode.cu`), with the candle
 //!   operations they replace as fallbacks and reference; `graph` (feature `cuda`): that step
 //!   recorded as a CUDA graph and replayed;
 //! - [`local`]: that model as an engine (CPU, or CUDA with the `cuda` feature), fed by the
 //!   [`scheduler`]: continuous batching, prompts prefilled in chunks beside the sequences
-//!   decoding, and the [`prefix`] cache of prompt prefixes' keys and values, reporting
+//!   decoding, the KV blocks given and taken back, and the [`prefix`] cache of prompt prefixes'
+//!   blocks, reporting
 //!   [`metrics`]; [`sample`]: top-k, top-p and temperature draws; [`tokenizer`]:
 //!   `tokenizer.json`, or Phi-4's own offline;
 //!   [`hub`]: models in the local Hugging Face cache by repository id;
@@ -47,6 +49,7 @@ pub mod generate;
 pub mod graph;
 pub mod hub;
 pub mod kernels;
+pub mod kv;
 pub mod load;
 pub mod local;
 pub mod metrics;

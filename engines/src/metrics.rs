@@ -20,6 +20,12 @@ pub struct Metrics {
     pub prefix_cache_lookup_tokens: Counter,
     pub prefix_cache_blocks: Gauge,
     pub prefix_cache_evictions: Counter,
+    /// Blocks of the paged KV cache in use (by sequences or the prefix cache), and in all.
+    pub kv_blocks_used: Gauge,
+    pub kv_blocks: Gauge,
+    /// Block references held by running sequences: over [`Metrics::kv_blocks_used`], what
+    /// sharing saves.
+    pub kv_block_refs: Gauge,
     pub generated_tokens: Counter,
     pub requests_finished: Counter,
     pub forward_passes: Counter,
@@ -68,6 +74,21 @@ impl Metrics {
             "prefix_cache_evictions",
             "Prefix cache blocks evicted",
             self.prefix_cache_evictions.clone(),
+        );
+        r.register(
+            "kv_blocks_used",
+            "Blocks of the paged KV cache in use",
+            self.kv_blocks_used.clone(),
+        );
+        r.register(
+            "kv_blocks",
+            "Blocks of the paged KV cache",
+            self.kv_blocks.clone(),
+        );
+        r.register(
+            "kv_block_refs",
+            "KV cache blocks in running sequences' tables, shared ones counted once per sequence",
+            self.kv_block_refs.clone(),
         );
         r.register(
             "generated_tokens",

@@ -9,8 +9,10 @@
 //!   ~256), then applied in the activations' dtype as transformers does;
 //! - every sequence of a batch has its own position, so prompts of different lengths batch together
 //!   (padded queries are masked);
-//! - the KV cache is preallocated (slots × KV heads × context × head size) and written in place,
-//!   every sequence at its own position, by one scatter per layer;
+//! - the KV cache is paged ([`crate::kv`]): one preallocated pool of blocks per layer, read and
+//!   written through each sequence's block table, so sequences that share a prompt prefix share
+//!   its blocks; new keys and values go in place, every sequence at its own position, by one
+//!   scatter per layer;
 //! - grouped-query attention folds each KV head's query heads into one matrix product instead of
 //!   copying K and V per query head;
 //! - on a GPU the decode step (one new token per sequence) runs the fused kernels of
@@ -77,10 +79,24 @@ impl Rope {
     }
 }
 
-/// Copies `src` (1, KV heads, l, head size) into `cache` at slot `slot`, positions `start..`, in
-/// place (a slot's block is contiguous, so every head's rows go in one strided copy).
-fn write_at(cache: &Tensor, src: &Tensor, slot: usize, start: usize) -> Result<()> {
-    cache.narrow(0, slot, 1)?.slice_set(src, 2, start)
+/// Every layer's KV cache: `blocks` blocks of `block` positions (see [`crate::kv`]).
+fn pool(
+    cfg: &Config,
+    layers: usize,
+    blocks: usize,
+    block: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Vec<KvCache>> {
+    let shape = (blocks, cfg.num_key_value_heads, block, cfg.head_dim());
+    (0..layers)
+        .map(|_| {
+            Ok(KvCache {
+                k: Tensor::zeros(shape, dtype, device)?,
+                v: Tensor::zeros(shape, dtype, device)?,
+            })
+        })
+        .collect()
 }
 
 struct Mlp {
@@ -138,16 +154,22 @@ struct Layer {
     post_attention_layernorm: RmsNorm,
 }
 
-/// Sequences fed together in one forward pass: slots `first..first + tokens.len()`, where
-/// `tokens[s]` (at least one) continue a sequence that already holds `starts[s]` positions.
+/// Sequences fed together in one forward pass: `tokens[s]` (at least one) continue a sequence
+/// that already holds `starts[s]` positions, in the KV cache's blocks `tables[s]` names (position
+/// `p` in block `tables[s][p / block]`; see [`crate::kv`]). A table must reach the sequence's last
+/// new position; blocks written in a pass (those of the new positions) belong to one sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
-    pub first: usize,
+    pub tables: Vec<Vec<u32>>,
     pub tokens: Vec<Vec<u32>>,
     pub starts: Vec<usize>,
 }
 
-/// A Phi-3-architecture model with a KV cache of `slots` sequences.
+/// Positions per block of the KV cache unless [`Model::set_pool`] says otherwise.
+pub const KV_BLOCK: usize = 32;
+
+/// A Phi-3-architecture model with a paged KV cache: a pool of blocks, by default one table's
+/// worth (the context) for each of `slots` sequences.
 pub struct Model {
     embed_tokens: Embedding,
     layers: Vec<Layer>,
@@ -155,6 +177,11 @@ pub struct Model {
     lm_head: Proj,
     rope: Rope,
     caches: Vec<KvCache>,
+    /// Sequences fed at once at most, and positions per sequence.
+    slots: usize,
+    context: usize,
+    /// Positions per block of the caches.
+    block: usize,
     cfg: Config,
     device: Device,
     profile: Option<std::sync::Arc<Profile>>,
@@ -225,18 +252,14 @@ impl Model {
         context: usize,
     ) -> Result<Model> {
         let context = context.min(cfg.max_position_embeddings);
-        let shape = (slots, cfg.num_key_value_heads, context, cfg.head_dim());
         // No slots (a model for training): no cache at all.
         let layers_cached = if slots == 0 { 0 } else { cfg.num_hidden_layers };
-        let caches = (0..layers_cached)
-            .map(|_| {
-                Ok(KvCache {
-                    k: Tensor::zeros(shape, dtype, device)?,
-                    v: Tensor::zeros(shape, dtype, device)?,
-                })
-            })
-            .collect::<Result<_>>()?;
+        let blocks = slots * context.div_ceil(KV_BLOCK);
+        let caches = pool(cfg, layers_cached, blocks, KV_BLOCK, dtype, device)?;
         Ok(Model {
+            slots,
+            context,
+            block: KV_BLOCK,
             rope: Rope::new(cfg, device)?,
             embed_tokens,
             layers,
@@ -259,7 +282,7 @@ impl Model {
             h: self.cfg.num_attention_heads,
             kvh: self.cfg.num_key_value_heads,
             hd: self.cfg.head_dim(),
-            ctx: self.context(),
+            block: self.block,
         }
     }
 
@@ -307,7 +330,7 @@ impl Model {
             return self;
         }
         let heads = Heads {
-            ctx: 0,
+            block: 16,
             ..self.heads()
         };
         let dtype = self.dtype();
@@ -408,51 +431,49 @@ impl Model {
         Model::new(&cfg, vb, slots, context)
     }
 
-    /// Sequences the cache holds at once.
+    /// Sequences fed at once at most (the batch), each with a table of [`Model::width`] blocks.
     pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Positions per block of the KV cache.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// Blocks a sequence's table holds at most: its context's.
+    pub fn width(&self) -> usize {
+        self.context.div_ceil(self.block.max(1))
+    }
+
+    /// Blocks in the KV cache's pool (numbered `0..blocks`).
+    pub fn blocks(&self) -> usize {
         self.caches.first().map(|c| c.k.dims()[0]).unwrap_or(0)
     }
 
-    /// Moves the first `len` cached positions of slot `from` to slot `to` (to keep active
-    /// sequences in slots `0..n`).
-    pub fn move_slot(&self, from: usize, to: usize, len: usize) -> Result<()> {
-        if len == 0 || from == to {
+    /// Reallocates the KV cache as `blocks` blocks of `block` positions (what it held is lost).
+    pub fn set_pool(&mut self, block: usize, blocks: usize) -> Result<()> {
+        if self.caches.is_empty() {
             return Ok(());
         }
-        let kv = self.read_kv(from, 0, len)?;
-        self.write_kv(to, 0, &kv)
-    }
-
-    /// A copy of the keys and values of slot `slot`'s positions `start..start + len`: two
-    /// tensors (1, KV heads, len, head size) per layer, keys first.
-    pub fn read_kv(&self, slot: usize, start: usize, len: usize) -> Result<Vec<Tensor>> {
-        let mut out = Vec::with_capacity(2 * self.caches.len());
-        for c in &self.caches {
-            for t in [&c.k, &c.v] {
-                out.push(
-                    t.narrow(0, slot, 1)?
-                        .narrow(2, start, len)?
-                        .force_contiguous()?,
-                );
-            }
+        if block == 0 || blocks == 0 {
+            candle_core::bail!("a KV cache needs blocks of at least one position")
         }
-        Ok(out)
-    }
-
-    /// Writes what [`Model::read_kv`] read into slot `slot` from position `start` on.
-    pub fn write_kv(&self, slot: usize, start: usize, kv: &[Tensor]) -> Result<()> {
-        if kv.len() != 2 * self.caches.len() {
-            candle_core::bail!(
-                "keys and values of {} layers for {}",
-                kv.len() / 2,
-                self.caches.len()
-            )
-        }
-        for (c, kv) in self.caches.iter().zip(kv.chunks(2)) {
-            write_at(&c.k, &kv[0], slot, start)?;
-            write_at(&c.v, &kv[1], slot, start)?;
-        }
+        // The old pool goes first: both may not fit at once.
+        let n = self.caches.len();
+        self.caches.clear();
+        self.caches = pool(&self.cfg, n, blocks, block, self.dtype(), &self.device)?;
+        self.block = block;
+        #[cfg(feature = "cuda")]
+        self.graphs_mut().clear();
         Ok(())
+    }
+
+    /// The table of sequence `slot` when the pool is read as [`Model::slots`] sequences of a
+    /// whole context each (as [`Model::new`] sizes it): blocks `slot × width..(slot + 1) × width`.
+    pub fn slot_table(&self, slot: usize) -> Vec<u32> {
+        let w = self.width();
+        (slot * w..(slot + 1) * w).map(|b| b as u32).collect()
     }
 
     /// Starts timing every phase of every pass (see [`Profile`]); returns the shared record.
@@ -471,14 +492,19 @@ impl Model {
         &self.cfg
     }
 
-    /// Cache positions available per slot.
+    /// Positions a sequence may hold.
     pub fn context(&self) -> usize {
-        self.caches.first().map(|c| c.k.dims()[2]).unwrap_or(0)
+        if self.caches.is_empty() {
+            0
+        } else {
+            self.context
+        }
     }
 
-    /// Feeds new tokens to slots `0..b`: `tokens[s]` (at least one) continue the sequence in slot
-    /// `s`, which already holds `starts[s]` positions. Returns the logits (b, vocab) after each
-    /// slot's last new token, in f32.
+    /// Feeds new tokens to the sequences of slots `0..b` (see [`Model::slot_table`]):
+    /// `tokens[s]` (at least one) continue the sequence in slot `s`, which already holds
+    /// `starts[s]` positions. Returns the logits (b, vocab) after each slot's last new token, in
+    /// f32.
     pub fn forward(&self, tokens: &[Vec<u32>], starts: &[usize]) -> Result<Tensor> {
         self.forward_at(0, tokens, starts)
     }
@@ -490,8 +516,13 @@ impl Model {
         tokens: &[Vec<u32>],
         starts: &[usize],
     ) -> Result<Tensor> {
+        if first + tokens.len() > self.slots {
+            candle_core::bail!("forward needs 1..=slots sequences")
+        }
         self.forward_groups(&[Group {
-            first,
+            tables: (first..first + tokens.len())
+                .map(|s| self.slot_table(s))
+                .collect(),
             tokens: tokens.to_vec(),
             starts: starts.to_vec(),
         }])
@@ -500,13 +531,14 @@ impl Model {
     /// Feeds several groups of sequences in one pass (say the sequences decoding, one token
     /// each, and a chunk of a new prompt): their tokens share the projections, each group is
     /// padded only to its own longest. Returns the logits (sequences, vocab) after each
-    /// sequence's last new token, group after group. Groups must not share slots.
+    /// sequence's last new token, group after group. No block may be written by two sequences.
     pub fn forward_groups(&self, groups: &[Group]) -> Result<Tensor> {
-        let mut used = vec![false; self.slots()];
+        let (block, blocks, width) = (self.block, self.blocks(), self.width());
+        let mut written = std::collections::HashSet::new();
         for g in groups {
             let b = g.tokens.len();
-            if b == 0 || b != g.starts.len() || g.first + b > self.slots() {
-                candle_core::bail!("forward needs 1..=slots sequences, each with a start")
+            if b == 0 || b != g.starts.len() || b != g.tables.len() {
+                candle_core::bail!("forward needs sequences, each with a start and a table")
             }
             if g.tokens.iter().any(Vec::is_empty) {
                 candle_core::bail!("every sequence needs at least one new token")
@@ -519,9 +551,18 @@ impl Model {
                     self.context()
                 )
             }
-            for u in &mut used[g.first..g.first + b] {
-                if std::mem::replace(u, true) {
-                    candle_core::bail!("two groups of one pass share a cache slot")
+            for (t, &start) in g.tables.iter().zip(&g.starts) {
+                let reach = (start + l).div_ceil(block);
+                if t.len() < reach || t.len() > width || t.iter().any(|&b| b as usize >= blocks) {
+                    candle_core::bail!(
+                        "a block table must reach position {} within {width} blocks of the pool's                          {blocks}",
+                        start + l - 1
+                    )
+                }
+                for &b in &t[start / block..reach] {
+                    if !written.insert(b) {
+                        candle_core::bail!("two sequences of one pass write block {b}")
+                    }
                 }
             }
         }
@@ -548,9 +589,7 @@ impl Model {
             }
         }
         let logits = match (self.fused, decode) {
-            (Some(k), Some(g)) => {
-                self.decode_fused(k, g.first, &g.tokens, &g.starts, &mut clock)?
-            }
+            (Some(k), Some(g)) => self.decode_fused(k, g, &mut clock)?,
             _ => self.forward_general(groups, &mut clock)?,
         };
         if let Some(p) = &self.profile {
@@ -566,10 +605,14 @@ impl Model {
     fn forward_general(&self, groups: &[Group], clock: &mut Clock) -> Result<Tensor> {
         let dtype = self.embed_tokens.embeddings().dtype();
         let dev = &self.device;
-        let (kvh, hd) = (self.cfg.num_key_value_heads, self.cfg.head_dim());
+        let (kvh, block) = (self.cfg.num_key_value_heads, self.block);
         let mut ids = Vec::new();
         let mut pos = Vec::new();
         let mut last = Vec::new();
+        // Every new token's (sequence of the pass, position), for the cache writes.
+        let mut at = Vec::new();
+        let mut tables: Vec<u32> = Vec::new();
+        let width = self.width();
         let mut batches = Vec::with_capacity(groups.len());
         for g in groups {
             let (b, row) = (g.tokens.len(), ids.len());
@@ -579,15 +622,17 @@ impl Model {
             // sequences equally long): the usual decode step.
             let masked = !(l == 1 && g.starts.iter().all(|&s| s + 1 == span));
             let mut mask = vec![f32::NEG_INFINITY; if masked { b * l * span } else { 0 }];
-            let mut at = Vec::with_capacity(b * l);
             for (s, seq) in g.tokens.iter().enumerate() {
+                let n = tables.len() / width;
+                tables.extend(&g.tables[s]);
+                tables.resize((n + 1) * width, 0);
                 for j in 0..l {
                     // Padding repeats the last token at the next positions: its keys land in
                     // cache positions no query attends to before the sequence's own tokens
                     // overwrite them.
                     ids.push(seq[j.min(seq.len() - 1)]);
                     pos.push((g.starts[s] + j) as u32);
-                    at.push((g.starts[s] + j) as u32);
+                    at.push((n, g.starts[s] + j));
                     if masked {
                         let r = &mut mask[(s * l + j) * span..(s * l + j + 1) * span];
                         for m in r.iter_mut().take(g.starts[s] + j + 1) {
@@ -597,14 +642,15 @@ impl Model {
                 }
                 last.push((row + s * l + seq.len() - 1) as u32);
             }
+            // The blocks each sequence attends to, for the gathers.
+            let reach = span.div_ceil(block);
+            let first = tables.len() / width - b;
+            let blocks = crate::kv::firsts(&tables[first * width..], width, reach);
             batches.push(Batch {
                 row,
                 b,
                 l,
-                first: g.first,
-                write_at: Tensor::from_vec(at, (b, 1, l, 1), dev)?
-                    .broadcast_as((b, kvh, l, hd))?
-                    .contiguous()?,
+                blocks: Tensor::from_vec(blocks, b * reach, dev)?,
                 span,
                 query_blocks: self.query_blocks,
                 mask: if masked {
@@ -614,6 +660,9 @@ impl Model {
                 },
             });
         }
+        let rows = crate::kv::rows(&tables, width, at, kvh, block, self.blocks())?;
+        let n = rows.len();
+        let rows = Tensor::from_vec(rows, n, dev)?;
         let t = ids.len();
         let positions = Tensor::from_vec(pos, t, dev)?;
         let (cos, sin) = self.rope.at(&positions, 1, t, dtype)?;
@@ -626,7 +675,7 @@ impl Model {
             clock.mark("norms_residuals")?;
             let h = layer
                 .attn
-                .forward(&h, (&cos, &sin), &batches, cache, clock)?;
+                .forward(&h, (&cos, &sin), &batches, &rows, cache, clock)?;
             let x1 = (h + r)?;
             let h = layer.post_attention_layernorm.forward(&x1)?;
             clock.mark("norms_residuals")?;

@@ -5,13 +5,14 @@
 //! Prompts are cut into blocks of `block` tokens. A block is known by a hash of its tokens and of
 //! the block before it, so one entry stands for a whole prefix, and prefixes that diverge share
 //! the blocks before they do, as in vLLM's automatic prefix caching. Every request that matches a
-//! block shares the one entry: entries hold a count of their users (requests copying them into
-//! their cache slot) and of the entries that continue them, and only an entry with neither is
-//! evicted, least recently used first, when the cache is full.
+//! block shares the one entry: entries hold a count of their users (requests between lookup and
+//! release) and of the entries that continue them, and only an entry with neither is evicted,
+//! least recently used first, when the cache is full.
 //!
-//! The model's attention reads each sequence's keys and values from one contiguous cache slot,
-//! so a hit is copied from the cache into the slot (a device copy, far cheaper than recomputing
-//! it) rather than read in place.
+//! The local engine caches block numbers of its [paged KV cache](crate::kv): a hit puts the
+//! cached blocks in the new sequence's block table, read in place; the engine's block pool counts
+//! the references, so an evicted entry's block lives on while a sequence still reads it
+//! ([`PrefixCache::take_evicted`] hands evicted values back).
 
 use std::collections::HashMap;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -55,6 +56,7 @@ pub struct PrefixCache<T> {
     entries: HashMap<u64, Entry<T>>,
     clock: u64,
     counts: Counts,
+    evicted: Vec<T>,
 }
 
 impl<T> PrefixCache<T> {
@@ -66,6 +68,7 @@ impl<T> PrefixCache<T> {
             entries: HashMap::new(),
             clock: 0,
             counts: Counts::default(),
+            evicted: Vec::new(),
         }
     }
 
@@ -219,6 +222,11 @@ impl<T> PrefixCache<T> {
         Ok(added)
     }
 
+    /// The values of the entries evicted since the last call.
+    pub fn take_evicted(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.evicted)
+    }
+
     /// Evicts the least recently used entry that no request holds and no entry continues (never
     /// `keep`, the block being extended). Returns whether one was evicted.
     fn evict_one(&mut self, keep: Option<u64>) -> bool {
@@ -235,6 +243,7 @@ impl<T> PrefixCache<T> {
             if let Some(p) = e.parent.and_then(|p| self.entries.get_mut(&p)) {
                 p.children -= 1;
             }
+            self.evicted.push(e.kv);
         }
         self.counts.evicted += 1;
         true
@@ -311,6 +320,12 @@ mod tests {
             "a's first block stays, its second was evicted"
         );
         assert_eq!(c.counts().evicted, 3);
+        assert_eq!(
+            c.take_evicted().len(),
+            3,
+            "each evicted value is handed back once"
+        );
+        assert!(c.take_evicted().is_empty());
     }
 
     #[test]

@@ -1,20 +1,26 @@
 //! The local engine's scheduler: one thread owns the model and runs continuous batching.
 //!
-//! Requests wait in a queue and take a free cache slot as soon as one is free; finished sequences
-//! leave at once, so short requests do not wait for long ones. Every forward pass feeds one token
+//! Requests wait in a queue and are admitted as soon as fewer than the model's slots (its batch)
+//! are running; finished sequences leave at once, so short requests do not wait for long ones. Every forward pass feeds one token
 //! to each sequence that is decoding and, within a budget of tokens per pass
 //! ([`Limits::step_tokens`]), chunks of new prompts: a long new prompt is prefilled a chunk per
 //! pass, beside the sequences already decoding, instead of stalling them.
 //!
-//! A new request first looks up its prompt in the [prefix cache](crate::prefix): the blocks found
-//! are copied into its slot and only the rest of the prompt is fed. A request that shares more of
-//! its prompt with one still being prefilled than the cache holds waits for that prefill (other
-//! requests go ahead of it), so `n` samples of one prompt, or many requests over one document,
-//! compute the shared part once. Active sequences are kept in slots `0..n`: a finished
-//! sequence's slot is filled by moving the last one's cache into it.
+//! The KV cache is [paged](crate::kv): each sequence has a block table, given blocks from the
+//! pool as it grows and handing them back when it ends. A new request first looks up its prompt
+//! in the [prefix cache](crate::prefix): the blocks found go into its table as they are, shared
+//! by reference with every other sequence reading them, and only the rest of the prompt is fed.
+//! Once a prompt is in, its whole blocks enter the prefix cache, again by reference. A request
+//! that shares more of its prompt with one still being prefilled than the cache holds waits for
+//! that prefill (other requests go ahead of it), so `n` samples of one prompt, or many requests
+//! over one document, compute and hold the shared part once.
+//!
+//! The pool has a whole context's blocks for every slot plus the prefix cache's capacity, so a
+//! sequence always finds the blocks it needs.
 
 use crate::engine::{Completion, EngineError, FinishReason, Sampling, TokenLogprob};
 use crate::kernels::Kernels;
+use crate::kv::BlockPool;
 use crate::metrics::Metrics;
 use crate::phi3::{Group, Model};
 use crate::prefix::PrefixCache;
@@ -62,9 +68,11 @@ impl Default for Limits {
     }
 }
 
-/// A sequence being generated, in a cache slot.
+/// A sequence being generated.
 struct Active {
     job: Job,
+    /// Its KV cache blocks, in order (shared prefix blocks first).
+    table: Vec<u32>,
     /// Tokens not yet fed to the model (the rest of the prompt, then each sampled token).
     pending: Vec<u32>,
     /// Whether `pending` is still the prompt's.
@@ -82,6 +90,14 @@ struct Active {
 
 fn fail(job: Job, e: EngineError) {
     let _ = job.reply.send(Err(e));
+}
+
+/// Fails every active sequence with the model's error `e`, handing their blocks back.
+fn fail_all(active: &mut Vec<Active>, pool: &mut BlockPool, e: &dyn std::fmt::Display) {
+    for a in active.drain(..) {
+        a.table.iter().for_each(|&b| pool.release(b));
+        fail(a.job, EngineError::Config(format!("model: {e}")));
+    }
 }
 
 /// Tokens generated over a sliding window of time.
@@ -115,7 +131,7 @@ impl Rate {
 
 /// The scheduler loop: admit waiting jobs into free slots, run one forward pass, sample, retire.
 pub(crate) fn schedule(
-    model: Model,
+    mut model: Model,
     codec: Arc<dyn Codec>,
     rx: mpsc::Receiver<Vec<Job>>,
     limits: Limits,
@@ -128,9 +144,20 @@ pub(crate) fn schedule(
         .into_iter()
         .filter(|&t| (t as usize) < model.config().vocab_size)
         .collect();
-    let block = limits.prefix_block.max(1);
-    let mut cache: PrefixCache<Vec<Tensor>> =
-        PrefixCache::new(block, limits.prefix_cache_tokens / block);
+    // The pool: a whole context for every slot, and the prefix cache's blocks.
+    let mut block = limits.prefix_block.max(1);
+    let mut capacity = limits.prefix_cache_tokens / block;
+    let blocks = slots * ctx.div_ceil(block) + capacity;
+    if let Err(e) = model.set_pool(block, blocks) {
+        tracing::warn!(
+            "local engine: no room for a KV cache of {blocks} blocks of {block} positions \
+             ({e}); the prefix cache is off"
+        );
+        (block, capacity) = (model.block(), 0);
+    }
+    let mut pool = BlockPool::new(model.blocks());
+    metrics.kv_blocks.set(pool.len() as i64);
+    let mut cache: PrefixCache<u32> = PrefixCache::new(block, capacity);
     let mut active: Vec<Active> = Vec::new();
     let mut waiting: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
     let mut admitted = 0u64;
@@ -186,20 +213,12 @@ pub(crate) fn schedule(
             let Some(job) = waiting.remove(i) else {
                 break;
             };
-            let slot = active.len();
+            // The cached blocks join the table as they are, one more reference each.
             let hit = cache.lookup(&job.prompt);
-            let copied = cache
-                .values(&hit)
-                .enumerate()
-                .try_for_each(|(b, kv)| model.write_kv(slot, b * block, kv));
+            let table: Vec<u32> = cache.values(&hit).copied().collect();
+            table.iter().for_each(|&b| pool.share(b));
             cache.release(&hit);
-            let reused = match copied {
-                Ok(()) => hit.tokens,
-                Err(e) => {
-                    tracing::warn!("prefix cache: copying a hit failed, recomputing it: {e}");
-                    0
-                }
-            };
+            let reused = table.len() * block;
             metrics.prompt_tokens.inc_by(n as u64);
             if cache.capacity() > 0 {
                 // Whole blocks of all but the last token are looked up.
@@ -214,6 +233,7 @@ pub(crate) fn schedule(
             let seed = job.sampling.seed.unwrap_or_else(|| fastrand::u64(..));
             admitted += 1;
             active.push(Active {
+                table,
                 pending: job.prompt[reused..].to_vec(),
                 prefilling: true,
                 order: admitted,
@@ -231,6 +251,25 @@ pub(crate) fn schedule(
             continue;
         }
         let fed = plan(&active, &limits);
+        // Every sequence fed gets the blocks its new positions need.
+        let short = active.iter_mut().zip(&fed).any(|(a, &n)| {
+            while a.table.len() * block < a.len + n {
+                match pool.alloc() {
+                    Some(b) => a.table.push(b),
+                    None => return true,
+                }
+            }
+            false
+        });
+        if short {
+            // The pool is sized so this cannot happen.
+            fail_all(
+                &mut active,
+                &mut pool,
+                &"the KV cache's pool ran out of blocks",
+            );
+            continue;
+        }
         let groups = groups(&active, &fed);
         let rows: Vec<usize> = (0..active.len()).filter(|&s| fed[s] > 0).collect();
         // Rows whose prompt is not done after this pass: they get no token.
@@ -251,9 +290,7 @@ pub(crate) fn schedule(
         let picks = match picks {
             Ok(p) => p,
             Err(e) => {
-                for a in active.drain(..) {
-                    fail(a.job, EngineError::Config(format!("model: {e}")));
-                }
+                fail_all(&mut active, &mut pool, &e);
                 continue;
             }
         };
@@ -267,11 +304,19 @@ pub(crate) fn schedule(
                 continue; // more of the prompt to feed
             }
             if std::mem::replace(&mut a.prefilling, false) {
-                // The whole prompt is in the slot now: cache its blocks for later requests.
-                let inserted = cache.insert(&a.job.prompt, |b| model.read_kv(s, b * block, block));
-                if let Err(e) = inserted {
-                    tracing::warn!("prefix cache: caching a prompt failed: {e}");
-                }
+                // The whole prompt is in now: its whole blocks enter the cache by reference
+                // (the sequence goes on writing only past them).
+                let table = &a.table;
+                let mut taken = Vec::new();
+                let _ = cache.insert(&a.job.prompt, |i| {
+                    taken.push(table[i]);
+                    Ok::<u32, std::convert::Infallible>(table[i])
+                });
+                taken.into_iter().for_each(|b| pool.share(b));
+                cache
+                    .take_evicted()
+                    .into_iter()
+                    .for_each(|b| pool.release(b));
             }
             if let Some(ticks) = &a.job.ticks {
                 let _ = ticks.send(Instant::now());
@@ -289,28 +334,24 @@ pub(crate) fn schedule(
         metrics
             .prefix_cache_evictions
             .inc_by(counts.evicted - std::mem::replace(&mut evicted, counts.evicted));
-        // Retire from the back, so slot numbers of the rest stay valid while compacting.
+        // Retire from the back, so the indices of the rest stay valid.
         finished.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (s, reason) in finished {
-            let last = active.len() - 1;
-            if s != last {
-                if let Err(e) = model.move_slot(last, s, active[last].len) {
-                    for a in active.drain(..) {
-                        fail(a.job, EngineError::Config(format!("model: {e}")));
-                    }
-                    break;
-                }
-            }
             let a = active.swap_remove(s);
+            a.table.iter().for_each(|&b| pool.release(b));
             metrics.requests_finished.inc();
             finish(a, reason, codec.as_ref());
         }
+        metrics.kv_blocks_used.set(pool.used() as i64);
+        metrics
+            .kv_block_refs
+            .set(active.iter().map(|a| a.table.len()).sum::<usize>() as i64);
     }
 }
 
 /// Whether `prompt` shares more whole blocks with a prompt still being prefilled than the cache
 /// holds: it then waits, and finds them cached once that prefill is done.
-fn waits_for_prefill(prompt: &[u32], active: &[Active], cache: &PrefixCache<Vec<Tensor>>) -> bool {
+fn waits_for_prefill(prompt: &[u32], active: &[Active], cache: &PrefixCache<u32>) -> bool {
     if cache.capacity() == 0 || prompt.len() <= cache.block() {
         return false;
     }
@@ -358,31 +399,34 @@ fn plan(active: &[Active], limits: &Limits) -> Vec<usize> {
     fed
 }
 
-/// The pass's groups: runs of consecutive slots fed the same number of tokens (so no group is
-/// padded), in slot order.
+/// The pass's groups: runs of consecutive sequences fed the same number of tokens (so no group
+/// is padded), in order.
 fn groups(active: &[Active], fed: &[usize]) -> Vec<Group> {
-    let mut out: Vec<(usize, Group)> = Vec::new();
+    let mut out: Vec<(usize, Group, usize)> = Vec::new();
     for (s, a) in active.iter().enumerate() {
         let n = fed[s];
         if n == 0 {
             continue;
         }
         match out.last_mut() {
-            Some((l, g)) if *l == n && g.first + g.tokens.len() == s => {
+            Some((l, g, next)) if *l == n && *next == s => {
+                g.tables.push(a.table.clone());
                 g.tokens.push(a.pending[..n].to_vec());
                 g.starts.push(a.len);
+                *next = s + 1;
             }
             _ => out.push((
                 n,
                 Group {
-                    first: s,
+                    tables: vec![a.table.clone()],
                     tokens: vec![a.pending[..n].to_vec()],
                     starts: vec![a.len],
                 },
+                s + 1,
             )),
         }
     }
-    out.into_iter().map(|(_, g)| g).collect()
+    out.into_iter().map(|(_, g, _)| g).collect()
 }
 
 /// Takes a sampled token into `a`; returns why it ends, if it does.

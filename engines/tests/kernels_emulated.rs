@@ -1,9 +1,10 @@
 //! The fused decode kernels (`kernels/decode.cu`), compiled for the CPU with `kernels/emulate.h`
 //! (each CUDA thread a coroutine, with barriers and warp shuffles) and checked against plain loops
 //! in double precision by `kernels/check_decode.cpp`: every kernel, in f32, bf16 and f16, at head
-//! sizes 64/96/128, 1 to 8 query heads per KV head, attention split or not, rows in later cache
-//! slots at unequal positions. No GPU needed; the GPU runs the same source (`bench-engine
-//! --check` compares it there with candle's operations).
+//! sizes 64/96/128, 1 to 8 query heads per KV head, attention split or not, rows at unequal
+//! positions in a paged cache (shuffled block tables that share their first blocks, blocks of 1
+//! to 32 positions). No GPU needed; the GPU runs the same source (`bench-engine --check` compares
+//! it there with candle's operations).
 
 use std::path::Path;
 use std::process::Command;

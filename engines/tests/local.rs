@@ -326,7 +326,11 @@ fn the_prefix_cache_reuses_shared_prompts_and_changes_no_greedy_output() {
     );
     assert!(hit > prompt / 2, "{hit} of {prompt}");
     assert!(m.prefix_cache_blocks.get() > 0);
+    // Idle now: every sequence gave its blocks back; only the prefix cache holds some.
+    assert_eq!(m.kv_blocks_used.get(), m.prefix_cache_blocks.get());
+    assert_eq!(m.kv_block_refs.get(), 0);
     assert_eq!(plain.metrics().prefix_cache_hit_tokens.get(), 0);
+    assert_eq!(plain.metrics().kv_blocks_used.get(), 0);
     // Three samples of one prompt at temperature 0.9 with different seeds: not all the same.
     let got = runtime.block_on(cached.complete_batch(&requests[4..]));
     let texts: Vec<&str> = got

@@ -397,6 +397,113 @@ fn a_batch_in_later_slots_and_equal_lengths_match_the_reference() {
     assert!(ours.forward_at(3, &[vec![1], vec![2]], &[0, 0]).is_err());
 }
 
+/// The paged KV cache: a prompt prefix written once, in blocks out of order, is then read in
+/// place by two sequences whose tables share those blocks (as prefix-cache hits and `n` samples
+/// are), and each gets the logits it would have had computing the prefix itself; the fused decode
+/// path reads the same tables. Two sequences writing one block, or a table that does not reach
+/// the new positions, are refused.
+#[test]
+fn sequences_sharing_prefix_blocks_read_them_in_place() {
+    use engines::kernels::Kernels;
+    use engines::phi3::Group;
+    let (mut ours, mut theirs) = models(1);
+    ours.set_pool(4, 40).unwrap();
+    let prefix = tokens(12, 3); // three whole blocks
+    let own = |t: &[u32]| Group {
+        tables: vec![t.to_vec()],
+        tokens: vec![prefix.clone()],
+        starts: vec![0],
+    };
+    let p = ours.forward_groups(&[own(&[5, 9, 2, 30])]).unwrap();
+    theirs.clear_kv_cache();
+    close(
+        &row(&p, 0),
+        &reference_logits(&mut theirs, &prefix, 0),
+        "the prefix",
+    );
+    // Two continuations of unequal lengths, each with blocks of its own after the shared three
+    // (the shorter is padded to the longer: its table reaches the padding too).
+    let (x, y) = (tokens(5, 4), tokens(3, 5));
+    let tables = vec![vec![5, 9, 2, 11, 12], vec![5, 9, 2, 20, 21]];
+    let both = Group {
+        tables: tables.clone(),
+        tokens: vec![x.clone(), y.clone()],
+        starts: vec![12, 12],
+    };
+    let got = ours.forward_groups(&[both]).unwrap();
+    let mut px = prefix.clone();
+    px.extend(&x);
+    let mut py = prefix.clone();
+    py.extend(&y);
+    for (i, seq) in [&px, &py].into_iter().enumerate() {
+        theirs.clear_kv_cache();
+        close(
+            &row(&got, i),
+            &reference_logits(&mut theirs, seq, 0),
+            &format!("continuation {i}"),
+        );
+    }
+    // A decode step of each, on the general path and on the fused one (its candle fallbacks on
+    // the CPU), which read the same tables.
+    let step = Group {
+        tables,
+        tokens: vec![vec![7], vec![8]],
+        starts: vec![17, 15],
+    };
+    let general = ours.forward_groups(std::slice::from_ref(&step)).unwrap();
+    px.push(7);
+    py.push(8);
+    for (i, seq) in [&px, &py].into_iter().enumerate() {
+        theirs.clear_kv_cache();
+        close(
+            &row(&general, i),
+            &reference_logits(&mut theirs, seq, 0),
+            &format!("decode {i}"),
+        );
+    }
+    // The fused path needs head size 64: a model of that shape, the same steps on both paths.
+    let mut json = config();
+    json["hidden_size"] = 256.into();
+    json["num_attention_heads"] = 4.into();
+    let cfg: Config = serde_json::from_value(json).unwrap();
+    let dev = Device::Cpu;
+    let vb = VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev);
+    let mut wide = Model::new(&cfg, vb, 1, 64).unwrap();
+    wide.set_pool(4, 40).unwrap();
+    wide.forward_groups(&[own(&[5, 9, 2, 30])]).unwrap();
+    let cont = Group {
+        tables: step.tables.clone(),
+        tokens: vec![x.clone(), y.clone()],
+        starts: vec![12, 12],
+    };
+    wide.forward_groups(&[cont]).unwrap();
+    let want = wide.forward_groups(std::slice::from_ref(&step)).unwrap();
+    wide.set_kernels(Some(Kernels::NONE)).unwrap();
+    let fused = wide.forward_groups(std::slice::from_ref(&step)).unwrap();
+    for i in 0..2 {
+        close(
+            &row(&fused, i),
+            &row(&want, i),
+            &format!("fused decode {i}"),
+        );
+    }
+    // Refused: two sequences writing block 11; a table short of the new position.
+    let clash = Group {
+        tables: vec![vec![5, 9, 2, 11], vec![5, 9, 2, 11]],
+        tokens: vec![vec![1], vec![2]],
+        starts: vec![12, 13],
+    };
+    let err = ours.forward_groups(&[clash]).unwrap_err().to_string();
+    assert!(err.contains("block 11"), "{err}");
+    let short = Group {
+        tables: vec![vec![5, 9, 2]],
+        tokens: vec![vec![1]],
+        starts: vec![12],
+    };
+    let err = ours.forward_groups(&[short]).unwrap_err().to_string();
+    assert!(err.contains("position 12"), "{err}");
+}
+
 /// The fused decode path (`kernels`), on the CPU made of candle operations only, against the
 /// general forward pass on the same weights: sequences of unequal lengths in later slots, then
 /// equal lengths (no mask), for several steps.

@@ -24,8 +24,9 @@ pub fn failures(results: &[CheckResult]) -> Vec<String> {
 }
 
 /// Runs every kernel on random inputs of `heads`' shape (several batch sizes, unequal lengths,
-/// sequences in later slots, attention split or not) in f32 and `dtype`, against its fallback on
-/// f32 copies of the same inputs. On the CPU there is nothing to check.
+/// paged caches of `heads.block` positions a block whose block tables are shuffled and share
+/// their first blocks, attention split or not) in f32 and `dtype`, against its fallback on f32
+/// copies of the same inputs. On the CPU there is nothing to check.
 pub fn check(
     device: &candle_core::Device,
     heads: Heads,
@@ -120,21 +121,26 @@ pub fn check(
                 &linear_silu(on, &x, &w2)?,
                 &want,
             )?;
-            // RoPE and cache writes, then attention: rows in slots 2.., unequal lengths, short
-            // (one split) and long (several).
+            // RoPE and cache writes, then attention: unequal lengths, short (one split) and long
+            // (several), in a paged cache ([`paged`]).
             for long in [false, true] {
-                let slots = b + 2;
                 let ctx = if long { 2048 } else { 96 };
                 let pos: Vec<u32> = (0..b)
                     .map(|r| ((ctx - 1) as u32).saturating_sub(7 * r as u32 + (b as u32 % 3)))
                     .collect();
+                let heads = Heads {
+                    block: heads.block.max(1),
+                    ..heads
+                };
+                let (blocks, width, tables) = paged(&pos, ctx, heads.block, b as u64);
                 let positions = Tensor::new(pos.as_slice(), device)?;
+                let tables_t = Tensor::from_vec(tables.clone(), (b, width), device)?;
                 let step = Step {
-                    first: 2,
                     positions: &positions,
                     pos: &pos,
+                    tables: &tables_t,
+                    table: &tables,
                 };
-                let heads = Heads { ctx, ..heads };
                 let table = |f: fn(f32) -> f32| -> Result<Tensor> {
                     let v: Vec<f32> = (0..ctx * heads.hd / 2)
                         .map(|i| f(i as f32 * 0.001))
@@ -142,7 +148,7 @@ pub fn check(
                     Tensor::from_vec(v, (ctx, heads.hd / 2), device)
                 };
                 let (cos, sin) = (table(f32::cos)?, table(f32::sin)?);
-                let cache = [slots, heads.kvh, ctx, heads.hd];
+                let cache = [blocks, heads.kvh, heads.block, heads.hd];
                 let (kc, vc) = (rand(&cache)?, rand(&cache)?);
                 let (kc2, vc2) = (f32s(&kc)?, f32s(&vc)?);
                 let qkv = rand(&[b, (heads.h + 2 * heads.kvh) * heads.hd])?;
@@ -219,6 +225,39 @@ pub fn check(
         });
     }
     Ok(out)
+}
+
+/// Block tables for rows at positions `pos` (below `ctx`) in blocks of `block` positions: the
+/// pool's size, the tables' width (enough for `ctx` positions) and the tables (rows × width,
+/// row-major). The blocks are numbered in a shuffled order (`seed`); the rows share their first
+/// blocks, those below every row's own position's block (read, never written: each row writes
+/// only its own position, so no two rows write one block); entries past a row's position's
+/// block name a spare block (the fallback reads them, masked, up to the longest row). The pool
+/// has a few blocks no table names.
+fn paged(pos: &[u32], ctx: usize, block: usize, seed: u64) -> (usize, usize, Vec<u32>) {
+    let width = ctx.div_ceil(block);
+    let last = |p: u32| p as usize / block;
+    let shared = if pos.len() > 1 {
+        pos.iter().map(|&p| last(p)).min().unwrap_or(0)
+    } else {
+        0
+    };
+    let own: usize = pos.iter().map(|&p| last(p) + 1 - shared).sum();
+    let blocks = shared + own + 3;
+    let mut ids: Vec<u32> = (0..blocks as u32).collect();
+    fastrand::Rng::with_seed(seed).shuffle(&mut ids);
+    let spare = ids[shared + own];
+    let mut tables = vec![spare; pos.len() * width];
+    let mut next = shared;
+    for (r, &p) in pos.iter().enumerate() {
+        let row = &mut tables[r * width..(r + 1) * width];
+        row[..shared].copy_from_slice(&ids[..shared]);
+        for t in &mut row[shared..=last(p)] {
+            *t = ids[next];
+            next += 1;
+        }
+    }
+    (blocks, width, tables)
 }
 
 fn rel_err(got: &Tensor, want: &Tensor) -> Result<f64> {

@@ -164,20 +164,25 @@ fn same_dtype(ts: &[&Tensor]) -> Result<DType> {
     Ok(d)
 }
 
-/// That `b` rows' keys and values fit the caches `kc`/`vc` at `step`'s slots and positions,
-/// and the RoPE tables cover those positions.
+/// That the caches `kc`/`vc` are pools of blocks (blocks, kvh, block, hd), that `step` has a
+/// block table of `width` blocks for each of the `b` rows (u32, contiguous, on the device and
+/// the same on the host), that every row's position is inside its table and every block a row
+/// reaches (its table up to its position's block) inside the pools, and that the RoPE tables
+/// cover the positions. The kernels index the pools with these, unchecked.
 fn check_cache(
     what: &str,
     b: usize,
     step: &Step,
-    tables: Option<(&Tensor, &Tensor)>,
+    rope: Option<(&Tensor, &Tensor)>,
     kc: &Tensor,
     vc: &Tensor,
     heads: Heads,
 ) -> Result<()> {
-    let Heads { kvh, hd, ctx, .. } = heads;
-    let cache = [kc.dim(0)?, kvh, ctx, hd];
-    let tables_ok = match tables {
+    let Heads { kvh, hd, block, .. } = heads;
+    let blocks = kc.dim(0)?;
+    let cache = [blocks, kvh, block, hd];
+    let width = step.width();
+    let rope_ok = match rope {
         None => true,
         Some((cos, sin)) => {
             let (rows, half) = cos.dims2()?;
@@ -188,14 +193,34 @@ fn check_cache(
                 && step.pos.iter().all(|&p| (p as usize) < rows)
         }
     };
+    let tables_ok = step.tables.dtype() == DType::U32
+        && step.tables.dims() == [b, width]
+        && step.tables.is_contiguous()
+        && step.table.len() == b * width
+        && step.positions.dtype() == DType::U32
+        && step.positions.dims() == [b];
     if kc.dims() != cache
         || vc.dims() != cache
-        || step.first + b > cache[0]
+        || block == 0
         || step.pos.len() != b
-        || step.pos.iter().any(|&p| p as usize >= ctx)
         || !tables_ok
+        || !rope_ok
     {
-        bail!("{what}: inconsistent shapes or positions")
+        bail!("{what}: inconsistent shapes")
+    }
+    // The kernels take positions, the block size and the width as i32.
+    if width.saturating_mul(block) > i32::MAX as usize {
+        bail!("{what}: tables of {width} blocks of {block} positions")
+    }
+    for (r, &p) in step.pos.iter().enumerate() {
+        let p = p as usize;
+        if p >= width * block {
+            bail!("{what}: position {p} of row {r} past its table of {width} blocks of {block}")
+        }
+        let row = &step.table[r * width..(r + 1) * width];
+        if let Some(&bad) = row[..=p / block].iter().find(|&&t| t as usize >= blocks) {
+            bail!("{what}: row {r}'s table names block {bad}, past the pool of {blocks}")
+        }
     }
     Ok(())
 }
@@ -350,7 +375,7 @@ pub fn rope_cache(
     scale: f64,
 ) -> Result<Tensor> {
     let dtype = same_dtype(&[qkv, kc, vc])?;
-    let Heads { h, kvh, hd, ctx } = heads;
+    let Heads { h, kvh, hd, block } = heads;
     let b = qkv.dim(0)?;
     if qkv.dims() != [b, (h + 2 * kvh) * hd] {
         bail!("rope_cache: q/k/v of shape {:?}", qkv.dims())
@@ -363,15 +388,17 @@ pub fn rope_cache(
     let tensors = [
         Some(qkv),
         Some(step.positions),
+        Some(step.tables),
         Some(cos),
         Some(sin),
         Some(&q),
         Some(kc),
         Some(vc),
     ];
-    let ints = [h, kvh, hd, ctx, step.first].map(|v| v as i32);
+    let ints = [h, kvh, hd, block, step.width()].map(|v| v as i32);
     let scale = Some(scale as f32);
-    // SAFETY: shapes checked above; every position is inside the cache.
+    // SAFETY: shapes checked above; every position is inside its table, every block it
+    // reaches inside the caches.
     unsafe { launch(&dev, "rope_cache", dtype, grid, 128, &tensors, &ints, scale) }?;
     Ok(q)
 }
@@ -425,7 +452,7 @@ pub fn attention(
     heads: Heads,
 ) -> Result<Tensor> {
     let dtype = same_dtype(&[q, kc, vc])?;
-    let Heads { h, kvh, hd, ctx } = heads;
+    let Heads { h, kvh, hd, block } = heads;
     let b = q.dim(0)?;
     let rep = h / kvh;
     if q.dims() != [b, h, hd] || rep > 8 || !matches!(hd, 64 | 96 | 128) {
@@ -433,10 +460,11 @@ pub fn attention(
     }
     check_cache("attention", b, step, None, kc, vc, heads)?;
     let dev = device(q)?;
-    // The split count follows the cache's size and the kernel divides the longest row's
-    // positions among the splits itself (chunk 0): the launch is the same at every step, as
-    // a CUDA graph replays it.
-    let splits = splits(&dev, b * kvh, ctx);
+    // The split count follows the tables' size (the most positions a row can have) and the
+    // kernel divides the longest row's positions among the splits itself (chunk 0): the launch
+    // is the same at every step of a table width, as a CUDA graph replays it.
+    let width = step.width();
+    let splits = splits(&dev, b * kvh, width * block);
     let out = alloc(&dev, dtype, (b, h * hd))?;
     // Split, each block leaves its partial results and the last block of each (sequence,
     // KV head) to finish merges them.
@@ -457,17 +485,19 @@ pub fn attention(
         Some(kc),
         Some(vc),
         Some(step.positions),
+        Some(step.tables),
         Some(&out),
         part(0),
         part(1),
         part(2),
         part(3),
     ];
-    let ints = [h, kvh, ctx, step.first, 0, splits].map(|v| v as i32);
+    let ints = [h, kvh, block, width, 0, splits].map(|v| v as i32);
     let r = if rep <= 4 { 4 } else { 8 };
     let kernel = format!("attn_decode_{}_{r}", hd / 32);
     let grid = (b as u32, kvh as u32, splits as u32);
-    // SAFETY: shapes checked above; 4 warps per block, as ATT_WARPS.
+    // SAFETY: shapes checked above (every position inside its table, every block a row reads
+    // inside the caches); 4 warps per block, as ATT_WARPS.
     unsafe { launch(&dev, &kernel, dtype, grid, 128, &tensors, &ints, None) }?;
     Ok(out)
 }
@@ -695,7 +725,7 @@ pub fn gemv_rope(
     scale: f64,
     force: Option<Gemv>,
 ) -> Result<Option<Tensor>> {
-    let Heads { h, kvh, hd, ctx } = heads;
+    let Heads { h, kvh, hd, block } = heads;
     if !eligible(x, w)? || w.dim(0)? != (h + 2 * kvh) * hd {
         return Ok(None);
     }
@@ -715,15 +745,17 @@ pub fn gemv_rope(
         Some(x),
         Some(w),
         Some(step.positions),
+        Some(step.tables),
         Some(cos),
         Some(sin),
         Some(&q),
         Some(kc),
         Some(vc),
     ];
-    let ints = [k, h, kvh, hd, ctx, step.first].map(|v| v as i32);
+    let ints = [k, h, kvh, hd, block, step.width()].map(|v| v as i32);
     let scale = Some(scale as f32);
-    // SAFETY: shapes checked above; every position is inside the cache.
+    // SAFETY: shapes checked above; every position is inside its table, every block it
+    // reaches inside the caches.
     unsafe { launch(&dev, &kernel, dtype, grid, 128, &tensors, &ints, scale) }?;
     Ok(Some(q))
 }

@@ -9,7 +9,8 @@ use super::Config;
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-/// Preallocated keys and values of one layer: (slots, KV heads, context, head size).
+/// Preallocated keys and values of one layer: pools of (blocks, KV heads, block, head size),
+/// see [`crate::kv`].
 #[derive(Debug, Clone)]
 pub(super) struct KvCache {
     pub(super) k: Tensor,
@@ -49,12 +50,15 @@ impl Attention {
 
     /// `x` (1, T, hidden): the new tokens of every group of the pass, packed (each group's rows
     /// padded to its longest); RoPE's `cos` and `sin` (1, T, head size / 2) at their positions.
-    /// The projections run on all T rows at once, attention group by group.
+    /// The projections run on all T rows at once, then the T new keys and values go into the
+    /// cache at `rows` (T × KV heads, see [`crate::kv::rows`]), then attention runs group by
+    /// group.
     pub(super) fn forward(
         &self,
         x: &Tensor,
         rope: (&Tensor, &Tensor),
         groups: &[Batch],
+        rows: &Tensor,
         cache: &KvCache,
         clock: &mut Clock,
     ) -> Result<Tensor> {
@@ -86,9 +90,13 @@ impl Attention {
             }
         };
         clock.mark("rope")?;
+        // Every new key and value to its sequence's block and position, in one scatter each.
+        crate::kv::write(&cache.k, rows, &k)?;
+        crate::kv::write(&cache.v, rows, &v)?;
+        clock.mark("kv_write")?;
         let mut outs = Vec::with_capacity(groups.len());
         for g in groups {
-            let rows = |x: &Tensor, heads: usize| -> Result<Tensor> {
+            let of_group = |x: &Tensor, heads: usize| -> Result<Tensor> {
                 if groups.len() == 1 {
                     x.reshape((g.b, g.l, heads, hd))
                 } else {
@@ -96,14 +104,7 @@ impl Attention {
                         .reshape((g.b, g.l, heads, hd))
                 }
             };
-            let out = self.attend(
-                &rows(&q, h)?,
-                &rows(&k, kvh)?,
-                &rows(&v, kvh)?,
-                g,
-                cache,
-                clock,
-            )?;
+            let out = self.attend(&of_group(&q, h)?, g, cache, clock)?;
             outs.push(out.reshape((1, g.b * g.l, h * hd))?);
         }
         let out = match outs.len() {
@@ -115,33 +116,18 @@ impl Attention {
         Ok(out)
     }
 
-    /// Attention of one group: queries, keys and values (b, l, heads, head size) of the sequences
-    /// in cache slots `g.first..g.first + b`; returns (b, l, heads × head size).
-    fn attend(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        g: &Batch,
-        cache: &KvCache,
-        clock: &mut Clock,
-    ) -> Result<Tensor> {
+    /// Attention of one group: queries (b, l, heads, head size) of its sequences, over the
+    /// positions their tables' blocks hold (the new ones written already); returns (b, l, heads ×
+    /// head size).
+    fn attend(&self, q: &Tensor, g: &Batch, cache: &KvCache, clock: &mut Clock) -> Result<Tensor> {
         let (b, l) = (g.b, g.l);
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let rep = h / kvh;
-        // (b, kvh, l, hd): no copy when l is 1 and the slices are contiguous.
-        let k = k.transpose(1, 2)?.contiguous()?;
-        let v = v.transpose(1, 2)?.contiguous()?;
-        // Every slot's new keys and values go to its own positions in one scatter each, in place.
-        let keys = cache.k.narrow(0, g.first, b)?;
-        let values = cache.v.narrow(0, g.first, b)?;
-        keys.scatter_set(&g.write_at, &k, 2)?;
-        values.scatter_set(&g.write_at, &v, 2)?;
-        clock.mark("kv_write")?;
         let t = g.span;
-        // Views of the cache, not copies: the products read it with its strides.
-        let keys = keys.narrow(2, 0, t)?;
-        let values = values.narrow(2, 0, t)?;
+        // Each sequence's blocks, gathered into contiguous (b, kvh, span, hd).
+        let keys = crate::kv::gather(&cache.k, &g.blocks, b)?.narrow(2, 0, t)?;
+        let values = crate::kv::gather(&cache.v, &g.blocks, b)?.narrow(2, 0, t)?;
+        clock.mark("kv_gather")?;
         // Each KV head serves `rep` query heads: fold them into the rows of one product. The
         // scale is applied in the copy that makes the queries contiguous.
         let scale = 1.0 / (hd as f64).sqrt();
@@ -233,17 +219,16 @@ pub(super) fn query_blocks(device: &Device) -> bool {
     device.is_cpu() && std::env::var("PHIFORGE_QUERY_BLOCKS").map_or(true, |v| v != "off")
 }
 
-/// One group of a forward pass: `b` sequences in consecutive cache slots, `l` new tokens each
-/// (shorter ones padded), shared by every layer.
+/// One group of a forward pass: `b` sequences, `l` new tokens each (shorter ones padded), shared
+/// by every layer.
 pub(super) struct Batch {
     /// The group's first row in the pass's packed tokens.
     pub(super) row: usize,
     pub(super) b: usize,
     pub(super) l: usize,
-    /// The first cache slot of the group (its sequences are in slots `first..first + b`).
-    pub(super) first: usize,
-    /// Cache position of every new key and value: (b, KV heads, l, head size) u32, for a scatter.
-    pub(super) write_at: Tensor,
+    /// The blocks each sequence attends to, from its table: (b × blocks up to the span) u32, for
+    /// [`crate::kv::gather`].
+    pub(super) blocks: Tensor,
     /// Cache positions attended to: max(starts) + l.
     pub(super) span: usize,
     /// (b, 1, 1, l, span) in the model's dtype: 0 where attended, -inf elsewhere; none when every

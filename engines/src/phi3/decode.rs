@@ -12,53 +12,65 @@ impl Model {
     pub(super) fn decode_fused(
         &self,
         k: Kernels,
-        first: usize,
-        tokens: &[Vec<u32>],
-        starts: &[usize],
+        g: &super::Group,
         clock: &mut Clock,
     ) -> Result<Tensor> {
         let dev = &self.device;
-        let pos: Vec<u32> = starts.iter().map(|&s| s as u32).collect();
-        let ids: Vec<u32> = tokens.iter().map(|t| t[0]).collect();
+        let pos: Vec<u32> = g.starts.iter().map(|&s| s as u32).collect();
+        let ids: Vec<u32> = g.tokens.iter().map(|t| t[0]).collect();
+        // Tables of one width, so they make one (b, width) tensor (entries past a sequence's
+        // own are never read).
+        let width = self.width();
+        let table: Vec<u32> = g
+            .tables
+            .iter()
+            .flat_map(|t| t.iter().copied().chain(std::iter::repeat(0)).take(width))
+            .collect();
         #[cfg(feature = "cuda")]
         if clock.profile.is_none() {
             let mut graphs = match self.graphs.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            let step = |ids: &Tensor, positions: &Tensor| {
+            let step = |ids: &Tensor, positions: &Tensor, tables: &Tensor| {
                 let mut quiet = Clock {
                     profile: None,
                     last: std::time::Instant::now(),
                     prompt: false,
                 };
-                self.decode_step(k, first, ids, positions, &pos, &mut quiet)
+                let step = Step {
+                    positions,
+                    pos: &pos,
+                    tables,
+                    table: &table,
+                };
+                self.decode_step(k, ids, &step, &mut quiet)
             };
-            if let Some(logits) = graphs.run(dev, first, &ids, &pos, step)? {
+            if let Some(logits) = graphs.run(dev, &ids, &pos, &table, step)? {
                 return Ok(logits);
             }
         }
         let positions = Tensor::new(pos.as_slice(), dev)?;
+        let tables = Tensor::from_vec(table.clone(), (pos.len(), width), dev)?;
         let ids = Tensor::new(ids.as_slice(), dev)?;
-        self.decode_step(k, first, &ids, &positions, &pos, clock)
+        let step = Step {
+            positions: &positions,
+            pos: &pos,
+            tables: &tables,
+            table: &table,
+        };
+        self.decode_step(k, &ids, &step, clock)
     }
 
-    /// One fused decode step on tensors already on the device: token ids and positions (u32,
-    /// one per sequence; `pos` holds the positions on the host too).
+    /// One fused decode step on tensors already on the device: the token ids (u32, one per
+    /// sequence) and the step's positions and block tables.
     fn decode_step(
         &self,
         k: Kernels,
-        first: usize,
         ids: &Tensor,
-        positions: &Tensor,
-        pos: &[u32],
+        step: &Step,
         clock: &mut Clock,
     ) -> Result<Tensor> {
-        let step = Step {
-            first,
-            positions,
-            pos,
-        };
         let mut x = kernels::embed(ids, self.embed_tokens.embeddings())?;
         clock.mark("inputs_embed")?;
         let heads = self.heads();
@@ -78,9 +90,9 @@ impl Model {
             let (kc, vc) = (&cache.k, &cache.v);
             let (cos, sin) = (&self.rope.cos, &self.rope.sin);
             let wqkv = weight(&attn.qkv_proj)?;
-            let q = kernels::linear_rope_cache(k, &h, wqkv, &step, cos, sin, kc, vc, heads, scale)?;
+            let q = kernels::linear_rope_cache(k, &h, wqkv, step, cos, sin, kc, vc, heads, scale)?;
             clock.mark("qkv_proj_rope")?;
-            let a = kernels::attention(k, &q, &step, kc, vc, heads)?;
+            let a = kernels::attention(k, &q, step, kc, vc, heads)?;
             clock.mark("attention")?;
             let o = kernels::linear(k, &a, weight(&attn.o_proj)?)?;
             clock.mark("o_proj")?;
