@@ -265,8 +265,9 @@ pub fn attention(
     let q = q.reshape((b, kvh, h / kvh, hd))?;
     // Each row's blocks up to the span, gathered into contiguous sequences.
     let width = span.div_ceil(heads.block);
-    let ids = crate::kv::firsts(step.table, step.width(), width);
-    let ids = Tensor::from_vec(ids, b * width, q.device())?;
+    let ids = crate::kv::gather_ids(step.table, step.width(), width, kvh);
+    let n = ids.len();
+    let ids = Tensor::from_vec(ids, n, q.device())?;
     let keys = crate::kv::gather(kc, &ids, b)?.narrow(2, 0, span)?;
     let values = crate::kv::gather(vc, &ids, b)?.narrow(2, 0, span)?;
     let scores = q.matmul(&keys.transpose(2, 3)?)?;

@@ -8,7 +8,7 @@
 //!
 //! [`BlockPool`] counts the references to each block (the sequences whose tables hold it, and the
 //! [prefix cache](crate::prefix)) and frees it when the last goes. [`rows`], [`write`] and
-//! [`gather`] are the candle operations over the layout, for prompts and for the decode step's
+//! [`gather`] (one copy of the blocks attended to) are the candle operations over the layout, for prompts and for the decode step's
 //! fallbacks; the CUDA kernels (`kernels/decode.cu`) read the tables themselves.
 
 use candle_core::{Result, Tensor};
@@ -115,25 +115,29 @@ pub fn write(pool: &Tensor, rows: &Tensor, src: &Tensor) -> Result<()> {
         .scatter_set(&at, &src.reshape((n, hd))?, 0)
 }
 
-/// The blocks `ids` (b × width, u32: `b` tables of `width` blocks) of `pool` as `b` contiguous
-/// sequences: (b, KV heads, width × block, head size).
+/// `b` sequences' positions gathered from `pool` into one contiguous tensor (b, KV heads, width ×
+/// block, head size), in one copy: `ids` (u32, from [`gather_ids`]) names each (sequence, KV
+/// head, block)'s rows of the pool.
 pub fn gather(pool: &Tensor, ids: &Tensor, b: usize) -> Result<Tensor> {
-    let (_, kvh, block, hd) = pool.dims4()?;
-    let width = ids.dim(0)? / b.max(1);
-    pool.index_select(ids, 0)?
-        .reshape((b, width, kvh, block, hd))?
-        .transpose(1, 2)?
-        .contiguous()?
+    let (blocks, kvh, block, hd) = pool.dims4()?;
+    let width = ids.dim(0)? / (b * kvh).max(1);
+    // Viewed as (blocks × KV heads, block × head size): a (block, KV head) is one row.
+    pool.reshape((blocks * kvh, block * hd))?
+        .index_select(ids, 0)?
         .reshape((b, kvh, width * block, hd))
 }
 
-/// The first `width` blocks of each of `tables`' rows (`stride` blocks a row), flattened: what
-/// [`gather`] takes.
-pub fn firsts(tables: &[u32], stride: usize, width: usize) -> Vec<u32> {
-    tables
-        .chunks(stride.max(1))
-        .flat_map(|t| t[..width.min(t.len())].iter().copied())
-        .collect()
+/// What [`gather`] takes for the first `width` blocks of each of `tables`' rows (`stride` blocks
+/// a row, `kvh` KV heads): the pool row of every (sequence, KV head, block), in that order.
+pub fn gather_ids(tables: &[u32], stride: usize, width: usize, kvh: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in tables.chunks(stride.max(1)) {
+        let t = &t[..width.min(t.len())];
+        for g in 0..kvh as u32 {
+            out.extend(t.iter().map(|&b| b * kvh as u32 + g));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -170,7 +174,7 @@ mod tests {
         let src: Vec<f32> = (0..18).map(|i| i as f32).collect();
         let src = Tensor::from_vec(src, (3, 2, 3), &dev).unwrap();
         write(&pool, &Tensor::new(at.as_slice(), &dev).unwrap(), &src).unwrap();
-        let ids = Tensor::new(firsts(&tables, 2, 2).as_slice(), &dev).unwrap();
+        let ids = Tensor::new(gather_ids(&tables, 2, 2, 2).as_slice(), &dev).unwrap();
         let seqs = gather(&pool, &ids, 2).unwrap();
         assert_eq!(seqs.dims(), [2, 2, 4, 3]);
         let got = seqs;

@@ -19,7 +19,7 @@
 //!   [`crate::kernels`]: five launches a layer where candle's operations take about seventeen.
 //!
 //! This file holds the model and its forward passes; beside it are the shape (`config`), the
-//! fused decode step (`decode`), the projections (`proj`), attention over the KV cache
+//! paged KV cache's pool and block tables (`cache`), the fused decode step (`decode`), the projections (`proj`), attention over the KV cache
 //! (`attention`), loading GGUF files (`gguf`), the phase timer (`profile`) and training on the
 //! same modules (`train`).
 
@@ -28,6 +28,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 
 mod attention;
+mod cache;
 mod config;
 mod decode;
 mod gguf;
@@ -37,6 +38,7 @@ mod proj;
 mod train;
 
 use attention::{query_blocks, Attention, Batch, KvCache};
+use cache::pool;
 pub use config::Config;
 use profile::Clock;
 pub use profile::Profile;
@@ -77,26 +79,6 @@ impl Rope {
         let sin = self.sin.index_select(positions, 0)?.reshape((b, l, ()))?;
         Ok((cos.to_dtype(dtype)?, sin.to_dtype(dtype)?))
     }
-}
-
-/// Every layer's KV cache: `blocks` blocks of `block` positions (see [`crate::kv`]).
-fn pool(
-    cfg: &Config,
-    layers: usize,
-    blocks: usize,
-    block: usize,
-    dtype: DType,
-    device: &Device,
-) -> Result<Vec<KvCache>> {
-    let shape = (blocks, cfg.num_key_value_heads, block, cfg.head_dim());
-    (0..layers)
-        .map(|_| {
-            Ok(KvCache {
-                k: Tensor::zeros(shape, dtype, device)?,
-                v: Tensor::zeros(shape, dtype, device)?,
-            })
-        })
-        .collect()
 }
 
 struct Mlp {
@@ -431,51 +413,6 @@ impl Model {
         Model::new(&cfg, vb, slots, context)
     }
 
-    /// Sequences fed at once at most (the batch), each with a table of [`Model::width`] blocks.
-    pub fn slots(&self) -> usize {
-        self.slots
-    }
-
-    /// Positions per block of the KV cache.
-    pub fn block(&self) -> usize {
-        self.block
-    }
-
-    /// Blocks a sequence's table holds at most: its context's.
-    pub fn width(&self) -> usize {
-        self.context.div_ceil(self.block.max(1))
-    }
-
-    /// Blocks in the KV cache's pool (numbered `0..blocks`).
-    pub fn blocks(&self) -> usize {
-        self.caches.first().map(|c| c.k.dims()[0]).unwrap_or(0)
-    }
-
-    /// Reallocates the KV cache as `blocks` blocks of `block` positions (what it held is lost).
-    pub fn set_pool(&mut self, block: usize, blocks: usize) -> Result<()> {
-        if self.caches.is_empty() {
-            return Ok(());
-        }
-        if block == 0 || blocks == 0 {
-            candle_core::bail!("a KV cache needs blocks of at least one position")
-        }
-        // The old pool goes first: both may not fit at once.
-        let n = self.caches.len();
-        self.caches.clear();
-        self.caches = pool(&self.cfg, n, blocks, block, self.dtype(), &self.device)?;
-        self.block = block;
-        #[cfg(feature = "cuda")]
-        self.graphs_mut().clear();
-        Ok(())
-    }
-
-    /// The table of sequence `slot` when the pool is read as [`Model::slots`] sequences of a
-    /// whole context each (as [`Model::new`] sizes it): blocks `slot × width..(slot + 1) × width`.
-    pub fn slot_table(&self, slot: usize) -> Vec<u32> {
-        let w = self.width();
-        (slot * w..(slot + 1) * w).map(|b| b as u32).collect()
-    }
-
     /// Starts timing every phase of every pass (see [`Profile`]); returns the shared record.
     pub fn enable_profiling(&mut self) -> std::sync::Arc<Profile> {
         self.profile
@@ -533,39 +470,7 @@ impl Model {
     /// padded only to its own longest. Returns the logits (sequences, vocab) after each
     /// sequence's last new token, group after group. No block may be written by two sequences.
     pub fn forward_groups(&self, groups: &[Group]) -> Result<Tensor> {
-        let (block, blocks, width) = (self.block, self.blocks(), self.width());
-        let mut written = std::collections::HashSet::new();
-        for g in groups {
-            let b = g.tokens.len();
-            if b == 0 || b != g.starts.len() || b != g.tables.len() {
-                candle_core::bail!("forward needs sequences, each with a start and a table")
-            }
-            if g.tokens.iter().any(Vec::is_empty) {
-                candle_core::bail!("every sequence needs at least one new token")
-            }
-            let l = g.tokens.iter().map(Vec::len).max().unwrap_or(0);
-            let span = g.starts.iter().max().copied().unwrap_or(0) + l;
-            if span > self.context() {
-                candle_core::bail!(
-                    "sequence longer than the cache ({span} > {})",
-                    self.context()
-                )
-            }
-            for (t, &start) in g.tables.iter().zip(&g.starts) {
-                let reach = (start + l).div_ceil(block);
-                if t.len() < reach || t.len() > width || t.iter().any(|&b| b as usize >= blocks) {
-                    candle_core::bail!(
-                        "a block table must reach position {} within {width} blocks of the pool's                          {blocks}",
-                        start + l - 1
-                    )
-                }
-                for &b in &t[start / block..reach] {
-                    if !written.insert(b) {
-                        candle_core::bail!("two sequences of one pass write block {b}")
-                    }
-                }
-            }
-        }
+        self.check_groups(groups)?;
         let decode = match groups {
             [g] if g.tokens.iter().all(|t| t.len() == 1) => Some(g),
             _ => None,
@@ -645,12 +550,13 @@ impl Model {
             // The blocks each sequence attends to, for the gathers.
             let reach = span.div_ceil(block);
             let first = tables.len() / width - b;
-            let blocks = crate::kv::firsts(&tables[first * width..], width, reach);
+            let blocks = crate::kv::gather_ids(&tables[first * width..], width, reach, kvh);
+            let n = blocks.len();
             batches.push(Batch {
                 row,
                 b,
                 l,
-                blocks: Tensor::from_vec(blocks, b * reach, dev)?,
+                blocks: Tensor::from_vec(blocks, n, dev)?,
                 span,
                 query_blocks: self.query_blocks,
                 mask: if masked {

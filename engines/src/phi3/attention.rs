@@ -226,8 +226,7 @@ pub(super) struct Batch {
     pub(super) row: usize,
     pub(super) b: usize,
     pub(super) l: usize,
-    /// The blocks each sequence attends to, from its table: (b × blocks up to the span) u32, for
-    /// [`crate::kv::gather`].
+    /// The blocks each sequence attends to, from its table, as [`crate::kv::gather`] takes them.
     pub(super) blocks: Tensor,
     /// Cache positions attended to: max(starts) + l.
     pub(super) span: usize,
