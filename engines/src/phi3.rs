@@ -552,10 +552,16 @@ impl Model {
             let first = tables.len() / width - b;
             let blocks = crate::kv::gather_ids(&tables[first * width..], width, reach, kvh);
             let n = blocks.len();
+            let host = (l == 1 && dev.is_cpu()).then(|| attention::HostTables {
+                table: tables[first * width..].to_vec(),
+                width,
+                lens: g.starts.iter().map(|&s| s + 1).collect(),
+            });
             batches.push(Batch {
                 row,
                 b,
                 l,
+                host,
                 blocks: Tensor::from_vec(blocks, n, dev)?,
                 span,
                 query_blocks: self.query_blocks,

@@ -123,15 +123,22 @@ impl Attention {
         let (b, l) = (g.b, g.l);
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let rep = h / kvh;
+        // Each KV head serves `rep` query heads: fold them into the rows of one product. The
+        // scale is applied in the copy that makes the queries contiguous.
+        let scale = 1.0 / (hd as f64).sqrt();
+        let q = (q * scale)?; // (b, l, h, hd), contiguous
+                              // A decode step on the CPU reads each sequence's blocks where they lie.
+        if let (1, Some(tables)) = (l, &g.host) {
+            if let Some(out) = decode_in_place(&q, cache, tables, (h, kvh, hd))? {
+                clock.mark("attn_in_place")?;
+                return Ok(out);
+            }
+        }
         let t = g.span;
         // Each sequence's blocks, gathered into contiguous (b, kvh, span, hd).
         let keys = crate::kv::gather(&cache.k, &g.blocks, b)?.narrow(2, 0, t)?;
         let values = crate::kv::gather(&cache.v, &g.blocks, b)?.narrow(2, 0, t)?;
         clock.mark("kv_gather")?;
-        // Each KV head serves `rep` query heads: fold them into the rows of one product. The
-        // scale is applied in the copy that makes the queries contiguous.
-        let scale = 1.0 / (hd as f64).sqrt();
-        let q = (q * scale)?; // (b, l, h, hd), contiguous
         if g.query_blocks && l >= 2 * QUERY_BLOCK {
             if let Some(mask) = &g.mask {
                 return self.attend_blocks(&q, &keys, &values, mask, g, clock);
@@ -208,6 +215,105 @@ impl Attention {
     }
 }
 
+/// A group's block tables on the host: `b` rows of `width` blocks, and the positions each
+/// sequence attends to (its start + 1, for one new token).
+pub(super) struct HostTables {
+    pub(super) table: Vec<u32>,
+    pub(super) width: usize,
+    pub(super) lens: Vec<usize>,
+}
+
+/// Attention of one new token per sequence (`q` (b, 1, heads, head size), scaled) over its
+/// positions, read in place from the pool through its block table, on the CPU in f32: each
+/// (sequence, KV head) on its own thread, one pass for the scores, a softmax, one pass over the
+/// values. Candle's products would need each sequence's blocks gathered into one tensor first, a
+/// copy as large as what attention reads. `None` off the CPU or f32 (the caller gathers).
+fn decode_in_place(
+    q: &Tensor,
+    cache: &KvCache,
+    t: &HostTables,
+    (h, kvh, hd): (usize, usize, usize),
+) -> Result<Option<Tensor>> {
+    use candle_core::{DType, Storage};
+    use rayon::prelude::*;
+    if !q.device().is_cpu() || q.dtype() != DType::F32 || cache.k.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let b = t.lens.len();
+    let rep = h / kvh;
+    let block = cache.k.dim(2)?;
+    let qv = q.flatten_all()?.to_vec1::<f32>()?;
+    let (ks, kl) = cache.k.storage_and_layout();
+    let (vs, vl) = cache.v.storage_and_layout();
+    let (Storage::Cpu(kcpu), Storage::Cpu(vcpu)) = (&*ks, &*vs) else {
+        return Ok(None);
+    };
+    if !kl.is_contiguous() || !vl.is_contiguous() {
+        return Ok(None);
+    }
+    let kp = &kcpu.as_slice::<f32>()?[kl.start_offset()..];
+    let vp = &vcpu.as_slice::<f32>()?[vl.start_offset()..];
+    let mut out = vec![0f32; b * h * hd];
+    // Chunk (s, g) of the output: the rep query heads of KV head g of sequence s, contiguous.
+    out.par_chunks_mut(rep * hd).enumerate().for_each(|(i, o)| {
+        let (s, g) = (i / kvh, i % kvh);
+        let len = t.lens[s];
+        // Where position p's row of KV head g starts in the pool.
+        let at = |p: usize| {
+            let blk = t.table[s * t.width + p / block] as usize;
+            ((blk * kvh + g) * block + p % block) * hd
+        };
+        let mut scores = vec![0f32; rep * len];
+        for p in 0..len {
+            let k = &kp[at(p)..][..hd];
+            for j in 0..rep {
+                let qj = &qv[(s * h + g * rep + j) * hd..][..hd];
+                scores[j * len + p] = dot(qj, k);
+            }
+        }
+        for j in 0..rep {
+            let sc = &mut scores[j * len..(j + 1) * len];
+            let m = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut sum = 0f32;
+            for x in sc.iter_mut() {
+                *x = (*x - m).exp();
+                sum += *x;
+            }
+            sc.iter_mut().for_each(|x| *x /= sum);
+        }
+        for p in 0..len {
+            let v = &vp[at(p)..][..hd];
+            for j in 0..rep {
+                let w = scores[j * len + p];
+                o[j * hd..(j + 1) * hd]
+                    .iter_mut()
+                    .zip(v)
+                    .for_each(|(o, v)| *o += w * v);
+            }
+        }
+    });
+    drop((ks, vs));
+    Ok(Some(Tensor::from_vec(out, (b, 1, h * hd), q.device())?))
+}
+
+/// `a · b` in eight lanes (so the compiler vectorises it).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Query positions per block when a long prompt chunk attends ([`Attention::attend_blocks`]);
 /// chunks of fewer than two blocks attend at once.
 const QUERY_BLOCK: usize = 256;
@@ -228,6 +334,8 @@ pub(super) struct Batch {
     pub(super) l: usize,
     /// The blocks each sequence attends to, from its table, as [`crate::kv::gather`] takes them.
     pub(super) blocks: Tensor,
+    /// For a decode step on the CPU: the tables on the host, read in place.
+    pub(super) host: Option<HostTables>,
     /// Cache positions attended to: max(starts) + l.
     pub(super) span: usize,
     /// (b, 1, 1, l, span) in the model's dtype: 0 where attended, -inf elsewhere; none when every
