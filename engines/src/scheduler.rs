@@ -1,10 +1,10 @@
 //! The local engine's scheduler: one thread owns the model and runs continuous batching.
 //!
 //! Requests wait in a queue and are admitted as soon as fewer than the model's slots (its batch)
-//! are running; finished sequences leave at once, so short requests do not wait for long ones. Every forward pass feeds one token
-//! to each sequence that is decoding and, within a budget of tokens per pass
-//! ([`Limits::step_tokens`]), chunks of new prompts: a long new prompt is prefilled a chunk per
-//! pass, beside the sequences already decoding, instead of stalling them.
+//! are running; finished sequences leave at once, so short requests do not wait for long ones.
+//! Every forward pass feeds one token to each sequence that is decoding and, within a budget of
+//! tokens per pass ([`Limits::step_tokens`]), chunks of new prompts: a long new prompt is prefilled
+//! a chunk per pass, beside the sequences already decoding, instead of stalling them.
 //!
 //! The KV cache is [paged](crate::kv): each sequence has a block table, given blocks from the
 //! pool as it grows and handing them back when it ends. A new request first looks up its prompt
