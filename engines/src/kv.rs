@@ -140,6 +140,16 @@ pub fn gather_ids(tables: &[u32], stride: usize, width: usize, kvh: usize) -> Ve
     out
 }
 
+/// Block tables of one `width` each, row-major (what the kernels and [`rows`] take): each table
+/// padded with block 0, an entry never read (positions past a sequence's own are masked or
+/// never reached), since the pool's blocks are all valid.
+pub fn padded(tables: &[Vec<u32>], width: usize) -> Vec<u32> {
+    tables
+        .iter()
+        .flat_map(|t| t.iter().copied().chain(std::iter::repeat(0)).take(width))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -527,10 +527,10 @@ impl Model {
             // sequences equally long): the usual decode step.
             let masked = !(l == 1 && g.starts.iter().all(|&s| s + 1 == span));
             let mut mask = vec![f32::NEG_INFINITY; if masked { b * l * span } else { 0 }];
+            let first = tables.len() / width;
+            tables.extend(crate::kv::padded(&g.tables, width));
             for (s, seq) in g.tokens.iter().enumerate() {
-                let n = tables.len() / width;
-                tables.extend(&g.tables[s]);
-                tables.resize((n + 1) * width, 0);
+                let n = first + s;
                 for j in 0..l {
                     // Padding repeats the last token at the next positions: its keys land in
                     // cache positions no query attends to before the sequence's own tokens
@@ -549,7 +549,6 @@ impl Model {
             }
             // The blocks each sequence attends to, for the gathers.
             let reach = span.div_ceil(block);
-            let first = tables.len() / width - b;
             let blocks = crate::kv::gather_ids(&tables[first * width..], width, reach, kvh);
             let n = blocks.len();
             let host = (l == 1 && dev.is_cpu()).then(|| attention::HostTables {

@@ -18,14 +18,9 @@ impl Model {
         let dev = &self.device;
         let pos: Vec<u32> = g.starts.iter().map(|&s| s as u32).collect();
         let ids: Vec<u32> = g.tokens.iter().map(|t| t[0]).collect();
-        // Tables of one width, so they make one (b, width) tensor (entries past a sequence's
-        // own are never read).
+        // Tables of one width, so they make one (b, width) tensor.
         let width = self.width();
-        let table: Vec<u32> = g
-            .tables
-            .iter()
-            .flat_map(|t| t.iter().copied().chain(std::iter::repeat(0)).take(width))
-            .collect();
+        let table = crate::kv::padded(&g.tables, width);
         #[cfg(feature = "cuda")]
         if clock.profile.is_none() {
             let mut graphs = match self.graphs.lock() {
