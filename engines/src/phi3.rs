@@ -523,9 +523,10 @@ impl Model {
             let (b, row) = (g.tokens.len(), ids.len());
             let l = g.tokens.iter().map(Vec::len).max().unwrap_or(1);
             let span = g.starts.iter().max().copied().unwrap_or(0) + l;
-            // No mask when every query attends to every position (one new token each, all
-            // sequences equally long): the usual decode step.
-            let masked = !(l == 1 && g.starts.iter().all(|&s| s + 1 == span));
+            let in_place = attention::Reads::in_place(l, dtype, dev);
+            // No mask when attention reads in place (it knows each sequence's length) or every
+            // query attends to every position (one new token each, all sequences equally long).
+            let masked = !(in_place || l == 1 && g.starts.iter().all(|&s| s + 1 == span));
             let mut mask = vec![f32::NEG_INFINITY; if masked { b * l * span } else { 0 }];
             let first = tables.len() / width;
             tables.extend(crate::kv::padded(&g.tables, width));
@@ -547,28 +548,33 @@ impl Model {
                 }
                 last.push((row + s * l + seq.len() - 1) as u32);
             }
-            // The blocks each sequence attends to, for the gathers.
-            let reach = span.div_ceil(block);
-            let blocks = crate::kv::gather_ids(&tables[first * width..], width, reach, kvh);
-            let n = blocks.len();
-            let host = (l == 1 && dev.is_cpu()).then(|| attention::HostTables {
-                table: tables[first * width..].to_vec(),
-                width,
-                lens: g.starts.iter().map(|&s| s + 1).collect(),
-            });
+            let kv = if in_place {
+                attention::Reads::InPlace(attention::HostTables {
+                    table: tables[first * width..].to_vec(),
+                    width,
+                    lens: g.starts.iter().map(|&s| s + 1).collect(),
+                })
+            } else {
+                // The blocks each sequence attends to, for the gathers.
+                let reach = span.div_ceil(block);
+                let blocks = crate::kv::gather_ids(&tables[first * width..], width, reach, kvh);
+                let n = blocks.len();
+                attention::Reads::Gathered {
+                    blocks: Tensor::from_vec(blocks, n, dev)?,
+                    mask: if masked {
+                        Some(Tensor::from_vec(mask, (b, 1, 1, l, span), dev)?.to_dtype(dtype)?)
+                    } else {
+                        None
+                    },
+                }
+            };
             batches.push(Batch {
                 row,
                 b,
                 l,
-                host,
-                blocks: Tensor::from_vec(blocks, n, dev)?,
+                kv,
                 span,
                 query_blocks: self.query_blocks,
-                mask: if masked {
-                    Some(Tensor::from_vec(mask, (b, 1, 1, l, span), dev)?.to_dtype(dtype)?)
-                } else {
-                    None
-                },
             });
         }
         let rows = crate::kv::rows(&tables, width, at, kvh, block, self.blocks())?;

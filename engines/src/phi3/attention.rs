@@ -127,20 +127,22 @@ impl Attention {
         // scale is applied in the copy that makes the queries contiguous.
         let scale = 1.0 / (hd as f64).sqrt();
         let q = (q * scale)?; // (b, l, h, hd), contiguous
-                              // A decode step on the CPU reads each sequence's blocks where they lie.
-        if let (1, Some(tables)) = (l, &g.host) {
-            if let Some(out) = decode_in_place(&q, cache, tables, (h, kvh, hd))? {
+        let (blocks, mask) = match &g.kv {
+            // A decode step on the CPU reads each sequence's blocks where they lie.
+            Reads::InPlace(tables) => {
+                let out = decode_in_place(&q, cache, tables, (h, kvh, hd))?;
                 clock.mark("attn_in_place")?;
                 return Ok(out);
             }
-        }
+            Reads::Gathered { blocks, mask } => (blocks, mask),
+        };
         let t = g.span;
         // Each sequence's blocks, gathered into contiguous (b, kvh, span, hd).
-        let keys = crate::kv::gather(&cache.k, &g.blocks, b)?.narrow(2, 0, t)?;
-        let values = crate::kv::gather(&cache.v, &g.blocks, b)?.narrow(2, 0, t)?;
+        let keys = crate::kv::gather(&cache.k, blocks, b)?.narrow(2, 0, t)?;
+        let values = crate::kv::gather(&cache.v, blocks, b)?.narrow(2, 0, t)?;
         clock.mark("kv_gather")?;
         if g.query_blocks && l >= 2 * QUERY_BLOCK {
-            if let Some(mask) = &g.mask {
+            if let Some(mask) = mask {
                 return self.attend_blocks(&q, &keys, &values, mask, g, clock);
             }
         }
@@ -154,7 +156,7 @@ impl Attention {
         };
         let scores = q.matmul(&keys.transpose(2, 3)?)?;
         clock.mark("attn_qk")?;
-        let scores = match &g.mask {
+        let scores = match mask {
             Some(mask) => scores.reshape((b, kvh, rep, l, t))?.broadcast_add(mask)?,
             None => scores,
         };
@@ -227,30 +229,27 @@ pub(super) struct HostTables {
 /// positions, read in place from the pool through its block table, on the CPU in f32: each
 /// (sequence, KV head) on its own thread, one pass for the scores, a softmax, one pass over the
 /// values. Candle's products would need each sequence's blocks gathered into one tensor first, a
-/// copy as large as what attention reads. `None` off the CPU or f32 (the caller gathers).
+/// copy as large as what attention reads. Only for f32 on the CPU ([`Reads::in_place`] decides).
 fn decode_in_place(
     q: &Tensor,
     cache: &KvCache,
     t: &HostTables,
     (h, kvh, hd): (usize, usize, usize),
-) -> Result<Option<Tensor>> {
-    use candle_core::{DType, Storage};
+) -> Result<Tensor> {
+    use candle_core::Storage;
     use rayon::prelude::*;
-    if !q.device().is_cpu() || q.dtype() != DType::F32 || cache.k.dtype() != DType::F32 {
-        return Ok(None);
-    }
     let b = t.lens.len();
     let rep = h / kvh;
     let block = cache.k.dim(2)?;
-    let qv = q.flatten_all()?.to_vec1::<f32>()?;
     let (ks, kl) = cache.k.storage_and_layout();
     let (vs, vl) = cache.v.storage_and_layout();
     let (Storage::Cpu(kcpu), Storage::Cpu(vcpu)) = (&*ks, &*vs) else {
-        return Ok(None);
+        candle_core::bail!("attention in place needs the KV cache on the CPU")
     };
     if !kl.is_contiguous() || !vl.is_contiguous() {
-        return Ok(None);
+        candle_core::bail!("attention in place needs a contiguous KV cache")
     }
+    let qv = q.flatten_all()?.to_vec1::<f32>()?;
     let kp = &kcpu.as_slice::<f32>()?[kl.start_offset()..];
     let vp = &vcpu.as_slice::<f32>()?[vl.start_offset()..];
     let mut out = vec![0f32; b * h * hd];
@@ -293,7 +292,7 @@ fn decode_in_place(
         }
     });
     drop((ks, vs));
-    Ok(Some(Tensor::from_vec(out, (b, 1, h * hd), q.device())?))
+    Tensor::from_vec(out, (b, 1, h * hd), q.device())
 }
 
 /// `a · b` in eight lanes (so the compiler vectorises it).
@@ -332,15 +331,32 @@ pub(super) struct Batch {
     pub(super) row: usize,
     pub(super) b: usize,
     pub(super) l: usize,
-    /// The blocks each sequence attends to, from its table, as [`crate::kv::gather`] takes them.
-    pub(super) blocks: Tensor,
-    /// For a decode step on the CPU: the tables on the host, read in place.
-    pub(super) host: Option<HostTables>,
+    /// How attention reads the group's blocks.
+    pub(super) kv: Reads,
     /// Cache positions attended to: max(starts) + l.
     pub(super) span: usize,
-    /// (b, 1, 1, l, span) in the model's dtype: 0 where attended, -inf elsewhere; none when every
-    /// query attends to every position (one new token each, all sequences equally long).
-    pub(super) mask: Option<Tensor>,
     /// Long chunks attend a block of queries at a time ([`Attention::attend_blocks`]).
     pub(super) query_blocks: bool,
+}
+
+/// How a group's attention reads its sequences' KV blocks, decided once per pass.
+pub(super) enum Reads {
+    /// A decode step on the CPU in f32: each sequence's blocks read where they lie, through its
+    /// table on the host ([`decode_in_place`]).
+    InPlace(HostTables),
+    /// Gathered into one tensor for candle's products: `blocks` names each sequence's, as
+    /// [`crate::kv::gather`] takes them; `mask` (b, 1, 1, l, span) in the model's dtype is 0
+    /// where attended and -inf elsewhere, none when every query attends to every position (one
+    /// new token each, all sequences equally long).
+    Gathered {
+        blocks: Tensor,
+        mask: Option<Tensor>,
+    },
+}
+
+impl Reads {
+    /// Whether a group of `l` new tokens per sequence, in `dtype` on `device`, attends in place.
+    pub(super) fn in_place(l: usize, dtype: candle_core::DType, device: &Device) -> bool {
+        l == 1 && device.is_cpu() && dtype == candle_core::DType::F32
+    }
 }
