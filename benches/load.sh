@@ -15,7 +15,8 @@
 #
 # usage: benches/load.sh [mixed] [shared]      (default: both)
 # env:   LAYERS (default 4), REQUESTS (default 48), RATE (default 1), STEP_TOKENS (default 1024),
-#        SLOTS (default 16), PEER (default 1; 0 leaves transformers out)
+#        SLOTS (default 16), PEER (default 1; 0 leaves transformers out), PREFIX_CACHE (default
+#        on,off), KV_CACHE_TOKENS (default 0: SLOTS x the longest request's positions)
 # On a GPU machine (no toolchain, no network; see docs/performance.md), with the binary built here:
 #        DEVICE=cuda SHAPE=phi4 DTYPE=bf16 PHIFORGE=/tmp/phiforge PYTHON=/opt/torch/.venv/bin/python3
 #        (DEVICE, SHAPE, DTYPE default to cpu, tiny, f32; PHIFORGE set skips the build, PYTHON set
@@ -39,7 +40,7 @@ fi
 reqs=$(mktemp -d)
 trap 'rm -rf "$reqs"' EXIT
 common=(--shape "$shape" --device "$device" --dtype "$dtype" --slots "$slots" --step-tokens "$step"
-        --prefix-cache on,off)
+        --prefix-cache "${PREFIX_CACHE:-on,off}" --kv-cache-tokens "${KV_CACHE_TOKENS:-0}")
 peer_args=(--shape "$shape" --device "$device" --dtype "$dtype" --slots "$slots")
 if [ -n "$layers" ]; then
   common+=(--layers "$layers")

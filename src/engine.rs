@@ -98,6 +98,10 @@ pub(crate) struct LoadArgs {
     /// Tokens per forward pass.
     #[arg(long, default_value_t = engines::local::Limits::default().step_tokens)]
     step_tokens: usize,
+    /// Positions of the KV cache for running sequences (0: slots x the load's longest request);
+    /// requests are admitted as their blocks fit.
+    #[arg(long, default_value_t = 0)]
+    kv_cache_tokens: usize,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
     #[arg(long, value_enum, default_value = "auto")]
@@ -449,6 +453,7 @@ pub(crate) fn bench_load(a: LoadArgs) -> Result<()> {
             limits: engines::local::Limits {
                 prefix_cache_tokens: if on { a.prefix_cache_tokens } else { 0 },
                 step_tokens: a.step_tokens.max(a.slots + 1),
+                kv_cache_tokens: a.kv_cache_tokens,
                 ..Default::default()
             },
         };
@@ -478,7 +483,8 @@ pub(crate) fn bench_load(a: LoadArgs) -> Result<()> {
                 "engine": "phiforge", "prefix_cache": on, "plan": plan, "device": ready.device,
                 "dtype": format!("{:?}", ready.dtype).to_lowercase(),
                 "layers": ready.config.num_hidden_layers, "hidden": ready.config.hidden_size,
-                "slots": a.slots, "step_tokens": setup.limits.step_tokens, "result": record,
+                "slots": a.slots, "step_tokens": setup.limits.step_tokens,
+                "kv_cache_tokens": a.kv_cache_tokens, "result": record,
             })
         );
     }

@@ -127,6 +127,10 @@ enum Command {
         /// Tokens per forward pass: one per decoding sequence, the rest to chunks of new prompts.
         #[arg(long, default_value_t = engines::local::Limits::default().step_tokens)]
         step_tokens: usize,
+        /// Positions of the KV cache for running sequences (0: slots x context). Requests are
+        /// admitted as their prompt and max_tokens fit, so this may be far under slots x context.
+        #[arg(long, default_value_t = 0)]
+        kv_cache_tokens: usize,
     },
     /// Measures the local engine: prefill and decode tokens/s per batch size, on a model folder
     /// or on random weights of Phi-4's shape made on the device; one JSON line per batch size
@@ -321,6 +325,7 @@ fn run(cli: Cli) -> Result<()> {
             max_pending,
             prefix_cache_tokens,
             step_tokens,
+            kv_cache_tokens,
         } => {
             // As a recipe's local engine: the device chosen for it (a GPU when there is one).
             let config = engines::config::LocalConfig {
@@ -328,6 +333,7 @@ fn run(cli: Cli) -> Result<()> {
                 context,
                 prefix_cache_tokens,
                 step_tokens,
+                kv_cache_tokens,
                 ..engines::config::LocalConfig::new(&model_dir.to_string_lossy())
             };
             if let Some(p) = engines::config::EngineConfig::Local(config.clone())

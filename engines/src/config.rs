@@ -53,6 +53,10 @@ pub struct LocalConfig {
     /// Tokens fed per forward pass: one per decoding sequence, the rest to prompt chunks.
     #[serde(default = "default_step_tokens")]
     pub step_tokens: usize,
+    /// Positions of the KV cache for running sequences (0: `slots` × `context`); requests are
+    /// admitted as their prompts and `max_tokens` fit, so it may be far under slots × context.
+    #[serde(default)]
+    pub kv_cache_tokens: usize,
 }
 
 fn default_device() -> String {
@@ -81,6 +85,7 @@ impl LocalConfig {
             context: default_context(),
             prefix_cache_tokens: default_prefix_cache_tokens(),
             step_tokens: default_step_tokens(),
+            kv_cache_tokens: 0,
         }
     }
 }
@@ -185,6 +190,16 @@ impl EngineConfig {
                 if c.context < 16 {
                     bad("context", "must be at least 16 positions".into());
                 }
+                if c.kv_cache_tokens != 0 && c.kv_cache_tokens < c.context {
+                    bad(
+                        "kv_cache_tokens",
+                        format!(
+                            "must be 0 (slots × context) or at least `context` ({}): one \
+                             sequence may fill its context",
+                            c.context
+                        ),
+                    );
+                }
                 if c.step_tokens < c.slots + 1 {
                     bad(
                         "step_tokens",
@@ -228,13 +243,17 @@ impl LocalConfig {
             .map_err(EngineError::Config)?
             .device()?;
         let dtype = default_dtype(&device);
-        let loaded = load_model(
+        // With a budget of its own, the KV cache is sized by the scheduler, never as slots ×
+        // context (which need not fit): the model is loaded with one slot's, then given its slots.
+        let sized = self.kv_cache_tokens > 0;
+        let mut loaded = load_model(
             Path::new(&self.model),
             &device,
             dtype,
-            self.slots,
+            if sized { 1 } else { self.slots },
             self.context,
         )?;
+        loaded.model.set_slots(self.slots);
         let name = loaded.name.clone();
         Ok((
             crate::local::LocalEngine::with_limits(
@@ -244,6 +263,7 @@ impl LocalConfig {
                 crate::local::Limits {
                     prefix_cache_tokens: self.prefix_cache_tokens,
                     step_tokens: self.step_tokens,
+                    kv_cache_tokens: self.kv_cache_tokens,
                     ..Default::default()
                 },
             ),
@@ -345,6 +365,13 @@ mod tests {
         assert!(p[0].message.contains("unknown device `tpu`"), "{p:?}");
         assert_eq!(p[1].field, "slots");
         assert!(matches!(c.build(), Err(EngineError::Config(m)) if m.starts_with("device:")));
+        let c = parse(r#"{"kind": "local", "model": "m", "kv_cache_tokens": 1000}"#);
+        let p = c.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, "kv_cache_tokens");
+        assert!(p[0].message.contains("at least `context` (4096)"), "{p:?}");
+        let c = parse(r#"{"kind": "local", "model": "m", "kv_cache_tokens": 4096}"#);
+        assert!(c.problems().is_empty());
     }
 
     #[test]

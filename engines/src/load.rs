@@ -120,6 +120,10 @@ pub struct LoadRecord {
     pub cached_prompt_tokens: u64,
     pub prefix_cache_hit_rate: f64,
     pub forward_passes: u64,
+    /// The most requests decoding at once (spans from first token to last overlapping), and the
+    /// KV cache's blocks (the prefix cache's among them).
+    pub most_decoding: usize,
+    pub kv_blocks: i64,
 }
 
 /// Replays `load` on `engine` (greedy, exact output lengths) and measures it.
@@ -145,6 +149,7 @@ pub async fn run(engine: &LocalEngine, load: &[LoadRequest]) -> Result<LoadRecor
     let wall = start.elapsed().as_secs_f64();
     let mut ttft = Vec::new();
     let mut itl = Vec::new();
+    let mut spans = Vec::new();
     let (mut prompt, mut output) = (0u64, 0u64);
     for (i, (sent, result)) in done.into_iter().enumerate() {
         let (c, ticks) = result?;
@@ -156,8 +161,9 @@ pub async fn run(engine: &LocalEngine, load: &[LoadRequest]) -> Result<LoadRecor
         }
         prompt += c.prompt_tokens as u64;
         output += c.completion_tokens as u64;
-        if let Some(first) = ticks.first() {
+        if let (Some(first), Some(last)) = (ticks.first(), ticks.last()) {
             ttft.push(first.duration_since(sent).as_secs_f64() * 1000.0);
+            spans.push((*first, *last));
         }
         itl.extend(
             ticks
@@ -189,7 +195,24 @@ pub async fn run(engine: &LocalEngine, load: &[LoadRequest]) -> Result<LoadRecor
         cached_prompt_tokens: m.prefix_cache_hit_tokens.get() - cached0,
         prefix_cache_hit_rate: round(m.prefix_cache_hit_rate.get()),
         forward_passes: m.forward_passes.get() - passes0,
+        most_decoding: most_at_once(&spans),
+        kv_blocks: m.kv_blocks.get(),
     })
+}
+
+/// The most of `spans` (first, last) that overlap at one instant: with each request's first and
+/// last token, how many decoded at once.
+pub fn most_at_once(spans: &[(Instant, Instant)]) -> usize {
+    spans
+        .iter()
+        .map(|&(at, _)| {
+            spans
+                .iter()
+                .filter(|&&(first, last)| first <= at && at <= last)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 fn round(x: f64) -> f64 {

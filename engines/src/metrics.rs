@@ -26,6 +26,9 @@ pub struct Metrics {
     /// Block references held by running sequences: over [`Metrics::kv_blocks_used`], what
     /// sharing saves.
     pub kv_block_refs: Gauge,
+    /// Blocks the running sequences hold or may still take (their prompts and `max_tokens`):
+    /// requests are admitted while this fits the sequences' budget.
+    pub kv_blocks_committed: Gauge,
     pub generated_tokens: Counter,
     pub requests_finished: Counter,
     pub forward_passes: Counter,
@@ -89,6 +92,11 @@ impl Metrics {
             "kv_block_refs",
             "KV cache blocks in running sequences' tables, shared ones counted once per sequence",
             self.kv_block_refs.clone(),
+        );
+        r.register(
+            "kv_blocks_committed",
+            "KV cache blocks running sequences hold or may still take; admission keeps it within the budget",
+            self.kv_blocks_committed.clone(),
         );
         r.register(
             "generated_tokens",

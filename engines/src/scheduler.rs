@@ -15,31 +15,30 @@
 //! that prefill (other requests go ahead of it), so `n` samples of one prompt, or many requests
 //! over one document, compute and hold the shared part once.
 //!
-//! The pool has a whole context's blocks for every slot plus the prefix cache's capacity, so a
-//! sequence always finds the blocks it needs.
+//! The pool holds the prefix cache's capacity plus the sequences' budget: a whole context for
+//! every slot by default, or [`Limits::kv_cache_tokens`]. A request is admitted only when the
+//! blocks it may come to need (its prompt and `max_tokens`, within the context) fit the budget
+//! beside what the running sequences hold and may still take, counting a block shared by several
+//! tables once; so a sequence always finds its blocks, nothing is preempted, and with a budget
+//! under slots × context as many sequences run as their lengths leave room for. Requests are
+//! admitted first come, first served: one that does not fit waits for blocks, and those behind
+//! it wait too.
 
-use crate::engine::{Completion, EngineError, FinishReason, Sampling, TokenLogprob};
+mod sequence;
+
+pub(crate) use sequence::Job;
+use sequence::{advance, choose, fail, fail_all, finish, Active};
+
+use crate::engine::{EngineError, FinishReason};
 use crate::kernels::Kernels;
 use crate::kv::BlockPool;
 use crate::metrics::Metrics;
 use crate::phi3::{Group, Model};
 use crate::prefix::PrefixCache;
-use crate::sample::draw;
 use crate::tokenizer::Codec;
-use candle_core::{Tensor, D};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-pub(crate) struct Job {
-    pub prompt: Vec<u32>,
-    pub sampling: Sampling,
-    pub reply: tokio::sync::oneshot::Sender<Result<Completion, EngineError>>,
-    /// Text deltas as tokens are generated (for streaming replies).
-    pub stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
-    /// When each token was sampled (for latency figures: time to first token, between tokens).
-    pub ticks: Option<std::sync::mpsc::Sender<Instant>>,
-}
 
 /// How the scheduler feeds the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +54,9 @@ pub struct Limits {
     pub prefix_cache_tokens: usize,
     /// Tokens per prefix-cache block: prefixes are matched and cached a whole block at a time.
     pub prefix_block: usize,
+    /// Positions of the KV cache for running sequences, beside the prefix cache's (0: a whole
+    /// context for every slot). Requests are admitted as their blocks fit; at least a context.
+    pub kv_cache_tokens: usize,
 }
 
 impl Default for Limits {
@@ -64,39 +66,8 @@ impl Default for Limits {
             prefill_chunk: 2_048,
             prefix_cache_tokens: 32_768,
             prefix_block: 32,
+            kv_cache_tokens: 0,
         }
-    }
-}
-
-/// A sequence being generated.
-struct Active {
-    job: Job,
-    /// Its KV cache blocks, in order (shared prefix blocks first).
-    table: Vec<u32>,
-    /// Tokens not yet fed to the model (the rest of the prompt, then each sampled token).
-    pending: Vec<u32>,
-    /// Whether `pending` is still the prompt's.
-    prefilling: bool,
-    /// Admission order: prompt chunks go to the first admitted first.
-    order: u64,
-    /// Positions already in the cache.
-    len: usize,
-    generated: Vec<u32>,
-    logprobs: Vec<TokenLogprob>,
-    rng: fastrand::Rng,
-    /// Text already streamed.
-    sent: String,
-}
-
-fn fail(job: Job, e: EngineError) {
-    let _ = job.reply.send(Err(e));
-}
-
-/// Fails every active sequence with the model's error `e`, handing their blocks back.
-fn fail_all(active: &mut Vec<Active>, pool: &mut BlockPool, e: &dyn std::fmt::Display) {
-    for a in active.drain(..) {
-        a.table.iter().for_each(|&b| pool.release(b));
-        fail(a.job, EngineError::Config(format!("model: {e}")));
     }
 }
 
@@ -144,16 +115,30 @@ pub(crate) fn schedule(
         .into_iter()
         .filter(|&t| (t as usize) < model.config().vocab_size)
         .collect();
-    // The pool: a whole context for every slot, and the prefix cache's blocks.
-    let mut block = limits.prefix_block.max(1);
+    // The pool: the sequences' budget (a whole context for every slot unless set), and the
+    // prefix cache's blocks.
+    let block = limits.prefix_block.max(1);
     let mut capacity = limits.prefix_cache_tokens / block;
-    let blocks = slots * ctx.div_ceil(block) + capacity;
-    if let Err(e) = model.set_pool(block, blocks) {
+    let budget = match limits.kv_cache_tokens {
+        0 => slots * ctx.div_ceil(block),
+        n => n.div_ceil(block).max(ctx.div_ceil(block)),
+    };
+    if let Err(e) = model.set_pool(block, budget + capacity) {
         tracing::warn!(
-            "local engine: no room for a KV cache of {blocks} blocks of {block} positions \
-             ({e}); the prefix cache is off"
+            "local engine: no room for a KV cache of {} blocks of {block} positions ({e}); \
+             the prefix cache is off",
+            budget + capacity
         );
-        (block, capacity) = (model.block(), 0);
+        capacity = 0;
+        if let Err(e) = model.set_pool(block, budget) {
+            let e = format!("no room for a KV cache of {budget} blocks of {block} positions: {e}");
+            tracing::error!("local engine: {e}");
+            while let Ok(jobs) = rx.recv() {
+                jobs.into_iter()
+                    .for_each(|j| fail(j, EngineError::Config(e.clone())));
+            }
+            return;
+        }
     }
     let mut pool = BlockPool::new(model.blocks());
     metrics.kv_blocks.set(pool.len() as i64);
@@ -167,6 +152,9 @@ pub(crate) fn schedule(
     let kernels = model.kernels().unwrap_or(Kernels::NONE);
     let mut evicted = 0;
     loop {
+        // Blocks the running sequences hold or may still take (see `committed_blocks`).
+        let mut committed = committed_blocks(&active, pool.len());
+        metrics.kv_blocks_committed.set(committed as i64);
         // Block only when there is nothing to do.
         if active.is_empty() && waiting.is_empty() {
             match rx.recv() {
@@ -210,12 +198,39 @@ pub(crate) fn schedule(
                 i += 1;
                 continue;
             }
+            // The cached blocks join the table as they are, one more reference each.
+            let hit = cache.lookup(&waiting[i].prompt);
+            let table: Vec<u32> = cache.values(&hit).copied().collect();
+            let reserve = n
+                .saturating_add(waiting[i].sampling.max_tokens as usize)
+                .min(ctx)
+                .div_ceil(block)
+                .max(table.len());
+            // Cached blocks no running sequence holds (the cache's is their one reference) join
+            // the committed ones, and so do the blocks the table may still take.
+            let adds = table.iter().filter(|&&b| pool.refs(b) == 1).count() + reserve - table.len();
+            if committed + adds > budget {
+                cache.release(&hit);
+                if active.is_empty() {
+                    // Cannot happen (a context fits the budget), but never wait for nothing.
+                    if let Some(job) = waiting.remove(i) {
+                        fail(
+                            job,
+                            EngineError::Config(format!(
+                                "a request of {reserve} KV blocks does not fit the cache's {budget}"
+                            )),
+                        );
+                    }
+                    continue;
+                }
+                // First come, first served: it waits for blocks, and so do those behind it.
+                break;
+            }
+            committed += adds;
             let Some(job) = waiting.remove(i) else {
+                cache.release(&hit);
                 break;
             };
-            // The cached blocks join the table as they are, one more reference each.
-            let hit = cache.lookup(&job.prompt);
-            let table: Vec<u32> = cache.values(&hit).copied().collect();
             table.iter().for_each(|&b| pool.share(b));
             cache.release(&hit);
             let reused = table.len() * block;
@@ -234,6 +249,7 @@ pub(crate) fn schedule(
             admitted += 1;
             active.push(Active {
                 table,
+                reserve,
                 pending: job.prompt[reused..].to_vec(),
                 prefilling: true,
                 order: admitted,
@@ -246,6 +262,7 @@ pub(crate) fn schedule(
             });
         }
         metrics.queue_depth.set(waiting.len() as i64);
+        metrics.kv_blocks_committed.set(committed as i64);
         metrics.running.set(active.len() as i64);
         if active.is_empty() {
             continue;
@@ -262,7 +279,7 @@ pub(crate) fn schedule(
             false
         });
         if short {
-            // The pool is sized so this cannot happen.
+            // Admission by reservations makes this impossible.
             fail_all(
                 &mut active,
                 &mut pool,
@@ -336,17 +353,47 @@ pub(crate) fn schedule(
             .inc_by(counts.evicted - std::mem::replace(&mut evicted, counts.evicted));
         // Retire from the back, so the indices of the rest stay valid.
         finished.sort_by_key(|f| std::cmp::Reverse(f.0));
-        for (s, reason) in finished {
-            let a = active.swap_remove(s);
-            a.table.iter().for_each(|&b| pool.release(b));
-            metrics.requests_finished.inc();
-            finish(a, reason, codec.as_ref());
-        }
+        let retired: Vec<(Active, FinishReason)> = finished
+            .into_iter()
+            .map(|(s, reason)| {
+                let a = active.swap_remove(s);
+                a.table.iter().for_each(|&b| pool.release(b));
+                (a, reason)
+            })
+            .collect();
+        // The figures first, so a client that has its reply reads them as they are after it.
         metrics.kv_blocks_used.set(pool.used() as i64);
         metrics
             .kv_block_refs
             .set(active.iter().map(|a| a.table.len()).sum::<usize>() as i64);
+        if !retired.is_empty() {
+            metrics
+                .kv_blocks_committed
+                .set(committed_blocks(&active, pool.len()) as i64);
+        }
+        for (a, reason) in retired {
+            metrics.requests_finished.inc();
+            finish(a, reason, codec.as_ref());
+        }
     }
+}
+
+/// Blocks the running sequences hold, each counted once however many tables share it, plus
+/// those their tables may still take up to their reservations. Admissions keep it within the
+/// budget, and it only falls as sequences run (a block taken was reserved), so with the prefix
+/// cache's blocks beside it, the pool always has the blocks a sequence asks for.
+fn committed_blocks(active: &[Active], blocks: usize) -> usize {
+    let mut held = vec![false; blocks];
+    let mut n = 0;
+    for a in active {
+        for &b in &a.table {
+            if let Some(h) = held.get_mut(b as usize) {
+                n += usize::from(!std::mem::replace(h, true));
+            }
+        }
+        n += a.reserve.saturating_sub(a.table.len());
+    }
+    n
 }
 
 /// Whether `prompt` shares more whole blocks with a prompt still being prefilled than the cache
@@ -427,157 +474,4 @@ fn groups(active: &[Active], fed: &[usize]) -> Vec<Group> {
         }
     }
     out.into_iter().map(|(_, g, _)| g).collect()
-}
-
-/// Takes a sampled token into `a`; returns why it ends, if it does.
-fn advance(
-    a: &mut Active,
-    token: u32,
-    logprob: f32,
-    stop_ids: &[u32],
-    codec: &dyn Codec,
-    ctx: usize,
-) -> Option<FinishReason> {
-    let sp = &a.job.sampling;
-    let may_stop = a.generated.len() >= sp.min_tokens as usize;
-    let mut reason = None;
-    if stop_ids.contains(&token) && may_stop {
-        reason = Some(FinishReason::Stop);
-    } else {
-        a.generated.push(token);
-        if sp.logprobs {
-            a.logprobs.push(TokenLogprob {
-                token: codec.decode(&[token]).unwrap_or_default(),
-                logprob,
-            });
-        }
-        if a.generated.len() >= sp.max_tokens as usize || a.len + 1 >= ctx {
-            reason = Some(FinishReason::Length);
-        } else if !sp.stop.is_empty() && a.generated.len() >= sp.min_tokens as usize {
-            let text = codec.decode(&a.generated).unwrap_or_default();
-            if sp.stop.iter().any(|st| text.ends_with(st.as_str())) {
-                reason = Some(FinishReason::Stop);
-            }
-        }
-    }
-    if let (Some(tx), None) = (&a.job.stream, &reason) {
-        // Stream what the new token adds to the text (a partial UTF-8 character waits).
-        let text = codec.decode(&a.generated).unwrap_or_default();
-        if text.len() > a.sent.len()
-            && text.starts_with(a.sent.as_str())
-            && !text.ends_with('\u{fffd}')
-        {
-            let _ = tx.send(text[a.sent.len()..].to_string());
-            a.sent = text;
-        }
-    }
-    reason
-}
-
-/// Sends a finished sequence its completion.
-fn finish(a: Active, reason: FinishReason, codec: &dyn Codec) {
-    let result = codec
-        .decode(&a.generated)
-        .map_err(EngineError::from)
-        .map(|mut text| {
-            if reason == FinishReason::Stop {
-                if let Some(st) = a
-                    .job
-                    .sampling
-                    .stop
-                    .iter()
-                    .find(|st| text.ends_with(st.as_str()))
-                {
-                    text.truncate(text.len() - st.len());
-                }
-            }
-            Completion {
-                text,
-                finish_reason: reason,
-                prompt_tokens: a.job.prompt.len() as u32,
-                completion_tokens: a.generated.len() as u32,
-                logprobs: a.job.sampling.logprobs.then_some(a.logprobs),
-            }
-        });
-    if let (Some(tx), Ok(c)) = (&a.job.stream, &result) {
-        if c.text.len() > a.sent.len() && c.text.starts_with(a.sent.as_str()) {
-            let _ = tx.send(c.text[a.sent.len()..].to_string());
-        }
-    }
-    let _ = a.job.reply.send(result);
-}
-
-/// Picks the next token of every row of `logits` (rows, vocab), which it may change in place;
-/// row `i` is `group[i]`'s. Greedy rows are decided on the device (only the token, and its
-/// log-probability when asked for, come back); sampled rows are copied back and drawn on the
-/// host. Below `min_tokens`, stop tokens are excluded. Rows still being prefilled (`mid`) get no
-/// token: they take the greedy path and leave their random state alone. `kernels` decides how
-/// the greedy tokens are found ([`crate::kernels::argmax`]).
-fn choose(
-    logits: &Tensor,
-    kernels: Kernels,
-    group: &mut [&mut Active],
-    mid: &[bool],
-    stop_ids: &[u32],
-) -> candle_core::Result<Vec<(u32, f32)>> {
-    let n = logits.dims2()?.0;
-    let dev = logits.device();
-    let banned: Vec<bool> = group
-        .iter()
-        .map(|a| (a.generated.len() as u32) < a.job.sampling.min_tokens)
-        .collect();
-    let (greedy, sampled): (Vec<usize>, Vec<usize>) =
-        (0..n).partition(|&i| group[i].job.sampling.temperature <= 0.0 || mid[i]);
-    let wants_logprobs = greedy.iter().any(|&i| group[i].job.sampling.logprobs);
-    // Every row greedy, no log-probabilities: the unmasked maximum stands unless it is a stop
-    // token its row may not take yet (masking the stop tokens cannot move any other maximum), so
-    // the stop tokens are masked only then.
-    if sampled.is_empty() && !wants_logprobs {
-        let best = crate::kernels::argmax(kernels, logits)?.to_vec1::<u32>()?;
-        if !(0..n).any(|i| banned[i] && stop_ids.contains(&best[i])) {
-            return Ok(best.into_iter().map(|t| (t, 0.0)).collect());
-        }
-    }
-    if !stop_ids.is_empty() && banned.iter().any(|&b| b) {
-        // Only the stop tokens' entries are touched: read them, add -inf where banned (0
-        // elsewhere), write them back.
-        let k = stop_ids.len();
-        let ids: Vec<u32> = (0..n).flat_map(|_| stop_ids.iter().copied()).collect();
-        let ids = Tensor::from_vec(ids, (n, k), dev)?;
-        let bias: Vec<f32> = banned
-            .iter()
-            .flat_map(|&b| std::iter::repeat_n(if b { f32::NEG_INFINITY } else { 0.0 }, k))
-            .collect();
-        let bias = Tensor::from_vec(bias, (n, k), dev)?;
-        let masked = (logits.gather(&ids, 1)? + bias)?;
-        logits.scatter_set(&ids, &masked, 1)?;
-    }
-    let mut out = vec![(0u32, 0f32); n];
-    let logp = if !sampled.is_empty() || wants_logprobs {
-        Some(candle_nn::ops::log_softmax(logits, D::Minus1)?)
-    } else {
-        None
-    };
-    if !greedy.is_empty() {
-        let best = crate::kernels::argmax(kernels, logits)?.reshape((n, 1))?;
-        let lp = match (&logp, wants_logprobs) {
-            (Some(logp), true) => Some(logp.gather(&best, 1)?.flatten_all()?.to_vec1::<f32>()?),
-            _ => None,
-        };
-        let best = best.flatten_all()?.to_vec1::<u32>()?;
-        for &i in &greedy {
-            out[i] = (best[i], lp.as_ref().map_or(0.0, |lp| lp[i]));
-        }
-    }
-    if let (false, Some(logp)) = (sampled.is_empty(), &logp) {
-        let idx: Vec<u32> = sampled.iter().map(|&i| i as u32).collect();
-        let rows = logp
-            .index_select(&Tensor::from_vec(idx, sampled.len(), dev)?, 0)?
-            .to_vec2::<f32>()?;
-        for (row, &i) in rows.iter().zip(&sampled) {
-            let a = &mut group[i];
-            out[i] = draw(row, &a.job.sampling, &mut a.rng);
-        }
-    }
-    Ok(out)
 }

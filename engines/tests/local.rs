@@ -2,7 +2,7 @@
 //! same completion as running it alone, seeds make sampling reproducible, and limits are kept.
 
 use candle_core::{DType, Device};
-use engines::engine::{ChatRequest, Engine, FinishReason, Message, Sampling};
+use engines::engine::{ChatRequest, Completion, Engine, FinishReason, Message, Sampling};
 use engines::local::LocalEngine;
 use engines::phi3::Model;
 use engines::tokenizer::Codec;
@@ -383,4 +383,87 @@ fn a_long_prompt_is_prefilled_beside_sequences_already_decoding() {
             .unwrap();
         assert_eq!(&want, c);
     }
+}
+
+/// How many of `done` decoded at once at most.
+fn most_at_once(
+    done: &[Result<(Completion, Vec<std::time::Instant>), engines::engine::EngineError>],
+) -> usize {
+    let spans: Vec<_> = done
+        .iter()
+        .map(|d| {
+            let t = &d.as_ref().unwrap().1;
+            (*t.first().unwrap(), *t.last().unwrap())
+        })
+        .collect();
+    engines::load::most_at_once(&spans)
+}
+
+#[test]
+fn under_a_kv_budget_requests_wait_for_blocks_and_shared_blocks_count_once() {
+    let s = Sampling {
+        temperature: 0.0,
+        max_tokens: 40,
+        min_tokens: 40,
+        ..Default::default()
+    };
+    // Eight prompts of 100 tokens, 40 generated: each may need 5 blocks of 32. A budget of one
+    // context (16 blocks) runs three at a time of the four slots; a whole context per slot, four.
+    let prompts: Vec<Vec<u32>> = (0..8)
+        .map(|k| {
+            (0..100)
+                .map(|i| 3 + ((i * 7 + k * 13) % 90) as u32)
+                .collect()
+        })
+        .collect();
+    let tight = engines::local::Limits {
+        prefix_cache_tokens: 0,
+        kv_cache_tokens: 512,
+        ..Default::default()
+    };
+    let (budget, roomy) = (
+        tiny(4, tight),
+        tiny(
+            4,
+            engines::local::Limits {
+                prefix_cache_tokens: 0,
+                ..Default::default()
+            },
+        ),
+    );
+    let runtime = rt();
+    let got = runtime.block_on(budget.complete_tokens_timed(prompts.clone(), &s));
+    let want = runtime.block_on(roomy.complete_tokens_timed(prompts, &s));
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.as_ref().unwrap().0, w.as_ref().unwrap().0, "request {k}");
+    }
+    assert_eq!(most_at_once(&got), 3);
+    assert_eq!(most_at_once(&want), 4);
+    let m = budget.metrics();
+    assert_eq!(m.kv_blocks.get(), 16);
+    assert_eq!(
+        (m.kv_blocks_used.get(), m.kv_blocks_committed.get()),
+        (0, 0)
+    );
+
+    // Three samples of one 300-token prompt, each of which may need 10 blocks: counted apart
+    // they would run one at a time; the 9 prompt blocks they share count once, so all three fit.
+    let shared = tiny(
+        4,
+        engines::local::Limits {
+            kv_cache_tokens: 512,
+            ..Default::default()
+        },
+    );
+    let prompt: Vec<u32> = (0..300).map(|i| 3 + (i * 11 % 90) as u32).collect();
+    let s = Sampling {
+        max_tokens: 20,
+        min_tokens: 20,
+        ..s
+    };
+    let done = runtime.block_on(shared.complete_tokens_timed(vec![prompt; 3], &s));
+    assert_eq!(most_at_once(&done), 3);
+    assert_eq!(shared.metrics().prefix_cache_hit_tokens.get(), 2 * 9 * 32);
+    let texts: Vec<_> = done.iter().map(|d| &d.as_ref().unwrap().0.text).collect();
+    assert!(texts.iter().all(|t| *t == texts[0]), "{texts:?}");
 }

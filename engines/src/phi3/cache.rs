@@ -30,6 +30,12 @@ impl Model {
         self.slots
     }
 
+    /// Sets how many sequences are fed at once at most; the pool stays as it is (a scheduler
+    /// sizes it with [`Model::set_pool`] and hands blocks out by its own count).
+    pub fn set_slots(&mut self, slots: usize) {
+        self.slots = slots.max(1);
+    }
+
     /// Positions per block of the KV cache.
     pub fn block(&self) -> usize {
         self.block
