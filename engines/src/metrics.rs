@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 /// The scheduler's figures (shared: clones count into the same metrics).
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {
-    /// Requests waiting for a slot.
+    /// Requests waiting for a slot or for KV cache blocks.
     pub queue_depth: Gauge,
     /// Sequences in slots (prefilling or decoding).
     pub running: Gauge,
@@ -44,7 +44,7 @@ impl Metrics {
         let r = registry.sub_registry_with_prefix("phiforge_engine");
         r.register(
             "queue_depth",
-            "Requests waiting for a slot",
+            "Requests waiting for a slot or for KV cache blocks",
             self.queue_depth.clone(),
         );
         r.register("running", "Sequences in slots", self.running.clone());
