@@ -13,6 +13,8 @@
 #
 # usage: benches/prefill_cpu.sh
 # env:   LAYERS (4), PROMPT (2000), BATCH (1,4), HF_DTYPES ("f32 bf16"), ROUNDS (3),
+#        ATTN ("on": phiforge's attention reads the KV pool in place; "on off" adds a run with
+#        PHIFORGE_ATTN_IN_PLACE=off, which gathers it for candle's products, each line tagged),
 #        CACHE (the peers' venvs, ~/.cache/phiforge-peers; venv-torch is made there on first use:
 #        PyPI's torch is the CUDA build, about 3 GB of wheels)
 set -euo pipefail
@@ -25,9 +27,11 @@ rounds=${ROUNDS:-3}
 . "$root/benches/torch_venv.sh"
 . "$root/benches/phiforge_bin.sh"
 for round in $(seq "$rounds"); do
-  "$bin" bench-engine --shape tiny --layers "$layers" --device cpu --dtype f32 \
-    --batch "$batch" --prompt-len "$prompt" --gen-len 2 | while read -r line; do
-    echo "{\"round\":$round,${line#\{}"
+  for attn in ${ATTN:-on}; do
+    PHIFORGE_ATTN_IN_PLACE=$attn "$bin" bench-engine --shape tiny --layers "$layers" --device cpu \
+      --dtype f32 --batch "$batch" --prompt-len "$prompt" --gen-len 2 | while read -r line; do
+      echo "{\"round\":$round,\"attn_in_place\":\"$attn\",${line#\{}"
+    done
   done
   for dtype in $dtypes; do
     "$torch_python" "$root/benches/hf_prefill.py" --layers "$layers" --batch "$batch" \

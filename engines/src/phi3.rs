@@ -32,6 +32,7 @@ mod cache;
 mod config;
 mod decode;
 mod gguf;
+mod in_place;
 mod profile;
 mod proj;
 // Training on the same modules: `Model::forward_train`, `Model::from_varmap`, `init_varmap`.
@@ -171,6 +172,9 @@ pub struct Model {
     fused: Option<Kernels>,
     /// See [`query_blocks`].
     query_blocks: bool,
+    /// Whether attention reads the KV pool in place where it can ([`in_place`]; see
+    /// [`Model::set_attention_in_place`]).
+    in_place: bool,
     /// CUDA graphs of the fused decode step, by batch shape (see [`Model::set_graphs`]).
     #[cfg(feature = "cuda")]
     graphs: std::sync::Mutex<crate::graph::Graphs>,
@@ -253,6 +257,7 @@ impl Model {
             profile: None,
             fused: None,
             query_blocks: query_blocks(device),
+            in_place: std::env::var("PHIFORGE_ATTN_IN_PLACE").map_or(true, |v| v != "off"),
             #[cfg(feature = "cuda")]
             graphs: std::sync::Mutex::new(crate::graph::Graphs::new(device.is_cuda())),
         }
@@ -523,8 +528,8 @@ impl Model {
             let (b, row) = (g.tokens.len(), ids.len());
             let l = g.tokens.iter().map(Vec::len).max().unwrap_or(1);
             let span = g.starts.iter().max().copied().unwrap_or(0) + l;
-            let in_place = attention::Reads::in_place(l, dtype, dev);
-            // No mask when attention reads in place (it knows each sequence's length) or every
+            let in_place = self.in_place && in_place::applies(dtype, dev);
+            // No mask when attention reads in place (it knows each query's position) or every
             // query attends to every position (one new token each, all sequences equally long).
             let masked = !(in_place || l == 1 && g.starts.iter().all(|&s| s + 1 == span));
             let mut mask = vec![f32::NEG_INFINITY; if masked { b * l * span } else { 0 }];
@@ -549,10 +554,10 @@ impl Model {
                 last.push((row + s * l + seq.len() - 1) as u32);
             }
             let kv = if in_place {
-                attention::Reads::InPlace(attention::HostTables {
+                attention::Reads::InPlace(in_place::HostTables {
                     table: tables[first * width..].to_vec(),
                     width,
-                    lens: g.starts.iter().map(|&s| s + 1).collect(),
+                    starts: g.starts.clone(),
                 })
             } else {
                 // The blocks each sequence attends to, for the gathers.

@@ -92,7 +92,15 @@ fn close(a: &[f32], b: &[f32], what: &str) {
 
 #[test]
 fn one_sequence_matches_at_short_and_long_positions() {
-    let (ours, mut theirs) = models(1);
+    // Attention reading the KV pool in place (the CPU's default), then gathering it (the GPU's).
+    for in_place in [true, false] {
+        one_sequence(in_place);
+    }
+}
+
+fn one_sequence(in_place: bool) {
+    let (mut ours, mut theirs) = models(1);
+    ours.set_attention_in_place(in_place);
     let prompt = tokens(300, 1);
     // Prefill, then decode past position 256.
     close(
@@ -128,7 +136,14 @@ fn one_sequence_matches_at_short_and_long_positions() {
 
 #[test]
 fn batches_of_different_lengths_match_each_sequence_alone() {
-    let (ours, mut theirs) = models(3);
+    for in_place in [true, false] {
+        batches_of_different_lengths(in_place);
+    }
+}
+
+fn batches_of_different_lengths(in_place: bool) {
+    let (mut ours, mut theirs) = models(3);
+    ours.set_attention_in_place(in_place);
     let a = tokens(7, 2);
     let b = tokens(13, 3);
     let c = tokens(1, 4);

@@ -1,8 +1,10 @@
-//! Attention of a forward pass, group by group, over the preallocated KV cache: the fused QKV
-//! projection and RoPE on every packed row at once, then per group a scatter of the new keys and
-//! values into the cache and grouped-query attention over the cache's views (long prompt chunks a
-//! block of queries at a time on the CPU).
+//! Attention of a forward pass, group by group, over the paged KV cache: the fused QKV
+//! projection and RoPE on every packed row at once, then one scatter of the new keys and values
+//! into the pool, then attention group by group: on the CPU in f32 reading the pool in place
+//! ([`super::in_place`]), elsewhere over each group's blocks gathered into one tensor (long prompt
+//! chunks a block of queries at a time on the CPU).
 
+use super::in_place::{self, HostTables};
 use super::profile::Clock;
 use super::proj::{dense, dense_forward, split_rows, Proj};
 use super::Config;
@@ -128,9 +130,13 @@ impl Attention {
         let scale = 1.0 / (hd as f64).sqrt();
         let q = (q * scale)?; // (b, l, h, hd), contiguous
         let (blocks, mask) = match &g.kv {
-            // A decode step on the CPU reads each sequence's blocks where they lie.
+            // On the CPU in f32, each sequence's blocks are read where they lie.
             Reads::InPlace(tables) => {
-                let out = decode_in_place(&q, cache, tables, (h, kvh, hd))?;
+                let out = if l == 1 {
+                    in_place::decode(&q, &cache.k, &cache.v, tables)?
+                } else {
+                    in_place::prompt(&q, &cache.k, &cache.v, tables)?
+                };
                 clock.mark("attn_in_place")?;
                 return Ok(out);
             }
@@ -217,107 +223,12 @@ impl Attention {
     }
 }
 
-/// A group's block tables on the host: `b` rows of `width` blocks, and the positions each
-/// sequence attends to (its start + 1, for one new token).
-pub(super) struct HostTables {
-    pub(super) table: Vec<u32>,
-    pub(super) width: usize,
-    pub(super) lens: Vec<usize>,
-}
-
-/// Attention of one new token per sequence (`q` (b, 1, heads, head size), scaled) over its
-/// positions, read in place from the pool through its block table, on the CPU in f32: each
-/// (sequence, KV head) on its own thread, one pass for the scores, a softmax, one pass over the
-/// values. Candle's products would need each sequence's blocks gathered into one tensor first, a
-/// copy as large as what attention reads. Only for f32 on the CPU ([`Reads::in_place`] decides).
-fn decode_in_place(
-    q: &Tensor,
-    cache: &KvCache,
-    t: &HostTables,
-    (h, kvh, hd): (usize, usize, usize),
-) -> Result<Tensor> {
-    use candle_core::Storage;
-    use rayon::prelude::*;
-    let b = t.lens.len();
-    let rep = h / kvh;
-    let block = cache.k.dim(2)?;
-    let (ks, kl) = cache.k.storage_and_layout();
-    let (vs, vl) = cache.v.storage_and_layout();
-    let (Storage::Cpu(kcpu), Storage::Cpu(vcpu)) = (&*ks, &*vs) else {
-        candle_core::bail!("attention in place needs the KV cache on the CPU")
-    };
-    if !kl.is_contiguous() || !vl.is_contiguous() {
-        candle_core::bail!("attention in place needs a contiguous KV cache")
-    }
-    let qv = q.flatten_all()?.to_vec1::<f32>()?;
-    let kp = &kcpu.as_slice::<f32>()?[kl.start_offset()..];
-    let vp = &vcpu.as_slice::<f32>()?[vl.start_offset()..];
-    let mut out = vec![0f32; b * h * hd];
-    // Chunk (s, g) of the output: the rep query heads of KV head g of sequence s, contiguous.
-    out.par_chunks_mut(rep * hd).enumerate().for_each(|(i, o)| {
-        let (s, g) = (i / kvh, i % kvh);
-        let len = t.lens[s];
-        // Where position p's row of KV head g starts in the pool.
-        let at = |p: usize| {
-            let blk = t.table[s * t.width + p / block] as usize;
-            ((blk * kvh + g) * block + p % block) * hd
-        };
-        let mut scores = vec![0f32; rep * len];
-        for p in 0..len {
-            let k = &kp[at(p)..][..hd];
-            for j in 0..rep {
-                let qj = &qv[(s * h + g * rep + j) * hd..][..hd];
-                scores[j * len + p] = dot(qj, k);
-            }
-        }
-        for j in 0..rep {
-            let sc = &mut scores[j * len..(j + 1) * len];
-            let m = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0f32;
-            for x in sc.iter_mut() {
-                *x = (*x - m).exp();
-                sum += *x;
-            }
-            sc.iter_mut().for_each(|x| *x /= sum);
-        }
-        for p in 0..len {
-            let v = &vp[at(p)..][..hd];
-            for j in 0..rep {
-                let w = scores[j * len + p];
-                o[j * hd..(j + 1) * hd]
-                    .iter_mut()
-                    .zip(v)
-                    .for_each(|(o, v)| *o += w * v);
-            }
-        }
-    });
-    drop((ks, vs));
-    Tensor::from_vec(out, (b, 1, h * hd), q.device())
-}
-
-/// `a · b` in eight lanes (so the compiler vectorises it).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Query positions per block when a long prompt chunk attends ([`Attention::attend_blocks`]);
 /// chunks of fewer than two blocks attend at once.
 const QUERY_BLOCK: usize = 256;
 
-/// Whether long prompt chunks attend a block of queries at a time: on the CPU, unless
+/// Whether long prompt chunks whose blocks are gathered attend a block of queries at a time: on
+/// the CPU (for dtypes other than f32, or with `PHIFORGE_ATTN_IN_PLACE=off`), unless
 /// `PHIFORGE_QUERY_BLOCKS=off` (to measure what it brings). GPUs attend at once (unmeasured
 /// there).
 pub(super) fn query_blocks(device: &Device) -> bool {
@@ -341,8 +252,8 @@ pub(super) struct Batch {
 
 /// How a group's attention reads its sequences' KV blocks, decided once per pass.
 pub(super) enum Reads {
-    /// A decode step on the CPU in f32: each sequence's blocks read where they lie, through its
-    /// table on the host ([`decode_in_place`]).
+    /// On the CPU in f32: each sequence's blocks read where they lie, through its table on the
+    /// host ([`in_place`]).
     InPlace(HostTables),
     /// Gathered into one tensor for candle's products: `blocks` names each sequence's, as
     /// [`crate::kv::gather`] takes them; `mask` (b, 1, 1, l, span) in the model's dtype is 0
@@ -352,11 +263,4 @@ pub(super) enum Reads {
         blocks: Tensor,
         mask: Option<Tensor>,
     },
-}
-
-impl Reads {
-    /// Whether a group of `l` new tokens per sequence, in `dtype` on `device`, attends in place.
-    pub(super) fn in_place(l: usize, dtype: candle_core::DType, device: &Device) -> bool {
-        l == 1 && device.is_cpu() && dtype == candle_core::DType::F32
-    }
 }

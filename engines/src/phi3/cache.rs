@@ -36,6 +36,13 @@ impl Model {
         self.slots = slots.max(1);
     }
 
+    /// Whether attention on the CPU in f32 reads the KV pool in place (the default, unless
+    /// `PHIFORGE_ATTN_IN_PLACE=off`) or gathers each sequence's blocks for candle's products, as
+    /// it does on a GPU; both give the same logits, within rounding.
+    pub fn set_attention_in_place(&mut self, on: bool) {
+        self.in_place = on;
+    }
+
     /// Positions per block of the KV cache.
     pub fn block(&self) -> usize {
         self.block

@@ -83,6 +83,7 @@ macro_rules! simd {
         }
     };
 }
+pub(crate) use simd;
 
 /// `A·B` (m×n, row-major, a new buffer) with `A(i,p) = a[i·ars + p·acs]` and
 /// `B(p,j) = b[p·brs + j·bcs]`: the `gemm` crate's product (candle's own on the CPU), on the
@@ -99,32 +100,116 @@ fn gemm_product(
     if m == 0 || n == 0 || k == 0 {
         return vec![0f32; m * n];
     }
+    check_operands((m, n, k), a, (ars, acs), b, (brs, bcs));
+    let mut c: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: the operands hold every element read (checked above); `c` has room for m·n
+    // elements, and with `read_dst` false gemm writes each of them before any read (the first
+    // block of the inner dimension stores `A·B` without reading `c`), so all are initialised
+    // when the length is set.
+    unsafe {
+        gemm_raw(
+            c.as_mut_ptr(),
+            false,
+            (m, n, k),
+            a,
+            (ars, acs),
+            b,
+            (brs, bcs),
+            parallel,
+        );
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// `dst += A·B` (`accumulate`) or `dst = A·B`, `dst` m×n row-major, the operands as
+/// [`gemm_product`] takes them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into(
+    dst: &mut [f32],
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (ars, acs): (usize, usize),
+    b: &[f32],
+    (brs, bcs): (usize, usize),
+    parallel: bool,
+) {
+    assert!(dst.len() >= m * n, "a matrix product past its output");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    check_operands((m, n, k), a, (ars, acs), b, (brs, bcs));
+    // SAFETY: the operands hold every element read (checked above), `dst` every one written.
+    unsafe {
+        gemm_raw(
+            dst.as_mut_ptr(),
+            accumulate,
+            (m, n, k),
+            a,
+            (ars, acs),
+            b,
+            (brs, bcs),
+            parallel,
+        )
+    }
+}
+
+/// That `a` and `b` hold every element an (m, n, k) product with these strides reads.
+fn check_operands(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (ars, acs): (usize, usize),
+    b: &[f32],
+    (brs, bcs): (usize, usize),
+) {
     let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
     assert!(
         last(m, ars, k, acs) < a.len() && last(k, brs, n, bcs) < b.len(),
         "a matrix product outside its operands"
     );
-    let mut c: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: every element read is inside `a` or `b` (checked above); `c` has room for m·n
-    // elements, and with `read_dst` false gemm writes each of them before any read (the first
-    // block of the inner dimension stores `A·B` without reading `c`), so all are initialised
-    // when the length is set.
+}
+
+/// The `gemm` crate's `dst (+)= A·B` into m×n row-major `dst`.
+///
+/// # Safety
+/// `dst` must have room for m·n elements (initialised when `accumulate`), and the operands
+/// hold every element read; m, n and k are not 0.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (ars, acs): (usize, usize),
+    b: &[f32],
+    (brs, bcs): (usize, usize),
+    parallel: bool,
+) {
+    // SAFETY: the caller's.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            dst,
             1,
             n as isize,
-            false,
+            accumulate,
             a.as_ptr(),
             acs as isize,
             ars as isize,
             b.as_ptr(),
             bcs as isize,
             brs as isize,
-            0.0,
+            // dst × 1 (when read) + A·B × 1.
+            1.0,
             1.0,
             false,
             false,
@@ -135,9 +220,7 @@ fn gemm_product(
                 gemm::Parallelism::None
             },
         );
-        c.set_len(m * n);
     }
-    c
 }
 
 const LANES: usize = 16;
