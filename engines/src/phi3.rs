@@ -122,7 +122,11 @@ impl Mlp {
             }
         };
         clock.mark("gate_up_proj")?;
-        let act = (up * candle_nn::ops::silu(&gate)?)?;
+        let act = if crate::train_ops::fused(&gate) {
+            crate::train_ops::silu_mul(&gate, &up)?
+        } else {
+            (up * candle_nn::ops::silu(&gate)?)?
+        };
         clock.mark("silu_mul")?;
         let out = self.down_proj.forward(&act)?;
         clock.mark("down_proj")?;

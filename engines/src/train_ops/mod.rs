@@ -270,7 +270,7 @@ mod linear;
 mod mlp;
 pub use attention::{attention, Attention};
 pub use linear::{linear, product};
-pub use mlp::mlp;
+pub use mlp::{mlp, silu_mul};
 
 // ---------------------------------------------------------------------------------------------
 // RMS norm
@@ -498,6 +498,20 @@ mod tests {
             assert!((a - b).abs() <= 4e-7 * b, "{x}: {a} vs {b}");
         }
         assert!(fast_exp(-1000.0) < 1e-37);
+    }
+
+    #[test]
+    fn silu_mul_matches_candles_operations() {
+        let dev = Device::Cpu;
+        // Past a chunk, so several tasks share the work; gates of both signs, some large.
+        let n = 3 * 16_384 + 5;
+        let gate =
+            Tensor::from_vec(input(n, 3).iter().map(|v| v * 9.0).collect(), n, &dev).unwrap();
+        let up = Tensor::from_vec(input(n, 5), n, &dev).unwrap();
+        let want = (&up * candle_nn::ops::silu(&gate).unwrap()).unwrap();
+        let got = silu_mul(&gate, &up).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+        assert!(silu_mul(&gate, &up.narrow(0, 0, 4).unwrap()).is_err());
     }
 
     /// Each operation against its decomposed form: the same values and the same gradient.
