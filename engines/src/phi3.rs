@@ -24,7 +24,7 @@
 //! same modules (`train`).
 
 use crate::kernels::{self, Heads, Kernels};
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 
 mod attention;
@@ -33,6 +33,7 @@ mod config;
 mod decode;
 mod gguf;
 mod in_place;
+mod mlp;
 mod profile;
 mod proj;
 // Training on the same modules: `Model::forward_train`, `Model::from_varmap`, `init_varmap`.
@@ -41,9 +42,10 @@ mod train;
 use attention::{query_blocks, Attention, Batch, KvCache};
 use cache::pool;
 pub use config::Config;
+use mlp::Mlp;
 use profile::Clock;
 pub use profile::Profile;
-use proj::{dense, dense_forward, split_rows, Proj};
+use proj::{dense, Proj};
 pub use train::{init_varmap, parameters, ParamInit};
 
 /// RoPE tables: angles computed in f32 (bf16 angles are wrong past ~256 positions); `cos`/`sin`
@@ -79,58 +81,6 @@ impl Rope {
         let cos = self.cos.index_select(positions, 0)?.reshape((b, l, ()))?;
         let sin = self.sin.index_select(positions, 0)?.reshape((b, l, ()))?;
         Ok((cos.to_dtype(dtype)?, sin.to_dtype(dtype)?))
-    }
-}
-
-struct Mlp {
-    gate_up_proj: Proj,
-    /// The gate's and the up projection's rows of `gate_up_proj`, used apart when several rows
-    /// go through (see `Attention::split`).
-    split: Option<Vec<Linear>>,
-    down_proj: Proj,
-    inter: usize,
-}
-
-impl Mlp {
-    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let gate_up_proj = dense(
-            cfg.hidden_size,
-            2 * cfg.intermediate_size,
-            vb.pp("gate_up_proj"),
-        )?;
-        Ok(Mlp {
-            split: split_rows(
-                &gate_up_proj,
-                &[cfg.intermediate_size, cfg.intermediate_size],
-            )?,
-            gate_up_proj,
-            down_proj: dense(cfg.intermediate_size, cfg.hidden_size, vb.pp("down_proj"))?,
-            inter: cfg.intermediate_size,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, clock: &mut Clock) -> Result<Tensor> {
-        let (b, l, _) = x.dims3()?;
-        let (gate, up) = match (&self.split, b * l > 1) {
-            (Some(split), true) => (dense_forward(&split[0], x)?, dense_forward(&split[1], x)?),
-            _ => {
-                let gu = self.gate_up_proj.forward(x)?;
-                (
-                    gu.narrow(D::Minus1, 0, self.inter)?,
-                    gu.narrow(D::Minus1, self.inter, self.inter)?,
-                )
-            }
-        };
-        clock.mark("gate_up_proj")?;
-        let act = if crate::train_ops::fused(&gate) {
-            crate::train_ops::silu_mul(&gate, &up)?
-        } else {
-            (up * candle_nn::ops::silu(&gate)?)?
-        };
-        clock.mark("silu_mul")?;
-        let out = self.down_proj.forward(&act)?;
-        clock.mark("down_proj")?;
-        Ok(out)
     }
 }
 
