@@ -151,10 +151,17 @@ pub(crate) fn schedule(
     };
     let kernels = model.kernels().unwrap_or(Kernels::NONE);
     let mut evicted = 0;
+    // Blocks the running sequences hold or may still take (see `committed_blocks`): it grows
+    // with admissions, is recounted when sequences leave, and a pass leaves it as it is (a block
+    // a table takes was reserved).
+    let mut committed = 0;
     loop {
-        // Blocks the running sequences hold or may still take (see `committed_blocks`).
-        let mut committed = committed_blocks(&active, pool.len());
-        metrics.kv_blocks_committed.set(committed as i64);
+        if active.is_empty() {
+            // Idle, or every sequence failed.
+            committed = 0;
+            metrics.kv_blocks_committed.set(0);
+        }
+        debug_assert_eq!(committed, committed_blocks(&active, pool.len()));
         // Block only when there is nothing to do.
         if active.is_empty() && waiting.is_empty() {
             match rx.recv() {
@@ -367,9 +374,8 @@ pub(crate) fn schedule(
             .kv_block_refs
             .set(active.iter().map(|a| a.table.len()).sum::<usize>() as i64);
         if !retired.is_empty() {
-            metrics
-                .kv_blocks_committed
-                .set(committed_blocks(&active, pool.len()) as i64);
+            committed = committed_blocks(&active, pool.len());
+            metrics.kv_blocks_committed.set(committed as i64);
         }
         for (a, reason) in retired {
             metrics.requests_finished.inc();
