@@ -87,38 +87,17 @@ pub(crate) use simd;
 
 /// `A·B` (m×n, row-major, a new buffer) with `A(i,p) = a[i·ars + p·acs]` and
 /// `B(p,j) = b[p·brs + j·bcs]`: the `gemm` crate's product (candle's own on the CPU), on the
-/// calling thread or (`parallel`) on rayon's. The buffer is not zeroed first: the product writes
-/// every element.
+/// calling thread or (`parallel`) on rayon's.
 fn gemm_product(
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     a: &[f32],
-    (ars, acs): (usize, usize),
+    a_strides: (usize, usize),
     b: &[f32],
-    (brs, bcs): (usize, usize),
+    b_strides: (usize, usize),
     parallel: bool,
 ) -> Vec<f32> {
-    if m == 0 || n == 0 || k == 0 {
-        return vec![0f32; m * n];
-    }
-    check_operands((m, n, k), a, (ars, acs), b, (brs, bcs));
-    let mut c: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: the operands hold every element read (checked above); `c` has room for m·n
-    // elements, and with `read_dst` false gemm writes each of them before any read (the first
-    // block of the inner dimension stores `A·B` without reading `c`), so all are initialised
-    // when the length is set.
-    unsafe {
-        gemm_raw(
-            c.as_mut_ptr(),
-            false,
-            (m, n, k),
-            a,
-            (ars, acs),
-            b,
-            (brs, bcs),
-            parallel,
-        );
-        c.set_len(m * n);
-    }
+    let mut c = vec![0f32; mnk.0 * mnk.1];
+    gemm_into(&mut c, false, mnk, a, a_strides, b, b_strides, parallel);
     c
 }
 
@@ -145,60 +124,19 @@ pub(crate) fn gemm_into(
         }
         return;
     }
-    check_operands((m, n, k), a, (ars, acs), b, (brs, bcs));
-    // SAFETY: the operands hold every element read (checked above), `dst` every one written.
-    unsafe {
-        gemm_raw(
-            dst.as_mut_ptr(),
-            accumulate,
-            (m, n, k),
-            a,
-            (ars, acs),
-            b,
-            (brs, bcs),
-            parallel,
-        )
-    }
-}
-
-/// That `a` and `b` hold every element an (m, n, k) product with these strides reads.
-fn check_operands(
-    (m, n, k): (usize, usize, usize),
-    a: &[f32],
-    (ars, acs): (usize, usize),
-    b: &[f32],
-    (brs, bcs): (usize, usize),
-) {
     let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
     assert!(
         last(m, ars, k, acs) < a.len() && last(k, brs, n, bcs) < b.len(),
         "a matrix product outside its operands"
     );
-}
-
-/// The `gemm` crate's `dst (+)= A·B` into m×n row-major `dst`.
-///
-/// # Safety
-/// `dst` must have room for m·n elements (initialised when `accumulate`), and the operands
-/// hold every element read; m, n and k are not 0.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw(
-    dst: *mut f32,
-    accumulate: bool,
-    (m, n, k): (usize, usize, usize),
-    a: &[f32],
-    (ars, acs): (usize, usize),
-    b: &[f32],
-    (brs, bcs): (usize, usize),
-    parallel: bool,
-) {
-    // SAFETY: the caller's.
+    // SAFETY: every element read is inside `a` or `b`, every one written inside `dst` (both
+    // checked above).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst,
+            dst.as_mut_ptr(),
             1,
             n as isize,
             accumulate,
