@@ -187,26 +187,19 @@ mod tests {
         let ids = Tensor::new(gather_ids(&tables, 2, 2, 2).as_slice(), &dev).unwrap();
         let seqs = gather(&pool, &ids, 2).unwrap();
         assert_eq!(seqs.dims(), [2, 2, 4, 3]);
-        let got = seqs;
+        let head = |s: usize, g: usize| {
+            seqs.get(s)
+                .and_then(|t| t.get(g))
+                .and_then(|t| t.to_vec2::<f32>())
+                .unwrap()
+        };
         // Sequence 0, head 1: position 0 is token 0's head 1 (3..6), position 3 token 1's (9..12).
-        let s0h1 = got
-            .get(0)
-            .unwrap()
-            .get(1)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let s0h1 = head(0, 1);
         assert_eq!(s0h1[0], [3.0, 4.0, 5.0]);
         assert_eq!(s0h1[3], [9.0, 10.0, 11.0]);
         assert_eq!(s0h1[1], [0.0; 3]);
         // Sequence 1 reads the shared block 1 first: token 1 at its position 1.
-        let s1h0 = got
-            .get(1)
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let s1h0 = head(1, 0);
         assert_eq!(s1h0[1], [6.0, 7.0, 8.0]);
         assert_eq!(s1h0[2], [12.0, 13.0, 14.0], "token 2 in block 0");
         assert!(
