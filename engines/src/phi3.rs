@@ -19,9 +19,10 @@
 //!   [`crate::kernels`]: five launches a layer where candle's operations take about seventeen.
 //!
 //! This file holds the model and its forward passes; beside it are the shape (`config`), the
-//! paged KV cache's pool and block tables (`cache`), the fused decode step (`decode`), the projections (`proj`), attention over the KV cache
-//! (`attention`), loading GGUF files (`gguf`), the phase timer (`profile`) and training on the
-//! same modules (`train`).
+//! paged KV cache's pool and block tables (`cache`), the fused decode step (`decode`), the
+//! projections (`proj`), attention over the KV cache (`attention`), on the CPU read in place
+//! (`in_place`), the MLP (`mlp`), loading GGUF files (`gguf`), the phase timer (`profile`) and
+//! training on the same modules (`train`).
 
 use crate::kernels::{self, Heads, Kernels};
 use candle_core::{DType, Device, Module, Result, Tensor};
